@@ -1,0 +1,13 @@
+"""M3P (multitask, multilingual, multimodal pre-training) as a fairseq plugin.
+
+``fairseq-train DATA --user-dir m3p_fairseq --task multitask_multimodal --arch m3p_base ...``
+imports this package, which registers the tasks, models and criterions below and the checkpoint
+allowlist for torch's weights_only loading.
+"""
+from . import safe_globals
+
+safe_globals.register()
+
+from . import criterions, models, tasks  # noqa: E402,F401  (registers with fairseq)
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+from .m3p_pretrain import M3PPretrainCriterion  # noqa: F401

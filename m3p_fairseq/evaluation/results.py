@@ -1,0 +1,35 @@
+"""The results JSON of the demo and the experiments: dotted-key updates, written atomically."""
+import json
+import os
+
+
+def load_results(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})")
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top")
+    return doc
+
+
+def update_results(path, key, value):
+    """Set ``doc[k1][k2]...`` = value for key "k1.k2..." (merging dicts), then write atomically."""
+    doc = load_results(path)
+    node = doc
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]].update(value)
+    else:
+        node[parts[-1]] = value
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return doc

@@ -1,0 +1,117 @@
+"""Image-text retrieval by the cross-encoder: score every (image, caption) pair, then recall.
+
+Scoring is batched over pairs and shardable: shard k of n scores a contiguous block of the
+flattened N_images x N_captions pair list and returns (pair indices, scores); ``merge_shards``
+puts them back into one matrix exactly, so recall is computed once on the full matrix (not per
+shard and averaged, which is wrong).
+"""
+import math
+
+import numpy as np
+import torch
+
+from ..data.region_dataset import collate_regions
+
+
+def recall_at_k(scores, caption_image, ks=(1, 5, 10)):
+    """R@K in both directions and their mean (in percent).
+
+    scores: (n_images, n_captions) array, higher is better.
+    caption_image: (n_captions,) index of each caption's image.
+    Image -> text counts a hit when any of the image's captions is in the top K.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    caption_image = np.asarray(caption_image)
+    n_img, n_cap = scores.shape
+    # rank of each caption among all captions for its image row (0 = best); ties count against
+    order_i2t = np.argsort(-scores, axis=1, kind="stable")
+    rank_pos = np.empty_like(order_i2t)
+    rank_pos[np.arange(n_img)[:, None], order_i2t] = np.arange(n_cap)[None, :]
+    best_i2t = np.full(n_img, n_cap, dtype=np.int64)
+    np.minimum.at(best_i2t, caption_image, rank_pos[caption_image, np.arange(n_cap)])
+    has_caption = np.bincount(caption_image, minlength=n_img) > 0
+    best_i2t = best_i2t[has_caption]
+    # text -> image: rank of the true image among all images for each caption
+    true = scores[caption_image, np.arange(n_cap)]
+    rank_t2i = (scores > true[None, :]).sum(axis=0)
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = 100.0 * float(np.mean(best_i2t < k))
+        out[f"t2i_r{k}"] = 100.0 * float(np.mean(rank_t2i < k))
+    out["mR"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    return out
+
+
+def chance_recall(caption_image, n_images, ks=(1, 5, 10)):
+    """Expected recall of a random ranking (percent), same keys as recall_at_k."""
+    caption_image = np.asarray(caption_image)
+    n_cap = len(caption_image)
+    per_image = np.bincount(caption_image, minlength=n_images)
+    per_image = per_image[per_image > 0]
+    out = {}
+    for k in ks:
+        kk = min(k, n_cap)
+        # P(none of c captions in the top K of n_cap) = C(n_cap - c, K) / C(n_cap, K)
+        miss = np.array([math.comb(n_cap - c, kk) / math.comb(n_cap, kk) for c in per_image])
+        out[f"i2t_r{k}"] = 100.0 * float(np.mean(1 - miss))
+        out[f"t2i_r{k}"] = 100.0 * min(k, n_images) / n_images
+    out["mR"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    return out
+
+
+def shard_range(n_pairs, num_shards, shard_id):
+    per = int(math.ceil(n_pairs / num_shards))
+    return min(shard_id * per, n_pairs), min((shard_id + 1) * per, n_pairs)
+
+
+@torch.no_grad()
+def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, shard_id=0, pairs=None,
+                progress=None, device="cpu"):
+    """Cross-encoder match logits for (image, caption) pairs.
+
+    captions: list of 1-d LongTensors; images: list of region dicts (RegionDataset items).
+    pairs: optional (P, 2) array of (image index, caption index); default every pair, image-major.
+    Returns (pair_ids, scores) for this shard; pair_ids index the default image-major order.
+    """
+    from fairseq.data import data_utils
+
+    n_img, n_cap = len(images), len(captions)
+    if pairs is None:
+        lo, hi = shard_range(n_img * n_cap, num_shards, shard_id)
+        pair_ids = np.arange(lo, hi, dtype=np.int64)
+        img_idx, cap_idx = pair_ids // n_cap, pair_ids % n_cap
+    else:
+        pairs = np.asarray(pairs, dtype=np.int64)
+        lo, hi = shard_range(len(pairs), num_shards, shard_id)
+        img_idx, cap_idx = pairs[lo:hi, 0], pairs[lo:hi, 1]
+        pair_ids = img_idx * n_cap + cap_idx
+    # pad everything once; batches gather rows
+    text = data_utils.collate_tokens(captions, pad_idx, left_pad=False)
+    regions = collate_regions(images)
+    model.eval()
+    scores = np.empty(len(pair_ids), dtype=np.float32)
+    starts = range(0, len(pair_ids), batch_size)
+    for s in (progress(starts) if progress else starts):
+        ii = torch.from_numpy(img_idx[s:s + batch_size])
+        cc = torch.from_numpy(cap_idx[s:s + batch_size])
+        src = text[cc]
+        src = src[:, : int(src.ne(pad_idx).sum(1).max())]
+        pad = regions["region_padding_mask"][ii]
+        r = int((~pad).sum(1).max())
+        out = model(src.to(device), regions=regions["regions"][ii, :r].to(device),
+                    region_boxes=regions["region_boxes"][ii, :r].to(device),
+                    region_padding_mask=pad[:, :r].to(device), vlm=True, features_only=False)
+        scores[s:s + batch_size] = out["vlm_logits"].float().cpu().numpy()
+    return pair_ids, scores
+
+
+def merge_shards(parts, n_images, n_captions, fill=-np.inf):
+    """Exact merge of (pair_ids, scores) shards into an (n_images, n_captions) matrix."""
+    matrix = np.full(n_images * n_captions, fill, dtype=np.float32)
+    seen = np.zeros(n_images * n_captions, dtype=bool)
+    for pair_ids, scores in parts:
+        if seen[pair_ids].any():
+            raise ValueError("two shards scored the same pair")
+        matrix[pair_ids] = scores
+        seen[pair_ids] = True
+    return matrix.reshape(n_images, n_captions), seen.reshape(n_images, n_captions)

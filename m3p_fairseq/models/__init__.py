@@ -1,0 +1,1 @@
+from .m3p import M3PModel  # noqa: F401

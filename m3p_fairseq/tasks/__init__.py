@@ -1,0 +1,1 @@
+from .multitask_multimodal import MultitaskMultimodalTask  # noqa: F401

@@ -1,0 +1,127 @@
+"""Encode raw text with sentencepiece and binarize it with ``fairseq-preprocess``.
+
+One call makes one folder (a language of the text corpus, or the captions of one language):
+
+    m3p-binarize --spm sentencepiece.bpe.model --dict dict.txt --out DATA/captions/en \\
+        --train raw/captions/train.en.txt --valid raw/captions/valid.en.txt
+
+writes ``DATA/captions/en/{train,valid}.{bin,idx}`` (``--only-source --dataset-impl mmap``, the
+fairseq dictionary given) and, for captions, copies the sibling ``.ids`` file (the image id of
+each line) to ``{split}.ids`` after checking that it has as many lines as the captions. Empty
+lines and a line-count mismatch stop the run with the file and line named; nothing is written
+into ``--out`` unless every split succeeds.
+"""
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+
+class BinarizeError(ValueError):
+    pass
+
+
+def _encode(sp, src, dst, max_tokens=None):
+    n = 0
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        for n, line in enumerate(f, 1):
+            text = line.rstrip("\n")
+            if not text.strip():
+                raise BinarizeError(f"{src}: line {n} is empty")
+            pieces = sp.encode(text, out_type=str)
+            if max_tokens and len(pieces) > max_tokens:
+                raise BinarizeError(f"{src}: line {n} has {len(pieces)} pieces, more than --max-tokens {max_tokens}")
+            out.write(" ".join(pieces) + "\n")
+    if n == 0:
+        raise BinarizeError(f"{src}: no lines")
+    return n
+
+
+def _count_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def run_fairseq_preprocess(argv, what):
+    """fairseq-preprocess in this process (its command line, without a new interpreter per folder)."""
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    args = options.get_preprocessing_parser().parse_args(argv)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        preprocess.main(args)
+    except Exception as e:  # fairseq raises bare exceptions; keep one line naming the folder
+        raise BinarizeError(f"fairseq-preprocess failed for {what}: {e.__class__.__name__}: {e}")
+    finally:
+        root.setLevel(level)
+
+
+def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False):
+    """splits: {"train": raw_path, "valid": raw_path, "test": raw_path} (any subset)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".binarize-", dir=parent)
+    try:
+        enc = os.path.join(stage, "enc")
+        os.makedirs(enc)
+        args = []
+        for split, raw in splits.items():
+            if not os.path.isfile(raw):
+                raise BinarizeError(f"{raw}: no such file")
+            n = _encode(sp, raw, os.path.join(enc, split), max_tokens)
+            ids = os.path.splitext(raw)[0] + ".ids"
+            if os.path.exists(ids):
+                m = _count_lines(ids)
+                if m != n:
+                    raise BinarizeError(f"{ids}: {m} image ids for {n} captions in {raw}")
+                with open(ids, encoding="utf-8") as f:
+                    for k, line in enumerate(f, 1):
+                        if not line.strip():
+                            raise BinarizeError(f"{ids}: line {k} has no image id")
+                shutil.copyfile(ids, os.path.join(stage, f"{split}.ids"))
+            elif require_ids:
+                raise BinarizeError(f"{ids}: missing (captions need the image id of each line)")
+            args += [f"--{split}pref", os.path.join(enc, split)]
+        run_fairseq_preprocess(["--only-source", "--srcdict", dict_path, "--destdir", stage,
+                                "--dataset-impl", "mmap", "--workers", str(workers)] + args, out_dir)
+        shutil.rmtree(enc)
+        for junk in ("preprocess.log",):
+            if os.path.exists(os.path.join(stage, junk)):
+                os.remove(os.path.join(stage, junk))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(stage, out_dir)
+    finally:
+        if os.path.exists(stage):
+            shutil.rmtree(stage)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--spm", required=True, help="sentencepiece model")
+    p.add_argument("--dict", required=True, help="fairseq dict.txt matching the model")
+    p.add_argument("--out", required=True, help="output folder")
+    for split in ("train", "valid", "test"):
+        p.add_argument(f"--{split}", help=f"raw {split} file, one sentence a line")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=None, help="reject lines longer than this many pieces")
+    p.add_argument("--require-ids", action="store_true", help="captions: every file needs its .ids file")
+    a = p.parse_args(argv)
+    splits = {s: getattr(a, s) for s in ("train", "valid", "test") if getattr(a, s)}
+    if not splits:
+        p.error("give at least one of --train/--valid/--test")
+    try:
+        binarize(a.spm, a.dict, a.out, splits, a.workers, a.max_tokens, a.require_ids)
+    except BinarizeError as e:
+        sys.exit(f"m3p-binarize: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The embedded world: a deterministic synthetic image-text world in the formats of real data.
+
+Images are sets of detector regions. Each object region's feature is its class prototype plus
+its colour's vector plus noise (after a ReLU, like pooled CNN features); background regions and
+"part" regions (a small box inside an object, with a weaker copy of its feature) act as
+confusers, and the detector's top-1 class is wrong now and then. Captions name two objects of
+the image with their colours and the spatial relation between them (left of / right of / above /
+below), which only the boxes reveal; some images come as twins with the same objects in another
+layout, so a bag of object names is not enough to match them.
+
+Captions exist in six languages (en, de, fr, cs, ja, zh) from one lexicon; each language has
+its own words and word order (ja and zh are written without spaces). Names, digits and a few
+loanwords are shared across languages, as in real text. A text-only corpus in ten languages,
+with unequal sizes, feeds xMLM. The bilingual word lists of the lexicon are written as MUSE-style
+``en-xx.txt`` files for code-switching.
+
+Output (OUT is the argument):
+
+    OUT/raw/text/{lang}.{train,valid}.txt          text-only corpus, one sentence a line
+    OUT/raw/captions/{split}.{lang}.txt            captions, one a line
+    OUT/raw/captions/{split}.{lang}.ids            the image id of each caption line
+    OUT/raw/dict/en-{xx}.txt                       bilingual word pairs "en_word xx_word"
+    OUT/regions/{split}.json + {split}.{k}.h5      the region store (manifest + shards)
+    OUT/world.json                                 the generator's settings
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from m3p_fairseq.data.region_store import RegionShardWriter, write_manifest
+
+CAPTION_LANGS = ["en", "de", "fr", "cs", "ja", "zh"]
+TEXT_LANGS = CAPTION_LANGS + ["es", "it", "ru", "ar"]
+# relative sizes of the text-only corpus per language: unequal, so alpha sampling matters
+TEXT_SHARE = {"en": 1.0, "de": 0.45, "fr": 0.4, "es": 0.3, "it": 0.2, "ru": 0.2, "cs": 0.1,
+              "ja": 0.12, "zh": 0.12, "ar": 0.05}
+
+OBJECTS = ["dog", "cat", "horse", "bird", "car", "bus", "bike", "boat", "tree", "house", "chair",
+           "table", "cup", "ball", "kite", "lamp", "book", "phone", "shoe", "hat", "taxi", "pizza",
+           "robot", "radio"]
+LOANWORDS = {"taxi", "pizza", "robot", "radio"}  # same spelling in every Latin-script language
+COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]
+RELATIONS = ["left_of", "right_of", "above", "below"]
+EN_REL = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below"}
+FUNCTION = ["a", "and", "has", "sees", "near", "the", "with", "today"]
+NAMES = ["Anna", "Omar", "Lena", "Kenji", "Mei", "Pavel", "Sofia", "Luca"]
+NUM_BACKGROUND = 8  # detector classes that are not objects (sky, wall, ...)
+
+# Latin-script syllables per language; ja/zh/ru/ar use their own scripts
+SYLLABLES = {
+    "de": (["b", "d", "f", "g", "h", "k", "l", "m", "n", "r", "s", "t", "w", "z", "sch"], ["a", "e", "i", "o", "u", "ei", "au", "ü"]),
+    "fr": (["b", "c", "d", "f", "l", "m", "n", "p", "r", "s", "t", "v", "ch"], ["a", "e", "i", "o", "ou", "é", "eau", "on"]),
+    "cs": (["b", "d", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "č", "ř", "š"], ["a", "e", "i", "o", "u", "á", "ý"]),
+    "es": (["b", "c", "d", "g", "l", "m", "n", "p", "r", "s", "t", "v"], ["a", "e", "i", "o", "u", "ue", "ia"]),
+    "it": (["b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v"], ["a", "e", "i", "o", "u", "io"]),
+}
+SCRIPTS = {"ja": (0x30A2, 0x30F3), "zh": (0x4E00, 0x4FFF), "ru": (0x0430, 0x044F), "ar": (0x0627, 0x064A)}
+NO_SPACE = {"ja", "zh"}
+
+
+def _make_word(rng, lang, used):
+    for _ in range(1000):
+        if lang in SYLLABLES:
+            cons, vows = SYLLABLES[lang]
+            w = "".join(cons[rng.integers(len(cons))] + vows[rng.integers(len(vows))]
+                        for _ in range(rng.integers(2, 4)))
+        else:
+            lo, hi = SCRIPTS[lang]
+            n = {"zh": rng.integers(1, 3), "ja": rng.integers(2, 4)}.get(lang, rng.integers(3, 7))
+            w = "".join(chr(int(rng.integers(lo, hi + 1))) for _ in range(n))
+        if w not in used:
+            used.add(w)
+            return w
+    raise RuntimeError(f"could not make a new word for {lang}")
+
+
+def build_lexicon(seed):
+    """concept -> word, per language. English uses English words; others are generated."""
+    concepts = OBJECTS + COLOURS + RELATIONS + FUNCTION
+    lex = {"en": {c: EN_REL.get(c, c) for c in concepts}}
+    for lang in TEXT_LANGS[1:]:
+        rng = np.random.default_rng([seed, TEXT_LANGS.index(lang)])
+        used, words = set(), {}
+        for c in concepts:
+            if c in LOANWORDS and lang in SYLLABLES:
+                words[c] = c  # shared loanword
+            elif c in RELATIONS:
+                words[c] = _make_word(rng, lang, used) + ("" if lang in NO_SPACE else " " + _make_word(rng, lang, used)) \
+                    if c in ("left_of", "right_of") else _make_word(rng, lang, used)
+            else:
+                words[c] = _make_word(rng, lang, used)
+        lex[lang] = words
+    return lex
+
+
+def render(lex, lang, c1, o1, rel, c2, o2):
+    """One caption "a c1 o1 rel a c2 o2" in the word order of ``lang``."""
+    w = lex[lang]
+    a = w["a"]
+    if lang in ("en", "de"):
+        toks = [a, w[c1], w[o1], w[rel], a, w[c2], w[o2]]
+    elif lang in ("fr", "es", "it", "ar"):
+        toks = [a, w[o1], w[c1], w[rel], a, w[o2], w[c2]]
+    elif lang in ("cs", "ru"):
+        toks = [w[c1], w[o1], w[rel], w[c2], w[o2]]
+    elif lang == "ja":  # the reference object comes first, then the relation, then the subject
+        toks = [w[c2], w[o2], w["the"], w[rel], w["with"], w[c1], w[o1]]
+    else:  # zh
+        toks = [w[c1], w[o1], w["near"], w[c2], w[o2], w["the"], w[rel]]
+    return ("" if lang in NO_SPACE else " ").join(toks)
+
+
+def text_sentence(rng, lex, lang):
+    """A text-only sentence: a scene description or a statement with a shared name and digit."""
+    if rng.random() < 0.5:
+        c1, c2 = rng.choice(COLOURS, 2)
+        o1, o2 = rng.choice(OBJECTS, 2, replace=False)
+        return render(lex, lang, c1, o1, RELATIONS[rng.integers(4)], c2, o2)
+    w = lex[lang]
+    name, digit = NAMES[rng.integers(len(NAMES))], str(rng.integers(2, 10))
+    c, o = COLOURS[rng.integers(len(COLOURS))], OBJECTS[rng.integers(len(OBJECTS))]
+    verb = w["has"] if rng.random() < 0.5 else w["sees"]
+    sep = "" if lang in NO_SPACE else " "
+    if lang in ("ja", "cs", "ru"):  # verb last
+        return sep.join([name, digit, w[c], w[o], verb])
+    return sep.join([name, verb, digit, w[c], w[o], w["today"]])
+
+
+class World:
+    def __init__(self, seed=1, feat_dim=2048, noise=0.6):
+        self.seed, self.feat_dim, self.noise = seed, feat_dim, noise
+        rng = np.random.default_rng([seed, 1000])
+        self.num_classes = len(OBJECTS) + NUM_BACKGROUND
+        self.protos = rng.normal(0, 1, (self.num_classes, feat_dim)).astype(np.float32)
+        self.colour_vecs = rng.normal(0, 0.8, (len(COLOURS), feat_dim)).astype(np.float32)
+        self.lex = build_lexicon(seed)
+
+    def _feature(self, rng, cls, colour=None, scale=1.0):
+        z = scale * self.protos[cls] + rng.normal(0, self.noise, self.feat_dim)
+        if colour is not None:
+            z = z + scale * self.colour_vecs[colour]
+        return np.maximum(z, 0.0).astype(np.float32)
+
+    def _detect(self, rng, cls):
+        return int(cls) if rng.random() < 0.85 else int(rng.integers(self.num_classes))
+
+    def make_image(self, rng, objects=None):
+        """Returns (regions dict, list of (object, colour, box)). Objects sit in cells of a 3x3 grid."""
+        w, h = float(rng.integers(400, 801)), float(rng.integers(300, 601))
+        n_obj = int(rng.integers(2, 4))
+        if objects is None:
+            objs = rng.choice(len(OBJECTS), n_obj, replace=False)
+            objects = [(int(o), int(rng.integers(len(COLOURS)))) for o in objs]
+        cells = rng.choice(9, len(objects), replace=False)
+        feats, boxes, classes, placed = [], [], [], []
+        for (o, c), cell in zip(objects, cells):
+            gx, gy = cell % 3, cell // 3
+            bw, bh = w / 3 * rng.uniform(0.5, 0.9), h / 3 * rng.uniform(0.5, 0.9)
+            x1 = gx * w / 3 + rng.uniform(0, w / 3 - bw)
+            y1 = gy * h / 3 + rng.uniform(0, h / 3 - bh)
+            box = np.array([x1, y1, x1 + bw, y1 + bh], np.float32)
+            feats.append(self._feature(rng, o, c))
+            boxes.append(box)
+            classes.append(self._detect(rng, o))
+            placed.append((o, c, box))
+            if rng.random() < 0.3:  # a part of the object: a confuser inside its box
+                px, py = x1 + bw * rng.uniform(0, 0.5), y1 + bh * rng.uniform(0, 0.5)
+                feats.append(self._feature(rng, o, c, scale=0.5))
+                boxes.append(np.array([px, py, px + bw / 2, py + bh / 2], np.float32))
+                classes.append(self._detect(rng, o))
+        for _ in range(int(rng.integers(2, 5))):  # background regions
+            b = int(rng.integers(NUM_BACKGROUND)) + len(OBJECTS)
+            x1, y1 = rng.uniform(0, w * 0.5), rng.uniform(0, h * 0.5)
+            boxes.append(np.array([x1, y1, x1 + rng.uniform(0.2, 0.5) * w, y1 + rng.uniform(0.2, 0.5) * h], np.float32))
+            feats.append(self._feature(rng, b))
+            classes.append(self._detect(rng, b))
+        order = rng.permutation(len(feats))  # detectors do not list objects first
+        regions = {"features": np.stack(feats)[order], "boxes": np.stack(boxes)[order],
+                   "classes": np.array(classes)[order], "width": w, "height": h}
+        return regions, placed
+
+    @staticmethod
+    def relation(box1, box2):
+        dx = (box1[0] + box1[2] - box2[0] - box2[2]) / 2
+        dy = (box1[1] + box1[3] - box2[1] - box2[3]) / 2
+        if abs(dx) >= abs(dy):
+            return "left_of" if dx < 0 else "right_of"
+        return "above" if dy < 0 else "below"
+
+    def caption(self, rng, placed, lang, pair=None):
+        i, j = pair if pair is not None else rng.choice(len(placed), 2, replace=False)
+        (o1, c1, b1), (o2, c2, b2) = placed[i], placed[j]
+        rel = self.relation(b1, b2)
+        return render(self.lex, lang, COLOURS[c1], OBJECTS[o1], rel, COLOURS[c2], OBJECTS[o2])
+
+
+def write_split(world, out, split, n_images, caption_langs, captions_per_image, shards, seed, progress):
+    rng = np.random.default_rng([seed, {"train": 1, "valid": 2, "test": 3}[split]])
+    os.makedirs(os.path.join(out, "regions"), exist_ok=True)
+    os.makedirs(os.path.join(out, "raw", "captions"), exist_ok=True)
+    shard_paths = [os.path.join(out, "regions", f"{split}.{k}.h5") for k in range(shards)]
+    writers = [RegionShardWriter(p, world.feat_dim, world.num_classes, max_regions=100) for p in shard_paths]
+    caps = {lang: [] for lang in caption_langs}
+    ids = {lang: [] for lang in caption_langs}
+    prev = None
+    for n in progress(range(n_images), desc=f"world {split}"):
+        image_id = f"{split}_{n:06d}"
+        if prev is not None and rng.random() < 0.2:
+            twin = [(o, c) for o, c, _ in prev]  # same objects and colours, another layout
+            regions, placed = world.make_image(rng, twin)
+        else:
+            regions, placed = world.make_image(rng)
+        prev = placed
+        writers[n % shards].add(image_id, **regions)
+        for k in range(captions_per_image):
+            pair = rng.choice(len(placed), 2, replace=False)
+            for lang in caption_langs:  # the same content in every language: a parallel test set
+                caps[lang].append(world.caption(rng, placed, lang, pair))
+                ids[lang].append(image_id)
+    for w in writers:
+        w.close()
+    write_manifest(os.path.join(out, "regions", f"{split}.json"), shard_paths, world.feat_dim, world.num_classes)
+    for lang in caption_langs:
+        base = os.path.join(out, "raw", "captions", f"{split}.{lang}")
+        _write_lines(base + ".txt", caps[lang])
+        _write_lines(base + ".ids", ids[lang])
+
+
+def _write_lines(path, lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    os.replace(tmp, path)
+
+
+def write_text(world, out, n_sentences, seed):
+    os.makedirs(os.path.join(out, "raw", "text"), exist_ok=True)
+    for lang in TEXT_LANGS:
+        rng = np.random.default_rng([seed, 77, TEXT_LANGS.index(lang)])
+        n = max(20, int(n_sentences * TEXT_SHARE[lang]))
+        lines = [text_sentence(rng, world.lex, lang) for _ in range(n)]
+        n_valid = max(10, n // 20)
+        _write_lines(os.path.join(out, "raw", "text", f"{lang}.train.txt"), lines[n_valid:])
+        _write_lines(os.path.join(out, "raw", "text", f"{lang}.valid.txt"), lines[:n_valid])
+
+
+def write_dictionaries(world, out):
+    os.makedirs(os.path.join(out, "raw", "dict"), exist_ok=True)
+    en = world.lex["en"]
+    for lang in TEXT_LANGS[1:]:
+        pairs = []
+        for concept, word in world.lex[lang].items():
+            src = en[concept]
+            if " " in src or " " in word:  # MUSE lists single words
+                continue
+            pairs.append(f"{src} {word}")
+        _write_lines(os.path.join(out, "raw", "dict", f"en-{lang}.txt"), pairs)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--feat-dim", type=int, default=2048, help="region feature size (2048 like Faster R-CNN)")
+    p.add_argument("--train-images", type=int, default=3000)
+    p.add_argument("--valid-images", type=int, default=100)
+    p.add_argument("--test-images", type=int, default=100)
+    p.add_argument("--train-captions", type=int, default=2,
+                   help="captions per training image (in every language; pre-training reads English only)")
+    p.add_argument("--text-sentences", type=int, default=20000, help="sentences of the largest language")
+    p.add_argument("--train-shards", type=int, default=2)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    if a.train_images < 1 or a.test_images < 2 or a.feat_dim < 8:
+        p.error("need at least 1 training image, 2 test images and an 8-d feature")
+    progress = (lambda x, desc: x) if a.quiet else _tqdm
+    world = World(a.seed, a.feat_dim)
+    write_split(world, a.out, "train", a.train_images, CAPTION_LANGS, a.train_captions, a.train_shards, a.seed, progress)
+    write_split(world, a.out, "valid", a.valid_images, CAPTION_LANGS, 1, 1, a.seed, progress)
+    write_split(world, a.out, "test", a.test_images, CAPTION_LANGS, 1, 1, a.seed, progress)
+    write_text(world, a.out, a.text_sentences, a.seed)
+    write_dictionaries(world, a.out)
+    with open(os.path.join(a.out, "world.json"), "w") as f:
+        json.dump({**vars(a), "num_classes": world.num_classes, "caption_langs": CAPTION_LANGS,
+                   "text_langs": TEXT_LANGS}, f, indent=1)
+    print(f"world written to {a.out}", file=sys.stderr)
+
+
+def _tqdm(x, desc):
+    from tqdm import tqdm
+
+    return tqdm(x, desc=desc, file=sys.stderr, mininterval=1.0)
+
+
+if __name__ == "__main__":
+    main()

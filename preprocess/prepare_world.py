@@ -1,0 +1,63 @@
+"""Embedded world -> the data folder the tasks read (sentencepiece, fairseq-preprocess, regions).
+
+    m3p-prepare-world WORLD DATA
+
+trains a sentencepiece model on the world's text (real runs use XLM-R's), then binarizes
+``text/{lang}`` for xMLM and ``captions/{lang}`` with their image ids, and links the region store.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from tqdm import tqdm
+
+from .binarize import BinarizeError, binarize
+from .build_spm import train as train_spm
+
+
+def prepare(world, data, vocab_size=2000, progress=True):
+    raw = os.path.join(world, "raw")
+    os.makedirs(data, exist_ok=True)
+    text_files = sorted(glob.glob(os.path.join(raw, "text", "*.train.txt")))
+    caption_files = sorted(glob.glob(os.path.join(raw, "captions", "train.*.txt")))
+    if not text_files or not caption_files:
+        raise BinarizeError(f"{raw}: no world text or captions (run m3p-make-world first)")
+    train_spm(text_files + caption_files, data, vocab_size=vocab_size)
+    spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
+    jobs = []
+    for f in text_files:
+        lang = os.path.basename(f).split(".")[0]
+        splits = {s: os.path.join(raw, "text", f"{lang}.{s}.txt") for s in ("train", "valid")}
+        jobs.append((os.path.join(data, "text", lang), splits, False))
+    for f in caption_files:
+        lang = os.path.basename(f).split(".")[1]
+        splits = {s: os.path.join(raw, "captions", f"{s}.{lang}.txt") for s in ("train", "valid", "test")}
+        jobs.append((os.path.join(data, "captions", lang), {k: v for k, v in splits.items() if os.path.exists(v)}, True))
+    logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)
+    for out, splits, ids in tqdm(jobs, desc="binarize", file=sys.stderr, disable=not progress):
+        binarize(spm_model, dict_path, out, splits, require_ids=ids)
+    regions = os.path.join(data, "regions")
+    if not os.path.exists(regions):
+        os.symlink(os.path.abspath(os.path.join(world, "regions")), regions)
+    dicts = os.path.join(data, "dict")
+    if not os.path.exists(dicts) and os.path.isdir(os.path.join(raw, "dict")):
+        os.symlink(os.path.abspath(os.path.join(raw, "dict")), dicts)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("world", help="folder written by m3p-make-world")
+    p.add_argument("data", help="output data folder")
+    p.add_argument("--vocab-size", type=int, default=2000)
+    a = p.parse_args(argv)
+    try:
+        prepare(a.world, a.data, a.vocab_size)
+    except BinarizeError as e:
+        sys.exit(f"m3p-prepare-world: {e}")
+    print(f"data ready in {a.data}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,9 +4,10 @@
 imports this package, which registers the tasks, models and criterions below and the checkpoint
 allowlist for torch's weights_only loading.
 """
-from . import safe_globals
+from . import errors, safe_globals
 
 safe_globals.register()
+errors.install_excepthook()
 
 from . import criterions, models, tasks  # noqa: E402,F401  (registers with fairseq)
 

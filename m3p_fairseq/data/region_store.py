@@ -30,7 +30,10 @@ VERSION = 1
 REQUIRED_KEYS = ("image_ids", "offsets", "image_wh", "features", "boxes", "classes")
 
 
-class RegionDataError(ValueError):
+from ..errors import M3PInputError
+
+
+class RegionDataError(M3PInputError):
     """Bad region data; the message names the file and the image id."""
 
 

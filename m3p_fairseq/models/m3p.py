@@ -21,6 +21,8 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
+from ..errors import M3PInputError
+
 logger = logging.getLogger(__name__)
 
 VLM_HEAD = "vlm"
@@ -128,7 +130,7 @@ class M3PModel(RobertaModel):
                 setattr(args, name, value if value is not None else {"region_feat_dim": 2048,
                                                                      "num_region_classes": 1600}[name])
             elif value is not None and current != value:
-                raise ValueError(f"--{name.replace('_', '-')} {current} does not match the region store ({value})")
+                raise M3PInputError(f"--{name.replace('_', '-')} {current} does not match the region store ({value})")
         if not hasattr(args, "max_positions"):
             args.max_positions = args.tokens_per_sample
         model = cls(args, M3PEncoder(args, task.source_dictionary))

@@ -33,6 +33,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..errors import M3PInputError
 from ..data.image_caption_dataset import ImageCaptionDataset
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator, alpha_sampling_probs, resample_to_probs
 from ..data.region_dataset import RegionDataset
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 UNDERSTANDING_OBJECTIVES = ("xmlm", "mmlm", "mrm", "vlm")
 
 
-class M3PDataError(ValueError):
+class M3PDataError(M3PInputError):
     """Bad input data; the message names the file and the line or id."""
 
 

@@ -10,5 +10,6 @@ safe_globals.register()
 errors.install_excepthook()
 
 from . import criterions, models, tasks  # noqa: E402,F401  (registers with fairseq)
+from .hub import M3PHub  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -1,0 +1,130 @@
+"""A small Python interface to a trained or imported M3P understanding model, as fairseq's RoBERTa hub.
+
+>>> from m3p_fairseq import M3PHub
+>>> m3p = M3PHub.from_pretrained("xlmr-m3p")          # folder with model.pt, dict.txt, sentencepiece.bpe.model
+>>> tokens = m3p.encode("Ein Hund läuft über die Wiese.")
+>>> m3p.extract_features(tokens).shape                 # 1 x T x C, last layer
+>>> m3p.decode(tokens)
+'Ein Hund läuft über die Wiese.'
+
+Text goes through sentencepiece, then the fairseq dictionary by piece (not by sentencepiece id),
+so the same code serves XLM-R's model (whose ids are shifted by one against fairseq's) and the
+models preprocess/build_spm.py trains.
+"""
+import os
+from typing import List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .errors import M3PInputError
+
+
+class M3PHub(nn.Module):
+    """(cfg, task, model) plus the sentencepiece model; ``eval()`` mode after ``from_pretrained``."""
+
+    def __init__(self, cfg, task, model, spm_path):
+        super().__init__()
+        import sentencepiece as spm
+
+        self.cfg, self.task, self.model = cfg, task, model
+        self.dictionary = task.source_dictionary
+        self.spm_path = spm_path
+        self.sp = spm.SentencePieceProcessor(model_file=spm_path)
+        # a buffer that follows .to()/.cuda(), to know where inputs must go
+        self.register_buffer("_float_tensor", torch.tensor([0], dtype=torch.float), persistent=False)
+
+    @property
+    def device(self):
+        return self._float_tensor.device
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
+        """Load a checkpoint with fairseq's checkpoint_utils.
+
+        Args:
+            model_name_or_path: a folder (holding ``checkpoint_file``) or the checkpoint file itself
+            data_name_or_path: folder with dict.txt and sentencepiece.bpe.model (default: the
+                checkpoint's folder; give the data folder for a fairseq-train checkpoint)
+            overrides: further model/task options, as fairseq's ``arg_overrides``
+
+        >>> M3PHub.from_pretrained("checkpoints/checkpoint_best.pt", data_name_or_path="data-bin/m3p")
+        """
+        from fairseq import checkpoint_utils
+
+        if os.path.isfile(model_name_or_path):
+            path = model_name_or_path
+        else:
+            path = os.path.join(model_name_or_path, checkpoint_file)
+        if not os.path.isfile(path):
+            raise M3PInputError(f"{path}: checkpoint not found")
+        data = data_name_or_path or os.path.dirname(os.path.abspath(path))
+        if not os.path.isfile(os.path.join(data, "dict.txt")):
+            raise M3PInputError(f"{data}: no dict.txt (pass data_name_or_path, the folder holding it)")
+        spm_path = os.path.join(data, "sentencepiece.bpe.model")
+        if not os.path.isfile(spm_path):
+            raise M3PInputError(f"{data}: no sentencepiece.bpe.model")
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides=dict(overrides, data=os.path.abspath(data)))
+        hub = cls(cfg, task, models[0], spm_path)
+        hub.eval()
+        return hub
+
+    def max_positions(self):
+        return self.model.max_positions()
+
+    def encode(self, text: str, lang: Optional[str] = None) -> torch.LongTensor:
+        """``<s> pieces </s>`` as fairseq ids (1-D LongTensor).
+
+        ``lang`` is accepted so one piece of code can drive this and the generation model; the
+        understanding model, like XLM-R, reads no language id, so it changes nothing here.
+
+        >>> m3p.encode("Hello world!")
+        tensor([    0, 35378,  8999,    38,     2])
+        """
+        pieces = self.sp.encode(text, out_type=str)
+        ids = [self.dictionary.bos()] + [self.dictionary.index(p) for p in pieces] + [self.dictionary.eos()]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, tokens: torch.LongTensor) -> Union[str, List[str]]:
+        """Text of 1-D ``tokens`` (a list of texts for a 2-D batch); <s>, </s> and <pad> are dropped."""
+        if tokens.dim() == 2:
+            return [self.decode(t) for t in tokens]
+        special = {self.dictionary.bos(), self.dictionary.eos(), self.dictionary.pad()}
+        pieces = [self.dictionary[int(t)] for t in tokens if int(t) not in special]
+        return self.sp.decode(pieces)
+
+    def extract_features(self, tokens: torch.LongTensor, regions: Optional[torch.Tensor] = None,
+                         boxes: Optional[torch.Tensor] = None, region_padding_mask: Optional[torch.Tensor] = None,
+                         return_all_hiddens: bool = False):
+        """Last-layer features, B x T x C (B x (T + R) x C with regions: text first, then regions).
+
+        Args:
+            tokens: T or B x T ids (right-padded with <pad>)
+            regions: R x D or B x R x D detector features (optional)
+            boxes: R x 5 or B x R x 5 spatial vectors, as ``region_store.spatial_features`` makes them
+            region_padding_mask: B x R, True where a region slot is padding
+            return_all_hiddens: also return every layer's output (list of B x L x C, embeddings first)
+
+        >>> m3p.extract_features(m3p.encode("a dog")).shape
+        torch.Size([1, 4, 768])
+        """
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.size(-1) > self.max_positions():
+            raise M3PInputError(f"{tokens.size(-1)} tokens, more than the model's {self.max_positions()} positions")
+        kwargs = {}
+        if regions is not None:
+            if boxes is None:
+                raise M3PInputError("regions given without boxes (the 5-d spatial vector of each region)")
+            if regions.dim() == 2:
+                regions, boxes = regions.unsqueeze(0), boxes.unsqueeze(0)
+            if boxes.shape[:-1] != regions.shape[:-1] or boxes.size(-1) != 5:
+                raise M3PInputError(f"boxes have shape {tuple(boxes.shape)}, expected {tuple(regions.shape[:-1]) + (5,)}")
+            kwargs = {"regions": regions.to(self.device, torch.float), "region_boxes": boxes.to(self.device, torch.float)}
+            if region_padding_mask is not None:
+                kwargs["region_padding_mask"] = region_padding_mask.to(self.device)
+        out = self.model(tokens.to(self.device), features_only=True, return_all_hiddens=return_all_hiddens, **kwargs)
+        if return_all_hiddens:
+            return out["features"], [h.transpose(0, 1) for h in out["inner_states"]]
+        return out["features"]

@@ -1,0 +1,512 @@
+"""Raw public datasets -> sentencepiece -> fairseq-preprocess -> the folder layout the tasks read.
+
+    m3p-import-dataset KIND [sources] --out DATA --spm sentencepiece.bpe.model --dict dict.txt
+
+One DATA folder per corpus (the tasks read ``DATA/captions/{lang}``, so two caption corpora in
+one folder would overwrite each other). Each import writes, per language, everything at once:
+
+    DATA/dict.txt, DATA/sentencepiece.bpe.model       copied from --dict / --spm (must match if present)
+    DATA/captions/{lang}/{split}.{bin,idx,ids}        cc, multi30k, coco, stair, coco-cn, mild (query)
+    DATA/text/{lang}/{split}.{bin,idx}                wiki (xMLM text)
+    DATA/xnli/{lang}/{input0,input1,label}/{split}.*  xnli (fairseq's sentence_prediction layout)
+    DATA/ntg/{lang}/{src,tgt}/{split}.{bin,idx}       ntg (news body -> title)
+    DATA/mild/{lang}/context/{split}.{bin,idx}        mild (the context of each query line)
+    DATA/dictionaries/{src}-{tgt}.tsv                 muse (word<TAB>translation, for code-switching)
+
+``.ids`` holds the image id of each caption line; ids are what the detector converters
+(m3p-import-regions) key images by: COCO's numeric ``cocoid``, Flickr30K's file name without
+extension, Conceptual Captions' 0-based line number in its TSV. ``--only-ids`` (a file of ids
+or a region manifest) keeps only captions whose image has features, as Conceptual Captions needs
+(many of its URLs are dead). Splits are named train / valid / test. Every caption goes through
+preprocess/binarize.py's ``binarize()`` (one folder per call, moved into place when complete);
+an empty caption or a malformed line stops the run with one line naming the file and the line.
+"""
+import argparse
+import collections
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+from m3p_fairseq.errors import M3PInputError
+from preprocess.binarize import BinarizeError, binarize, run_fairseq_preprocess
+
+SPLIT_NAMES = ("train", "valid", "test")
+XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+XNLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+class DatasetError(M3PInputError):
+    """Bad raw data; the message names the file and the line or id."""
+
+
+def _open(path):
+    """Text file or its .gz (Multi30K ships its raw files gzipped)."""
+    for p in (path, path + ".gz"):
+        if os.path.isfile(p):
+            return gzip.open(p, "rt", encoding="utf-8") if p.endswith(".gz") else open(p, encoding="utf-8")
+    raise DatasetError(f"{path}: no such file (nor {os.path.basename(path)}.gz)")
+
+
+def _exists(path):
+    return os.path.isfile(path) or os.path.isfile(path + ".gz")
+
+
+def _clean(text, where):
+    text = " ".join(str(text).split())  # one line: tabs and newlines inside a caption become spaces
+    if not text:
+        raise DatasetError(f"{where}: empty text")
+    return text
+
+
+class Writer:
+    """Collects lines per (folder, split), then sentencepiece + fairseq-preprocess into DATA."""
+
+    def __init__(self, out, spm, dict_path, only_ids=None, workers=1):
+        self.out, self.spm, self.dict_path, self.workers = out, spm, dict_path, workers
+        for path in (spm, dict_path):
+            if not os.path.isfile(path):
+                raise DatasetError(f"{path}: no such file")
+        self.only_ids = load_id_filter(only_ids) if only_ids else None
+        self.dropped = 0
+        self.labels = collections.defaultdict(list)  # (folder, split) -> class names (xnli)
+        self.lines = collections.defaultdict(lambda: collections.defaultdict(list))  # folder -> split -> [(text, id)]
+
+    def add(self, folder, split, text, where, image_id=None):
+        image_id = None if image_id is None else str(image_id)
+        if image_id is not None and self.only_ids is not None and image_id not in self.only_ids:
+            self.dropped += 1
+            return
+        self.lines[folder][split].append((_clean(text, where), image_id))
+
+    def close(self):
+        if not self.lines:
+            raise DatasetError("nothing to write: no lines read (or none kept by --only-ids)")
+        os.makedirs(self.out, exist_ok=True)
+        for name, src in (("dict.txt", self.dict_path), ("sentencepiece.bpe.model", self.spm)):
+            dst = os.path.join(self.out, name)
+            if os.path.exists(dst):
+                with open(dst, "rb") as a, open(src, "rb") as b:
+                    if a.read() != b.read():
+                        raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
+            else:
+                shutil.copyfile(src, dst + ".tmp")
+                os.replace(dst + ".tmp", dst)
+        with tempfile.TemporaryDirectory(prefix=".raw-", dir=self.out) as tmp:
+            for folder, splits in sorted(self.lines.items()):
+                raw = {}
+                for split, items in splits.items():
+                    base = os.path.join(tmp, folder.replace("/", "__"), split)
+                    os.makedirs(os.path.dirname(base), exist_ok=True)
+                    with open(base + ".txt", "w", encoding="utf-8") as f:
+                        f.writelines(t + "\n" for t, _ in items)
+                    if items[0][1] is not None:
+                        with open(base + ".ids", "w", encoding="utf-8") as f:
+                            f.writelines(i + "\n" for _, i in items)
+                    raw[split] = base + ".txt"
+                try:
+                    binarize(self.spm, self.dict_path, os.path.join(self.out, folder), raw, workers=self.workers)
+                except BinarizeError as e:
+                    raise DatasetError(str(e))
+        return {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
+
+
+def load_id_filter(path):
+    """Image ids to keep: a region manifest/shard (the ids with features) or a text file, one id a line."""
+    if path.endswith((".json", ".h5", ".hdf5")):
+        from m3p_fairseq.data.region_store import RegionStore
+
+        return set(str(i) for i in RegionStore(path).image_ids)
+    with _open(path) as f:
+        return {line.strip() for line in f if line.strip()}
+
+
+# ---- image-caption corpora --------------------------------------------------------------------------
+
+def import_cc(w, train=None, valid=None, id_from="index"):
+    """Conceptual Captions: ``caption<TAB>url`` a line, no header (Train_GCC-training.tsv, Validation_GCC-1.1.0-Validation.tsv)."""
+    for split, path in (("train", train), ("valid", valid)):
+        if not path:
+            continue
+        with _open(path) as f:
+            for n, line in enumerate(f):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 2:
+                    raise DatasetError(f"{path}: line {n + 1}: expected caption<TAB>url, found {len(parts)} fields")
+                image_id = n if id_from == "index" else parts[1].strip()
+                w.add("captions/en", split, parts[0], f"{path}: line {n + 1}", image_id)
+
+
+MULTI30K_SPLITS = {"train": ("train", "train"), "valid": ("val", "val"), "test": ("test_2016_flickr", "test_2016")}
+
+
+def _image_list(path):
+    with _open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def import_multi30k(w, root, langs=("en", "de", "fr", "cs"), keep_ext=False, task1_only=False):
+    """Multi30K (github multi30k/dataset, its data/ folder): task2's 5 captions per image for en/de
+    (data/task2/raw/{split}.{1..5}.{lang}.gz, images in task2/image_splits/{split}_images.txt),
+    task1's one for fr/cs (data/task1/raw/{split}.{lang}.gz, images in task1/image_splits/{split}.txt)."""
+    for lang in langs:
+        for split, (t1, t2) in MULTI30K_SPLITS.items():
+            t2_files = [os.path.join(root, "task2", "raw", f"{t2}.{k}.{lang}") for k in range(1, 6)]
+            if not task1_only and all(_exists(p) for p in t2_files):
+                images = _image_list(os.path.join(root, "task2", "image_splits", f"{t2}_images.txt"))
+                files = t2_files
+            else:
+                files = [os.path.join(root, "task1", "raw", f"{t1}.{lang}")]
+                if not _exists(files[0]):
+                    continue  # e.g. cs has no task2 and some test years
+                images = _image_list(os.path.join(root, "task1", "image_splits", f"{t1}.txt"))
+            ids = [i if keep_ext else os.path.splitext(i)[0] for i in images]
+            for path in files:
+                with _open(path) as f:
+                    lines = f.read().splitlines()
+                if len(lines) != len(ids):
+                    raise DatasetError(f"{path}: {len(lines)} captions for {len(ids)} images in its image split list")
+                for n, (text, image_id) in enumerate(zip(lines, ids)):
+                    w.add(f"captions/{lang}", split, text, f"{path}: line {n + 1}", image_id)
+
+
+def _karpathy_split(split):
+    return {"train": "train", "restval": "train", "val": "valid", "test": "test"}.get(split)
+
+
+def import_karpathy(w, path, lang="en", test_images=None):
+    """Karpathy's dataset_coco.json (also dataset_flickr30k.json): images with split and sentences.
+    train + restval -> train, val -> valid, test -> test (``--test-images 1000``: the 1k test)."""
+    with _open(path) as f:
+        try:
+            doc = json.load(f)
+        except ValueError as e:
+            raise DatasetError(f"{path}: not JSON ({e})")
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise DatasetError(f"{path}: no 'images' list (not Karpathy's split file)")
+    tests = 0
+    for n, img in enumerate(doc["images"]):
+        split = _karpathy_split(img.get("split"))
+        where = f"{path}: images[{n}]"
+        if split is None:
+            raise DatasetError(f"{where}: split {img.get('split')!r} is not train/restval/val/test")
+        if split == "test":
+            tests += 1
+            if test_images and tests > test_images:
+                continue
+        image_id = img.get("cocoid", os.path.splitext(img.get("filename", ""))[0])
+        if image_id in ("", None):
+            raise DatasetError(f"{where}: no cocoid or filename")
+        for k, sent in enumerate(img.get("sentences", [])):
+            w.add(f"captions/{lang}", split, sent.get("raw", " ".join(sent.get("tokens", []))),
+                  f"{where}.sentences[{k}] (image {image_id})", image_id)
+
+
+def _karpathy_map(path):
+    with _open(path) as f:
+        doc = json.load(f)
+    return {str(img["cocoid"]): _karpathy_split(img["split"]) for img in doc["images"]}
+
+
+def import_coco_annotations(w, files, lang, karpathy=None):
+    """COCO caption annotations (STAIR Captions' stair_captions_v1.2_{train,val}.json): ``annotations``
+    with image_id and caption. Without --karpathy the file named --train is train, --valid valid; with
+    it every caption goes to its image's Karpathy split (as the English captions)."""
+    split_of = _karpathy_map(karpathy) if karpathy else None
+    for split, path in files.items():
+        if not path:
+            continue
+        with _open(path) as f:
+            try:
+                doc = json.load(f)
+            except ValueError as e:
+                raise DatasetError(f"{path}: not JSON ({e})")
+        if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
+            raise DatasetError(f"{path}: no 'annotations' list (not a COCO caption file)")
+        for n, ann in enumerate(doc["annotations"]):
+            where = f"{path}: annotations[{n}]"
+            if "image_id" not in ann or "caption" not in ann:
+                raise DatasetError(f"{where}: needs image_id and caption")
+            image_id = str(ann["image_id"])
+            target = split_of.get(image_id) if split_of is not None else split
+            if target is None:
+                continue  # image outside Karpathy's 123k (none in COCO 2014)
+            w.add(f"captions/{lang}", target, ann["caption"], where, image_id)
+
+
+_COCO_NAME = re.compile(r"^COCO_(?:train|val)2014_0*(\d+)$")
+
+
+def import_coco_cn(w, root, keep_names=False, caption_files=("imageid.human-written-caption.txt",)):
+    """COCO-CN (github li-xirong/coco-cn): coco-cn_{train,val,test}.txt list image names
+    (COCO_val2014_000000000139), captions are ``name#k<TAB>caption``; ids become cocoids
+    (139) so they match COCO's English captions and features, unless --keep-names."""
+    split_of = {}
+    for split, name in (("train", "coco-cn_train.txt"), ("valid", "coco-cn_val.txt"), ("test", "coco-cn_test.txt")):
+        for image in _image_list(os.path.join(root, name)):
+            split_of[image] = split
+    for name in caption_files:
+        path = os.path.join(root, name)
+        with _open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                key, sep, text = line.rstrip("\n").partition("\t")
+                if not sep:
+                    key, sep, text = line.rstrip("\n").partition(" ")
+                image = key.split("#")[0]
+                if image not in split_of:
+                    raise DatasetError(f"{path}: line {n}: image {image!r} is in no split list")
+                m = _COCO_NAME.match(image)
+                image_id = image if keep_names or not m else str(int(m.group(1)))
+                w.add("captions/zh", split_of[image], text, f"{path}: line {n}", image_id)
+
+
+def import_mild(w, root, langs):
+    """MILD <query, image, context> triples: ``{root}/{lang}/{train,dev,test}.tsv`` with columns
+    query<TAB>image_id<TAB>context (our reading of the release; see README). Queries become
+    captions/{lang} (image ids in .ids), contexts mild/{lang}/context, line for line."""
+    for lang in langs:
+        for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+            path = os.path.join(root, lang, f"{name}.tsv")
+            if not _exists(path):
+                continue
+            with _open(path) as f:
+                for n, line in enumerate(f, 1):
+                    parts = line.rstrip("\n").split("\t")
+                    if len(parts) != 3:
+                        raise DatasetError(f"{path}: line {n}: expected query<TAB>image_id<TAB>context, "
+                                           f"found {len(parts)} fields")
+                    query, image_id, context = parts
+                    where = f"{path}: line {n}"
+                    if w.only_ids is not None and image_id.strip() not in w.only_ids:
+                        w.dropped += 1
+                        continue
+                    w.add(f"captions/{lang}", split, query, where, image_id.strip())
+                    w.add(f"mild/{lang}/context", split, context, where)
+
+
+# ---- text corpora -----------------------------------------------------------------------------------
+
+def import_wiki(w, files, valid_lines=1000):
+    """Multilingual Wikipedia text, one file per language named {lang}.txt (one sentence a line); the
+    last --valid-lines lines become valid. The line counts are what alpha sampling weighs."""
+    for path in files:
+        lang = os.path.basename(path).split(".")[0]
+        with _open(path) as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        if len(lines) <= valid_lines:
+            raise DatasetError(f"{path}: {len(lines)} lines, not more than --valid-lines {valid_lines}")
+        for k, (n, line) in enumerate(lines):
+            w.add(f"text/{lang}", "train" if k < len(lines) - valid_lines else "valid", line, f"{path}: line {n}")
+
+
+def import_xnli(w, xnli_dir, train_dir=None, train_langs=("en",), langs=XNLI_LANGS):
+    """XNLI-1.0/xnli.{dev,test}.tsv (header; columns language, gold_label, ..., sentence1, sentence2)
+    and XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv (header premise, hypo, label; 'contradictory')."""
+    def label(value, where):
+        value = "contradiction" if value == "contradictory" else value
+        if value not in XNLI_LABELS:
+            raise DatasetError(f"{where}: label {value!r} is not one of {', '.join(XNLI_LABELS)}")
+        return value
+
+    def add(lang, split, premise, hypo, gold, where):
+        w.add(f"xnli/{lang}/input0", split, premise, where)
+        w.add(f"xnli/{lang}/input1", split, hypo, where)
+        w.labels[(f"xnli/{lang}/label", split)].append(label(gold, where))
+
+    for split, name in (("valid", "xnli.dev.tsv"), ("test", "xnli.test.tsv")):
+        path = os.path.join(xnli_dir, name)
+        with _open(path) as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for col in ("language", "gold_label", "sentence1", "sentence2"):
+                if col not in (reader.fieldnames or []):
+                    raise DatasetError(f"{path}: no column {col!r} in the header (not XNLI-1.0's tsv)")
+            for n, row in enumerate(reader, 2):
+                if row["language"] in langs:
+                    add(row["language"], split, row["sentence1"], row["sentence2"], row["gold_label"], f"{path}: line {n}")
+    for lang in (train_langs if train_dir else ()):
+        path = os.path.join(train_dir, f"multinli.train.{lang}.tsv")
+        with _open(path) as f:
+            header = f.readline().rstrip("\n").split("\t")
+            if header[:3] != ["premise", "hypo", "label"]:
+                raise DatasetError(f"{path}: line 1: expected the header premise<TAB>hypo<TAB>label")
+            for n, line in enumerate(f, 2):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 3:
+                    raise DatasetError(f"{path}: line {n}: expected 3 fields, found {len(parts)}")
+                add(lang, "train", parts[0], parts[1], parts[2], f"{path}: line {n}")
+
+
+def write_labels(w):
+    """Labels binarized with a fixed dictionary (entailment=4, neutral=5, contradiction=6), as
+    fairseq's sentence_prediction reads DATA/label."""
+    by_folder = collections.defaultdict(dict)
+    for (folder, split), labels in w.labels.items():
+        by_folder[folder][split] = labels
+    with tempfile.TemporaryDirectory(prefix=".labels-", dir=w.out) as tmp:
+        label_dict = os.path.join(tmp, "dict.txt")
+        with open(label_dict, "w") as f:
+            f.writelines(f"{lab} 1\n" for lab in XNLI_LABELS)
+        for folder, splits in by_folder.items():
+            stage = tempfile.mkdtemp(prefix=".label-", dir=tmp)
+            argv = ["--only-source", "--srcdict", label_dict, "--destdir", stage, "--workers", "1"]
+            for split, labels in splits.items():
+                with open(os.path.join(tmp, f"{split}.label"), "w") as f:
+                    f.writelines(lab + "\n" for lab in labels)
+                argv += [f"--{split}pref", os.path.join(tmp, f"{split}.label")]
+            run_fairseq_preprocess(argv, folder)
+            dest = os.path.join(w.out, folder)
+            if os.path.exists(dest):
+                shutil.rmtree(dest)
+            os.replace(stage, dest)
+
+
+def import_ntg(w, root, langs=("en", "de", "es", "fr", "ru")):
+    """XGLUE NTG: xglue.ntg.{lang}.src.{train,dev,test} (news bodies) and .tgt.* (titles), line for
+    line; train exists for en only in XGLUE."""
+    for lang in langs:
+        for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+            src = os.path.join(root, f"xglue.ntg.{lang}.src.{name}")
+            tgt = os.path.join(root, f"xglue.ntg.{lang}.tgt.{name}")
+            if not _exists(src):
+                continue
+            with _open(src) as f:
+                bodies = f.read().splitlines()
+            with _open(tgt) as f:
+                titles = f.read().splitlines()
+            if len(bodies) != len(titles):
+                raise DatasetError(f"{tgt}: {len(titles)} titles for {len(bodies)} news bodies in {src}")
+            for n, (body, title) in enumerate(zip(bodies, titles), 1):
+                w.add(f"ntg/{lang}/src", split, body, f"{src}: line {n}")
+                w.add(f"ntg/{lang}/tgt", split, title, f"{tgt}: line {n}")
+
+
+def import_muse(out, files):
+    """MUSE bilingual dictionaries ({src}-{tgt}.txt: 'word translation' a line) -> DATA/dictionaries/{src}-{tgt}.tsv,
+    duplicates dropped, order kept (MUSE lists the most frequent source words first)."""
+    os.makedirs(os.path.join(out, "dictionaries"), exist_ok=True)
+    counts = {}
+    for path in files:
+        name = os.path.basename(path).split(".")[0]
+        if not re.match(r"^[a-z]{2,3}-[a-z]{2,3}$", name):
+            raise DatasetError(f"{path}: expected a MUSE file name like en-de.txt")
+        pairs, seen = [], set()
+        with _open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                if len(parts) != 2:
+                    raise DatasetError(f"{path}: line {n}: expected 'word translation', found {len(parts)} fields")
+                if tuple(parts) not in seen:
+                    seen.add(tuple(parts))
+                    pairs.append(parts)
+        dst = os.path.join(out, "dictionaries", name + ".tsv")
+        with open(dst + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+        os.replace(dst + ".tmp", dst)
+        counts[name] = len(pairs)
+    return counts
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    def cmd(name, help, vocab=True):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--out", required=True, help="the DATA folder of this corpus")
+        if vocab:
+            s.add_argument("--spm", required=True, help="sentencepiece model (XLM-R's for real runs)")
+            s.add_argument("--dict", required=True, help="fairseq dict.txt matching --spm")
+            s.add_argument("--only-ids", help="keep images listed here (ids file, or a region manifest)")
+            s.add_argument("--workers", type=int, default=1)
+        return s
+
+    s = cmd("cc", "Conceptual Captions TSV (caption<TAB>url)")
+    s.add_argument("--train", help="Train_GCC-training.tsv")
+    s.add_argument("--valid", help="Validation_GCC-1.1.0-Validation.tsv")
+    s.add_argument("--id-from", choices=("index", "url"), default="index",
+                   help="image id: 0-based line number (default) or the URL")
+    s = cmd("multi30k", "Multi30K (the data/ folder of github multi30k/dataset)")
+    s.add_argument("root", help="multi30k-dataset/data")
+    s.add_argument("--langs", default="en,de,fr,cs")
+    s.add_argument("--keep-ext", action="store_true", help="keep .jpg in image ids")
+    s.add_argument("--task1-only", action="store_true", help="one caption per image for en/de too")
+    s = cmd("coco", "MSCOCO (or Flickr30K) with Karpathy's split: dataset_coco.json")
+    s.add_argument("json", help="dataset_coco.json")
+    s.add_argument("--lang", default="en")
+    s.add_argument("--test-images", type=int, default=None, help="first N test images only (1000: the 1k test)")
+    s = cmd("stair", "STAIR Captions (ja), COCO annotation JSON")
+    s.add_argument("--train", help="stair_captions_v1.2_train.json")
+    s.add_argument("--valid", help="stair_captions_v1.2_val.json")
+    s.add_argument("--karpathy", help="dataset_coco.json: split by Karpathy's split instead of by file")
+    s.add_argument("--lang", default="ja")
+    s = cmd("coco-cn", "COCO-CN (zh): coco-cn_{train,val,test}.txt + imageid.*-caption.txt")
+    s.add_argument("root", help="the coco-cn folder")
+    s.add_argument("--captions", default="imageid.human-written-caption.txt",
+                   help="comma-separated caption files (add imageid.manually-translated-caption.txt for more)")
+    s.add_argument("--keep-names", action="store_true", help="keep COCO_val2014_... names as image ids")
+    s = cmd("mild", "MILD triples: ROOT/{lang}/{train,dev,test}.tsv, query<TAB>image_id<TAB>context")
+    s.add_argument("root")
+    s.add_argument("--langs", required=True, help="comma-separated languages")
+    s = cmd("wiki", "multilingual text, one file per language ({lang}.txt)")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--valid-lines", type=int, default=1000)
+    s = cmd("xnli", "XNLI-1.0 (dev/test) and XNLI-MT-1.0 (train)")
+    s.add_argument("xnli_dir", help="XNLI-1.0 folder (xnli.dev.tsv, xnli.test.tsv)")
+    s.add_argument("--train-dir", help="XNLI-MT-1.0/multinli (multinli.train.{lang}.tsv)")
+    s.add_argument("--train-langs", default="en", help="languages to read training data for (paper: en)")
+    s.add_argument("--langs", default=",".join(XNLI_LANGS))
+    s = cmd("ntg", "XGLUE NTG: xglue.ntg.{lang}.{src,tgt}.{train,dev,test}")
+    s.add_argument("root")
+    s.add_argument("--langs", default="en,de,es,fr,ru")
+    s = cmd("muse", "MUSE bilingual dictionaries ({src}-{tgt}.txt)", vocab=False)
+    s.add_argument("files", nargs="+")
+
+    a = p.parse_args(argv)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    try:
+        if a.kind == "muse":
+            counts = import_muse(a.out, a.files)
+            print("; ".join(f"{k}: {v} pairs" for k, v in counts.items()), file=sys.stderr)
+            return
+        w = Writer(a.out, a.spm, a.dict, a.only_ids, a.workers)
+        if a.kind == "cc":
+            import_cc(w, a.train, a.valid, a.id_from)
+        elif a.kind == "multi30k":
+            import_multi30k(w, a.root, split(a.langs), a.keep_ext, a.task1_only)
+        elif a.kind == "coco":
+            import_karpathy(w, a.json, a.lang, a.test_images)
+        elif a.kind == "stair":
+            import_coco_annotations(w, {"train": a.train, "valid": a.valid}, a.lang, a.karpathy)
+        elif a.kind == "coco-cn":
+            import_coco_cn(w, a.root, a.keep_names, split(a.captions))
+        elif a.kind == "mild":
+            import_mild(w, a.root, split(a.langs))
+        elif a.kind == "wiki":
+            import_wiki(w, a.files, a.valid_lines)
+        elif a.kind == "xnli":
+            import_xnli(w, a.xnli_dir, a.train_dir, split(a.train_langs), split(a.langs))
+        elif a.kind == "ntg":
+            import_ntg(w, a.root, split(a.langs))
+        counts = w.close()
+        if w.labels:
+            write_labels(w)
+    except M3PInputError as e:
+        sys.exit(f"m3p-import-dataset: {e}")
+    for folder, splits in sorted(counts.items()):
+        print(f"{a.out}/{folder}: " + ", ".join(f"{s} {n}" for s, n in sorted(splits.items())), file=sys.stderr)
+    if w.dropped:
+        print(f"{w.dropped} lines dropped by --only-ids (no features for their image)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

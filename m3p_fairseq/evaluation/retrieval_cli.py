@@ -67,6 +67,7 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="score on the CPU even when CUDA is there")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)  # fairseq and h5py log at INFO/DEBUG on import
     langs = [x for x in a.langs.split(",") if x]
     device = "cuda" if torch.cuda.is_available() and not a.cpu else "cpu"
     model, task = load_checkpoint(a.path, a.data, {"caption_langs": a.langs})

@@ -38,6 +38,7 @@ setup(
             "m3p-binarize = preprocess.binarize:main",
             "m3p-prepare-world = preprocess.prepare_world:main",
             "m3p-retrieval-eval = m3p_fairseq.evaluation.retrieval_cli:main",
+            "m3p-results-table = m3p_fairseq.evaluation.tables:main",
             "m3p-import-xlmr = preprocess.import_xlmr:main",
             "m3p-import-m3p = preprocess.import_m3p:main",
             "m3p-import-regions = preprocess.detectors:main",

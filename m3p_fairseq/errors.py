@@ -13,10 +13,24 @@ class M3PInputError(ValueError):
     """Bad input from the user; the message names the file and the id or line."""
 
 
+def refused_checkpoint_message(exc):
+    """One line for torch's weights_only refusal, or None if ``exc`` is something else."""
+    import pickle
+
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    what = next((line.strip() for line in text.splitlines() if "Unsupported global" in line or "GLOBAL" in line),
+                "an object outside the allowlist")
+    return (f"refused to load a checkpoint: it would run code or build objects outside the allowlist ({what}); "
+            f"load only checkpoints you trust")
+
+
 def _hook(previous):
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, M3PInputError) and not os.environ.get("M3P_TRACEBACK"):
-            sys.stderr.write(f"error: {exc}\n")
+        message = str(exc) if issubclass(exc_type, M3PInputError) else refused_checkpoint_message(exc)
+        if message is not None and not os.environ.get("M3P_TRACEBACK"):
+            sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()
             os._exit(1)  # skip fairseq's atexit handlers: nothing is left half-written
         previous(exc_type, exc, tb)

@@ -39,11 +39,13 @@ setup(
             "m3p-prepare-world = preprocess.prepare_world:main",
             "m3p-retrieval-eval = m3p_fairseq.evaluation.retrieval_cli:main",
             "m3p-results-table = m3p_fairseq.evaluation.tables:main",
+            "m3p-plots = m3p_fairseq.evaluation.plots:main",
             "m3p-import-xlmr = preprocess.import_xlmr:main",
             "m3p-import-m3p = preprocess.import_m3p:main",
             "m3p-import-regions = preprocess.detectors:main",
             "m3p-import-dataset = preprocess.datasets:main",
             "m3p-caption-score = m3p_fairseq.evaluation.caption_score_cli:main",
+            "m3p-downstream-eval = m3p_fairseq.evaluation.downstream_cli:main",
         ],
     },
 )

@@ -1,0 +1,136 @@
+"""m3p-plots: results JSON and training logs as PNG pictures.
+
+    m3p-plots --results demo-output/results.json --train-log demo-output/train.log --out demo-output/plots
+
+Writes one bar chart per task of the results (a bar per language, the chance level as a line
+where the JSON has one: the paper's tables as pictures) and, per training log, the loss curve
+of each objective against updates. Reads fairseq's ``simple`` and ``json`` log formats.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+from .results import load_results
+
+LOSS_KEYS = ("xmlm_loss", "mmlm_loss", "mrm_mse", "mrm_ce", "vlm_loss", "vlm_acc", "xdae_loss", "ic_loss",
+             "dic_loss")
+_SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
+
+
+def parse_train_log(path):
+    """{metric: [(num_updates, value), ...]} from the train_inner lines of a fairseq log."""
+    series = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "train_inner" not in line:
+                continue
+            if "{" in line:
+                try:
+                    rec = json.loads(line[line.index("{"):])
+                except ValueError:
+                    continue
+            else:
+                rec = dict(_SIMPLE.findall(line))
+            if "num_updates" not in rec:
+                continue
+            step = int(float(rec["num_updates"]))
+            for k, v in rec.items():
+                if v is None or k == "num_updates":
+                    continue
+                try:
+                    series.setdefault(k, []).append((step, float(v)))
+                except ValueError:
+                    pass
+    return series
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(series, out_png, title):
+    keys = [k for k in LOSS_KEYS if k in series]
+    if not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        xs, ys = zip(*series[k])
+        ax.plot(xs, ys)
+        ax.set_title(k)
+        ax.set_xlabel("updates")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def _bars(ax, per_lang, metric, chance=None):
+    langs = [l for l in per_lang if isinstance(per_lang[l], dict) and metric in per_lang[l]]
+    ax.bar(langs, [per_lang[l][metric] for l in langs])
+    if chance is not None:
+        ax.axhline(chance, color="red", linestyle="--", label="chance")
+        ax.legend(fontsize=7)
+    ax.set_ylabel(metric)
+
+
+def plot_results(doc, out_dir):
+    plt = _plt()
+    written = []
+    panels = []  # (title, per_lang dict, metric, chance)
+    retrieval = doc.get("retrieval", {})
+    for setting, per_lang in retrieval.items():
+        if isinstance(per_lang, dict) and any(isinstance(v, dict) and "mR" in v for v in per_lang.values()):
+            panels.append((f"retrieval {setting}", per_lang, "mR", retrieval.get("chance_mR")))
+    for task, metric in (("captioning", "bleu4"), ("captioning", "cider"), ("xnli", "acc"), ("ntg", "bleu4"),
+                         ("mmt", "bleu4")):
+        per = doc.get(task)
+        if isinstance(per, dict) and any(isinstance(v, dict) and metric in v for v in per.values()):
+            panels.append((task, per, metric, None))
+    for title, per_lang, metric, chance in panels:
+        fig, ax = plt.subplots(figsize=(4.5, 3))
+        _bars(ax, per_lang, metric, chance)
+        ax.set_title(title)
+        fig.tight_layout()
+        path = os.path.join(out_dir, re.sub(r"\W+", "_", f"{title}_{metric}").strip("_") + ".png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", help="results JSON")
+    p.add_argument("--train-log", nargs="*", default=[], help="fairseq training logs (simple or json format)")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    a = p.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    written = []
+    if a.results:
+        try:
+            doc = load_results(a.results)
+        except ValueError as e:
+            sys.exit(f"m3p-plots: {e}")
+        written += plot_results(doc, a.out)
+    for log in a.train_log:
+        if not os.path.isfile(log):
+            sys.exit(f"m3p-plots: {log}: no such training log")
+        name = os.path.splitext(os.path.basename(log))[0]
+        png = plot_losses(parse_train_log(log), os.path.join(a.out, f"{name}_losses.png"), name)
+        if png:
+            written.append(png)
+    for w in written:
+        print(w)
+
+
+if __name__ == "__main__":
+    main()

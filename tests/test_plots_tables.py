@@ -1,0 +1,36 @@
+"""Pictures and tables of the results: they read what the demo writes and fail clearly on bad files."""
+import json
+import os
+
+from m3p_fairseq.evaluation.plots import main as plots_main, parse_train_log
+from m3p_fairseq.evaluation.tables import render
+
+DOC = {"retrieval": {"zero_shot": {"en": {"mR": 40.0}, "de": {"mR": 10.0}}, "chance_mR": 5.3},
+       "captioning": {"en": {"bleu4": 20.0, "cider": 50.0}}}
+
+
+def test_parse_simple_and_json_logs(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "2026 | INFO | train_inner | epoch 001:    100 / 392 loss=7.6, xmlm_loss=9.2, vlm_acc=50.4, num_updates=100, lr=1e-3\n"
+        '2026 | INFO | train_inner | {"epoch": 1, "vlm_loss": "0.69", "num_updates": "200", "mmlm_loss": null}\n'
+        "2026 | INFO | fairseq_cli.train | done\n")
+    s = parse_train_log(str(log))
+    assert s["xmlm_loss"] == [(100, 9.2)] and s["vlm_loss"] == [(200, 0.69)] and "mmlm_loss" not in s
+
+
+def test_plots_written(tmp_path, capsys):
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps(DOC))
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"x | train_inner | epoch 001: loss=1, vlm_loss={1 / (i + 1):.3f}, num_updates={i}\n"
+                           for i in range(1, 6)))
+    plots_main(["--results", str(res), "--train-log", str(log), "--out", str(tmp_path / "plots")])
+    written = capsys.readouterr().out.split()
+    assert len(written) == 4 and all(os.path.getsize(p) > 1000 and p.endswith(".png") for p in written)
+
+
+def test_tables_one_column_per_language():
+    text = render(DOC)
+    assert "| setting | en | de |" in text and "| zero_shot | 40.0 | 10.0 |" in text
+    assert "Chance level: mR 5.3" in text and "| BLEU-4 | 20.0 |" in text

@@ -128,3 +128,52 @@ class M3PHub(nn.Module):
         if return_all_hiddens:
             return out["features"], [h.transpose(0, 1) for h in out["inner_states"]]
         return out["features"]
+
+    # ---- image-text matching (the VLM head) ---------------------------------------------------------
+    def _regions(self, regions, boxes=None, width=None, height=None, store=None):
+        """Region input as model tensors: from an image id of a RegionStore, or from arrays."""
+        import numpy as np
+
+        from .data.region_store import spatial_features
+
+        if isinstance(regions, str):
+            if store is None:
+                raise M3PInputError(f"image id {regions!r} given without a region store (store=RegionStore(path))")
+            item = store.get(store.index_of(regions))
+            feats, boxes = item["features"], spatial_features(item["boxes"], item["width"], item["height"])
+        else:
+            feats = np.asarray(regions, dtype=np.float32)
+            if boxes is None:
+                raise M3PInputError("regions given without boxes")
+            boxes = np.asarray(boxes, dtype=np.float32)
+            if boxes.shape[-1] == 4:  # pixel boxes: make the 5-d spatial vector
+                if width is None or height is None:
+                    raise M3PInputError("pixel boxes (x1, y1, x2, y2) need the image width and height")
+                boxes = spatial_features(boxes, float(width), float(height))
+        return torch.as_tensor(feats), torch.as_tensor(boxes)
+
+    @torch.no_grad()
+    def score(self, regions, text, lang=None, boxes=None, width=None, height=None, store=None):
+        """Probability that ``text`` describes the image (the VLM head).
+
+        ``regions``: an image id (with ``store``) or an R x D array with ``boxes`` (R x 5 spatial
+        vectors, or R x 4 pixel boxes with ``width``/``height``).
+
+        >>> from m3p_fairseq.data.region_store import RegionStore
+        >>> m3p.score("test_000003", "a red dog left of a blue car", store=RegionStore("data/regions/test.json"))
+        0.93
+        """
+        return self.rank(regions, [text], lang, boxes, width, height, store)[0][1]
+
+    @torch.no_grad()
+    def rank(self, regions, texts, lang=None, boxes=None, width=None, height=None, store=None):
+        """Candidate texts for one image, best first: a list of (text, match probability)."""
+        from fairseq.data import data_utils
+
+        feats, spatial = self._regions(regions, boxes, width, height, store)
+        tokens = data_utils.collate_tokens([self.encode(t, lang) for t in texts], self.dictionary.pad())
+        n = len(texts)
+        out = self.model(tokens.to(self.device), regions=feats[None].expand(n, -1, -1).to(self.device),
+                         region_boxes=spatial[None].expand(n, -1, -1).to(self.device), vlm=True)
+        probs = torch.sigmoid(out["vlm_logits"].float()).tolist()
+        return sorted(zip(texts, probs), key=lambda x: -x[1])

@@ -4,10 +4,11 @@
 imports this package, which registers the tasks, models and criterions below and the checkpoint
 allowlist for torch's weights_only loading.
 """
-from . import errors, safe_globals
+from . import distributed, errors, safe_globals
 
 safe_globals.register()
 errors.install_excepthook()
+distributed.install()  # CPU workers under fairseq's launchers, --bf16 without a TPU
 
 from . import criterions, models, tasks  # noqa: E402,F401  (registers with fairseq)
 from .hub import M3PHub  # noqa: E402,F401

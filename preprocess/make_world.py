@@ -14,12 +14,21 @@ loanwords are shared across languages, as in real text. A text-only corpus in te
 with unequal sizes, feeds xMLM. The bilingual word lists of the lexicon are written as MUSE-style
 ``en-xx.txt`` files for code-switching.
 
+The downstream sets come in the raw formats of the public ones (XNLI-1.0 / XNLI-MT, XGLUE NTG,
+MILD triples), so ``m3p-prepare-world`` binarizes them with the importers of real data; each has
+its own random stream, so adding them left the pre-training data unchanged. MMT reads the captions:
+the caption files of a split are parallel across languages, as Multi30K's are.
+
 Output (OUT is the argument):
 
     OUT/raw/text/{lang}.{train,valid}.txt          text-only corpus, one sentence a line
     OUT/raw/captions/{split}.{lang}.txt            captions, one a line
     OUT/raw/captions/{split}.{lang}.ids            the image id of each caption line
     OUT/raw/dict/en-{xx}.txt                       bilingual word pairs "en_word xx_word"
+    OUT/raw/xnli/XNLI-1.0/xnli.{dev,test}.tsv      XNLI-style sentence pairs (every text language)
+    OUT/raw/xnli/XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv
+    OUT/raw/ntg/xglue.ntg.{lang}.{src,tgt}.{train,dev,test}   news body -> title (train: en only)
+    OUT/raw/mild/{lang}/{train,dev,test}.tsv       query<TAB>image_id<TAB>context on the world's images
     OUT/regions/{split}.json + {split}.{k}.h5      the region store (manifest + shards)
     OUT/world.json                                 the generator's settings
 """
@@ -119,14 +128,19 @@ def text_sentence(rng, lex, lang):
         c1, c2 = rng.choice(COLOURS, 2)
         o1, o2 = rng.choice(OBJECTS, 2, replace=False)
         return render(lex, lang, c1, o1, RELATIONS[rng.integers(4)], c2, o2)
-    w = lex[lang]
     name, digit = NAMES[rng.integers(len(NAMES))], str(rng.integers(2, 10))
     c, o = COLOURS[rng.integers(len(COLOURS))], OBJECTS[rng.integers(len(OBJECTS))]
-    verb = w["has"] if rng.random() < 0.5 else w["sees"]
+    verb = "has" if rng.random() < 0.5 else "sees"
+    return statement(lex, lang, name, verb, digit, c, o)
+
+
+def statement(lex, lang, name, verb, digit, c, o):
+    """"Anna sees 3 red dog today" in the word order of ``lang``."""
+    w = lex[lang]
     sep = "" if lang in NO_SPACE else " "
     if lang in ("ja", "cs", "ru"):  # verb last
-        return sep.join([name, digit, w[c], w[o], verb])
-    return sep.join([name, verb, digit, w[c], w[o], w["today"]])
+        return sep.join([name, digit, w[c], w[o], w[verb]])
+    return sep.join([name, w[verb], digit, w[c], w[o], w["today"]])
 
 
 class World:
@@ -205,6 +219,7 @@ def write_split(world, out, split, n_images, caption_langs, captions_per_image, 
     writers = [RegionShardWriter(p, world.feat_dim, world.num_classes, max_regions=100) for p in shard_paths]
     caps = {lang: [] for lang in caption_langs}
     ids = {lang: [] for lang in caption_langs}
+    scenes = []  # (image id, placed objects): what the downstream sets (MILD) describe
     prev = None
     for n in progress(range(n_images), desc=f"world {split}"):
         image_id = f"{split}_{n:06d}"
@@ -214,6 +229,7 @@ def write_split(world, out, split, n_images, caption_langs, captions_per_image, 
         else:
             regions, placed = world.make_image(rng)
         prev = placed
+        scenes.append((image_id, placed))
         writers[n % shards].add(image_id, **regions)
         for k in range(captions_per_image):
             pair = rng.choice(len(placed), 2, replace=False)
@@ -227,6 +243,7 @@ def write_split(world, out, split, n_images, caption_langs, captions_per_image, 
         base = os.path.join(out, "raw", "captions", f"{split}.{lang}")
         _write_lines(base + ".txt", caps[lang])
         _write_lines(base + ".ids", ids[lang])
+    return scenes
 
 
 def _write_lines(path, lines):
@@ -261,6 +278,130 @@ def write_dictionaries(world, out):
         _write_lines(os.path.join(out, "raw", "dict", f"en-{lang}.txt"), pairs)
 
 
+# ---- downstream sets: XNLI, NTG and MILD in their public formats --------------------------------------
+# (MMT needs nothing more: the caption files of a split are parallel, line for line, like Multi30K's.)
+
+XNLI_LABELS = ("entailment", "neutral", "contradiction")
+NTG_LANGS = ["en", "de", "fr", "es", "ru"]  # XGLUE NTG's languages
+MILD_LANGS = ["en", "de", "ja"]  # the training language, a Latin-script one, one without spaces
+OPPOSITE = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
+SENTENCE_END = {"ja": "。", "zh": "。"}
+
+
+def nli_example(rng, label):
+    """(premise, hypothesis) as concept tuples (c1, o1, rel, c2, o2) with the given XNLI label.
+
+    entailment: the scene said again, half the time the other way round ("b below a" for "a above b");
+    contradiction: the opposite relation (in either order) or a wrong colour on a mentioned object;
+    neutral: a mentioned object placed relative to one the premise does not mention.
+    Both orders occur in every class, so word order alone tells nothing.
+    """
+    o1, o2, o3 = (OBJECTS[i] for i in rng.choice(len(OBJECTS), 3, replace=False))
+    c1, c2, c3 = (COLOURS[i] for i in rng.integers(len(COLOURS), size=3))
+    rel = RELATIONS[rng.integers(len(RELATIONS))]
+    swap = rng.random() < 0.5
+
+    def say(a, b, r):  # a r b, or the same fact the other way round
+        return (b[0], b[1], OPPOSITE[r], a[0], a[1]) if swap else (a[0], a[1], r, b[0], b[1])
+
+    if label == "entailment":
+        hypo = say((c1, o1), (c2, o2), rel)
+    elif label == "contradiction":
+        if rng.random() < 0.5:
+            hypo = say((c1, o1), (c2, o2), OPPOSITE[rel])
+        else:
+            k = COLOURS.index(c1)
+            wrong = COLOURS[(k + 1 + int(rng.integers(len(COLOURS) - 1))) % len(COLOURS)]
+            hypo = say((wrong, o1), (c2, o2), rel)
+    elif label == "neutral":
+        known = (c1, o1) if rng.random() < 0.5 else (c2, o2)
+        hypo = say(known, (c3, o3), RELATIONS[rng.integers(len(RELATIONS))])
+    else:
+        raise ValueError(f"unknown XNLI label {label!r}")
+    return (c1, o1, rel, c2, o2), hypo
+
+
+def write_xnli(world, out, n_train, n_eval, seed, langs=TEXT_LANGS):
+    """XNLI-1.0's xnli.{dev,test}.tsv (every language, parallel) and XNLI-MT-1.0's
+    multinli.train.{lang}.tsv (the English training set machine-"translated": here rendered)."""
+    root = os.path.join(out, "raw", "xnli")
+    os.makedirs(os.path.join(root, "XNLI-1.0"), exist_ok=True)
+    os.makedirs(os.path.join(root, "XNLI-MT-1.0", "multinli"), exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        rng = np.random.default_rng([seed, 91, {"train": 1, "dev": 2, "test": 3}[split]])
+        examples = []
+        for _ in range(n):
+            label = XNLI_LABELS[rng.integers(len(XNLI_LABELS))]
+            examples.append((label,) + nli_example(rng, label))
+        if split == "train":
+            for lang in langs:
+                rows = ["premise\thypo\tlabel"] + [
+                    f"{render(world.lex, lang, *p)}\t{render(world.lex, lang, *h)}\t"
+                    f"{'contradictory' if lab == 'contradiction' else lab}" for lab, p, h in examples]
+                _write_lines(os.path.join(root, "XNLI-MT-1.0", "multinli", f"multinli.train.{lang}.tsv"), rows)
+        else:
+            rows = ["language\tgold_label\tsentence1\tsentence2"] + [
+                f"{lang}\t{lab}\t{render(world.lex, lang, *p)}\t{render(world.lex, lang, *h)}"
+                for lang in langs for lab, p, h in examples]
+            _write_lines(os.path.join(root, "XNLI-1.0", f"xnli.{split}.tsv"), rows)
+
+
+def news_example(rng):
+    """The concepts of one news item: three objects, their colours, two relations, a statement."""
+    o = [OBJECTS[i] for i in rng.choice(len(OBJECTS), 3, replace=False)]
+    c = [COLOURS[i] for i in rng.integers(len(COLOURS), size=3)]
+    rels = [RELATIONS[i] for i in rng.integers(len(RELATIONS), size=2)]
+    who = (NAMES[rng.integers(len(NAMES))], "has" if rng.random() < 0.5 else "sees", str(rng.integers(2, 10)))
+    return o, c, rels, who
+
+
+def news_text(lex, lang, example):
+    """(body, title): three sentences about a scene; the title names the first sentence's two objects."""
+    o, c, rels, (name, verb, digit) = example
+    w, end = lex[lang], SENTENCE_END.get(lang, " .")
+    sentences = [render(lex, lang, c[0], o[0], rels[0], c[1], o[1]),
+                 statement(lex, lang, name, verb, digit, c[2], o[2]),
+                 render(lex, lang, c[1], o[1], rels[1], c[2], o[2])]
+    body = ("" if lang in NO_SPACE else " ").join(s + end for s in sentences)
+    first, second = ([w[o[k]], w[c[k]]] if lang in ("fr", "es", "it", "ar") else [w[c[k]], w[o[k]]] for k in (0, 1))
+    title = ("" if lang in NO_SPACE else " ").join(first + [w["and"]] + second)
+    return body, title
+
+
+def write_ntg(world, out, n_train, n_eval, seed, langs=NTG_LANGS):
+    """XGLUE NTG's files xglue.ntg.{lang}.{src,tgt}.{train,dev,test}: news body -> title.
+    Training data in English only, as XGLUE; dev and test in every language."""
+    root = os.path.join(out, "raw", "ntg")
+    os.makedirs(root, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        rng = np.random.default_rng([seed, 92, {"train": 1, "dev": 2, "test": 3}[split]])
+        examples = [news_example(rng) for _ in range(n)]
+        for lang in (["en"] if split == "train" else langs):
+            pairs = [news_text(world.lex, lang, e) for e in examples]
+            _write_lines(os.path.join(root, f"xglue.ntg.{lang}.src.{split}"), [b for b, _ in pairs])
+            _write_lines(os.path.join(root, f"xglue.ntg.{lang}.tgt.{split}"), [t for _, t in pairs])
+
+
+def write_mild(world, out, scenes, seed, langs=MILD_LANGS):
+    """MILD-style <query, image, context> triples, ROOT/{lang}/{train,dev,test}.tsv with
+    query<TAB>image_id<TAB>context: the query describes two objects of the image, the context
+    (the text found around the image) two others, or the same two the other way round."""
+    for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+        rng = np.random.default_rng([seed, 93, {"train": 1, "valid": 2, "test": 3}[split]])
+        rows = {lang: [] for lang in langs}
+        for image_id, placed in scenes[split]:
+            i, j = (int(x) for x in rng.choice(len(placed), 2, replace=False))
+            others = [(a, b) for a in range(len(placed)) for b in range(len(placed))
+                      if a != b and {a, b} != {i, j}] or [(j, i)]
+            ctx = others[rng.integers(len(others))]
+            for lang in langs:
+                rows[lang].append(f"{world.caption(rng, placed, lang, (i, j))}\t{image_id}\t"
+                                  f"{world.caption(rng, placed, lang, ctx)}")
+        for lang in langs:
+            os.makedirs(os.path.join(out, "raw", "mild", lang), exist_ok=True)
+            _write_lines(os.path.join(out, "raw", "mild", lang, f"{name}.tsv"), rows[lang])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="output folder")
@@ -273,17 +414,28 @@ def main(argv=None):
                    help="captions per training image (in every language; pre-training reads English only)")
     p.add_argument("--text-sentences", type=int, default=20000, help="sentences of the largest language")
     p.add_argument("--train-shards", type=int, default=2)
+    p.add_argument("--xnli-train", type=int, default=None, help="XNLI training pairs (default: --train-images)")
+    p.add_argument("--xnli-eval", type=int, default=None, help="XNLI dev and test pairs per language (default: 3 x --test-images)")
+    p.add_argument("--ntg-train", type=int, default=None, help="NTG training items, English (default: --train-images)")
+    p.add_argument("--ntg-eval", type=int, default=None, help="NTG dev and test items per language (default: --test-images)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.train_images < 1 or a.test_images < 2 or a.feat_dim < 8:
         p.error("need at least 1 training image, 2 test images and an 8-d feature")
     progress = (lambda x, desc: x) if a.quiet else _tqdm
     world = World(a.seed, a.feat_dim)
-    write_split(world, a.out, "train", a.train_images, CAPTION_LANGS, a.train_captions, a.train_shards, a.seed, progress)
-    write_split(world, a.out, "valid", a.valid_images, CAPTION_LANGS, 1, 1, a.seed, progress)
-    write_split(world, a.out, "test", a.test_images, CAPTION_LANGS, 1, 1, a.seed, progress)
+    scenes = {
+        "train": write_split(world, a.out, "train", a.train_images, CAPTION_LANGS, a.train_captions, a.train_shards,
+                             a.seed, progress),
+        "valid": write_split(world, a.out, "valid", a.valid_images, CAPTION_LANGS, 1, 1, a.seed, progress),
+        "test": write_split(world, a.out, "test", a.test_images, CAPTION_LANGS, 1, 1, a.seed, progress),
+    }
     write_text(world, a.out, a.text_sentences, a.seed)
     write_dictionaries(world, a.out)
+    # downstream sets, each from its own random stream: the pre-training data above stays as it was
+    write_xnli(world, a.out, a.xnli_train or a.train_images, a.xnli_eval or 3 * a.test_images, a.seed)
+    write_ntg(world, a.out, a.ntg_train or a.train_images, a.ntg_eval or a.test_images, a.seed)
+    write_mild(world, a.out, scenes, a.seed)
     with open(os.path.join(a.out, "world.json"), "w") as f:
         json.dump({**vars(a), "num_classes": world.num_classes, "caption_langs": CAPTION_LANGS,
                    "text_langs": TEXT_LANGS}, f, indent=1)

@@ -4,6 +4,10 @@
 
 trains a sentencepiece model on the world's text (real runs use XLM-R's), then binarizes
 ``text/{lang}`` for xMLM and ``captions/{lang}`` with their image ids, and links the region store.
+The downstream sets go through the importers of the real datasets (preprocess/datasets.py), so
+they land where real ones do: ``xnli/{lang}/{input0,input1,label}``, ``ntg/{lang}/{src,tgt}``, and
+MILD as a corpus folder of its own, ``DATA/mild_corpus`` (its queries are its ``captions/``, its
+contexts ``mild/{lang}/context``; one DATA folder per corpus, as the importers want).
 """
 import argparse
 import glob
@@ -12,6 +16,8 @@ import os
 import sys
 
 from tqdm import tqdm
+
+from m3p_fairseq.errors import M3PInputError
 
 from .binarize import BinarizeError, binarize
 from .build_spm import train as train_spm
@@ -44,6 +50,44 @@ def prepare(world, data, vocab_size=2000, progress=True):
     dicts = os.path.join(data, "dict")
     if not os.path.exists(dicts) and os.path.isdir(os.path.join(raw, "dict")):
         os.symlink(os.path.abspath(os.path.join(raw, "dict")), dicts)
+    prepare_downstream(world, data)
+
+
+MILD_CORPUS = "mild_corpus"
+
+
+def _tsv_languages(path):
+    with open(path, encoding="utf-8") as f:
+        next(f)  # header
+        return sorted({line.split("\t", 1)[0] for line in f if line.strip()})
+
+
+def prepare_downstream(world, data, xnli_train_langs=("en",)):
+    """XNLI and NTG into DATA, MILD into DATA/mild_corpus (with the world's regions linked)."""
+    from .datasets import Writer, import_mild, import_ntg, import_xnli, write_labels
+
+    raw = os.path.join(world, "raw")
+    spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
+    xnli, ntg, mild = (os.path.join(raw, k) for k in ("xnli", "ntg", "mild"))
+    if os.path.isdir(xnli) or os.path.isdir(ntg):
+        w = Writer(data, spm_model, dict_path)
+        if os.path.isdir(xnli):
+            langs = _tsv_languages(os.path.join(xnli, "XNLI-1.0", "xnli.test.tsv"))
+            import_xnli(w, os.path.join(xnli, "XNLI-1.0"), os.path.join(xnli, "XNLI-MT-1.0", "multinli"),
+                        train_langs=xnli_train_langs, langs=langs)
+        if os.path.isdir(ntg):
+            langs = sorted({name.split(".")[2] for name in os.listdir(ntg) if name.startswith("xglue.ntg.")})
+            import_ntg(w, ntg, langs)
+        w.close()
+        if w.labels:
+            write_labels(w)
+    if os.path.isdir(mild):
+        out = os.path.join(data, MILD_CORPUS)
+        w = Writer(out, spm_model, dict_path)
+        import_mild(w, mild, sorted(os.listdir(mild)))
+        w.close()
+        if not os.path.exists(os.path.join(out, "regions")):
+            os.symlink(os.path.abspath(os.path.join(world, "regions")), os.path.join(out, "regions"))
 
 
 def main(argv=None):
@@ -54,7 +98,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         prepare(a.world, a.data, a.vocab_size)
-    except BinarizeError as e:
+    except (BinarizeError, M3PInputError) as e:
         sys.exit(f"m3p-prepare-world: {e}")
     print(f"data ready in {a.data}", file=sys.stderr)
 

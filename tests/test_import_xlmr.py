@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import run
+from .conftest import run
 from m3p_fairseq import M3PHub
 from preprocess import build_spm
 from preprocess.import_xlmr import import_xlmr, main

@@ -53,7 +53,10 @@ class M3PPretrainCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         objective = sample["objective"]
         net_input = sample["net_input"]
-        log = {"ntokens": sample["ntokens"], "nsentences": sample["nsentences"]}
+        # every objective's count first, always present and in the same order (fairseq sums logs across workers
+        # by position): per update they show which objective(s) all micro-batches of all workers trained
+        log = {f"{o}_batches": int(o == objective) for o in OBJECTIVES}
+        log.update({"ntokens": sample["ntokens"], "nsentences": sample["nsentences"]})
         if objective in ("xmlm", "mmlm"):
             masked = sample["target"].ne(self.pad_idx)
             n = int(masked.sum())
@@ -98,6 +101,9 @@ class M3PPretrainCriterion(FairseqCriterion):
             return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
 
         sample_size = total("sample_size")
+        for obj in OBJECTIVES:
+            if total(f"{obj}_batches") > 0:
+                metrics.log_scalar_sum(f"{obj}_batches", total(f"{obj}_batches"))
         metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
         for obj in ("xmlm", "mmlm"):
             n = total(f"{obj}_n")

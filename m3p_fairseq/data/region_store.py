@@ -18,6 +18,7 @@ A manifest (``*.json``) names the shards of one corpus/split; the reader sees th
 keeps ids and region counts in memory (so batching never touches a file) and opens each shard
 lazily, once per process, reading an image as one contiguous slice.
 """
+import atexit
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -272,6 +273,9 @@ class RegionStore:
     def _file(self, si):
         if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
+            # close our files before the interpreter tears h5py down: a handle freed during shutdown
+            # can wait forever on h5py's lock
+            atexit.register(self.close)
         f = self._handles.get(si)
         if f is None:
             f = _h5py().File(self.shard_paths[si], "r")
@@ -299,6 +303,14 @@ class RegionStore:
         if probs is not None:
             out["class_probs"] = probs
         return out
+
+    def close(self):
+        for f in self._handles.values():
+            try:
+                f.close()
+            except Exception:  # already closed by h5py itself
+                pass
+        self._handles = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -66,11 +66,13 @@ def shard_range(n_pairs, num_shards, shard_id):
 
 @torch.no_grad()
 def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, shard_id=0, pairs=None,
-                progress=None, device="cpu"):
+                progress=None, device="cpu", contexts=None):
     """Cross-encoder match logits for (image, caption) pairs.
 
     captions: list of 1-d LongTensors; images: list of region dicts (RegionDataset items).
     pairs: optional (P, 2) array of (image index, caption index); default every pair, image-major.
+    contexts: optional list, per image, of a 1-d LongTensor appended to the caption of each of its
+        pairs (MILD: ``</s> context </s>``, the image's context text fed with it).
     Returns (pair_ids, scores) for this shard; pair_ids index the default image-major order.
     """
     from fairseq.data import data_utils
@@ -94,8 +96,12 @@ def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, 
     for s in (progress(starts) if progress else starts):
         ii = torch.from_numpy(img_idx[s:s + batch_size])
         cc = torch.from_numpy(cap_idx[s:s + batch_size])
-        src = text[cc]
-        src = src[:, : int(src.ne(pad_idx).sum(1).max())]
+        if contexts is None:
+            src = text[cc]
+            src = src[:, : int(src.ne(pad_idx).sum(1).max())]
+        else:  # the text of a pair depends on its image too
+            src = data_utils.collate_tokens([torch.cat([captions[c], contexts[i]]) for i, c in
+                                             zip(ii.tolist(), cc.tolist())], pad_idx, left_pad=False)
         pad = regions["region_padding_mask"][ii]
         r = int((~pad).sum(1).max())
         out = model(src.to(device), regions=regions["regions"][ii, :r].to(device),

@@ -1,11 +1,16 @@
 """m3p-results-table: a results JSON as markdown tables laid out like the paper's (a column per language).
 
     m3p-results-table demo-output/results.json            # every table the JSON has
-    m3p-results-table results.json --table retrieval      # one of: retrieval, captioning, mmt, xnli, ntg
+    m3p-results-table results.json --table retrieval      # one of the TABLES below
+
+Per-language sections hold ``{setting: {lang: {metric: value}}}`` (retrieval, mild) or
+``{lang: {metric: value}}`` (captioning, xnli, ntg; mmt by direction); a metric found where a
+language should be stops with one line naming its key.
 """
 import argparse
 import sys
 
+from ..errors import M3PInputError
 from .results import load_results
 
 LANG_ORDER = ["en", "de", "fr", "cs", "ja", "zh", "es", "it", "ru", "ar"]
@@ -16,8 +21,21 @@ def _langs(rows):
     return [l for l in LANG_ORDER if l in seen] + sorted(seen - set(LANG_ORDER))
 
 
-def _table(title, rows, metric, fmt="{:.1f}"):
+def _check_languages(section, rows):
+    """Each setting maps languages to metric dicts: a number there is a metric without its language."""
+    for setting, per_lang in rows.items():
+        if not isinstance(per_lang, dict):
+            continue
+        for lang, value in per_lang.items():
+            if not isinstance(value, dict):
+                where = f"{section}.{setting}" if setting not in ("accuracy", "BLEU-4", "CIDEr") else section
+                raise M3PInputError(f"{where}.{lang}: expected a language holding metrics (e.g. {where}.en.{lang}), "
+                                    f"found the value {value!r}")
+
+
+def _table(title, rows, metric, fmt="{:.1f}", section=None):
     """rows: {setting: {lang: {metric: value}}} -> markdown with one column per language."""
+    _check_languages(section or title, rows)
     langs = _langs(rows)
     if not langs:
         return ""
@@ -34,43 +52,78 @@ def _table(title, rows, metric, fmt="{:.1f}"):
     return "\n".join(out) + "\n"
 
 
+SETTING_ORDER = ["zero_shot", "finetune_en", "code_switching", "finetune_each", "finetune_all", "two_stage"]
+
+
+def _settings(section):
+    """The dict-valued settings of a section, the paper's strategies first."""
+    settings = {k: v for k, v in section.items() if isinstance(v, dict)}
+    return {k: settings[k] for k in sorted(settings, key=lambda k: (SETTING_ORDER.index(k) if k in SETTING_ORDER
+                                                                     else len(SETTING_ORDER), k))}
+
+
 def retrieval_table(doc):
     r = doc.get("retrieval", {})
-    settings = {k: v for k, v in r.items() if isinstance(v, dict)}
-    text = _table("Image-text retrieval", settings, "mR")
+    settings = _settings(r)
+    text = _table("Image-text retrieval", settings, "mR", section="retrieval")
     if "chance_mR" in r:
         text += f"\nChance level: mR {r['chance_mR']:.1f}.\n"
+    two = settings.get("two_stage")
+    if two:
+        out = ["**Two-stage retrieval** (dual-encoder shortlist, cross-encoder re-ranking)", "",
+               "| language | mR two-stage | mR full | mR dual only | pairs cross-encoded | pairs full |",
+               "|---|---|---|---|---|---|"]
+        full = settings.get("finetune_en", {})
+        for lang in _langs({"two_stage": two}):
+            m = two[lang]
+            full_mr = m.get("full_mR", full.get(lang, {}).get("mR") if isinstance(full.get(lang), dict) else None)
+            cell = (lambda v: "-" if v is None else f"{v:.1f}")
+            out.append(f"| {lang} | {cell(m.get('mR'))} | {cell(full_mr)} | {cell(m.get('dual_mR'))} | "
+                       f"{m.get('pairs', '-')} | {m.get('full_pairs', '-')} |")
+        text += "\n" + "\n".join(out) + "\n"
     return text
+
+
+def mild_table(doc):
+    return _table("MILD retrieval, <Q,I> vs <Q,I,C>", _settings(doc.get("mild", {})), "mR", section="mild")
 
 
 def captioning_table(doc):
     c = doc.get("captioning", {})
-    return _table("Image captioning", {"BLEU-4": c}, "bleu4") + "\n" + _table("Image captioning", {"CIDEr": c}, "cider")
+    return _table("Image captioning", {"BLEU-4": c}, "bleu4", section="captioning") + "\n" + \
+        _table("Image captioning", {"CIDEr": c}, "cider", section="captioning")
 
 
 def mmt_table(doc):
     m = doc.get("mmt", {})
     if not m:
         return ""
+    for pair, v in m.items():
+        if not isinstance(v, dict):
+            raise M3PInputError(f"mmt.{pair}: expected a direction holding metrics (e.g. mmt.en-de.bleu4), "
+                                f"found the value {v!r}")
     pairs = list(m)
     out = ["**Multimodal MT** (BLEU-4)", "", "| " + " | ".join(pairs) + " |", "|" + "---|" * len(pairs),
-           "| " + " | ".join(f"{m[p]['bleu4']:.1f}" for p in pairs) + " |"]
+           "| " + " | ".join(f"{m[p]['bleu4']:.1f}" if "bleu4" in m[p] else "-" for p in pairs) + " |"]
     return "\n".join(out) + "\n"
 
 
 def xnli_table(doc):
-    return _table("XNLI", {"accuracy": doc.get("xnli", {})}, "acc")
+    return _table("XNLI", {"accuracy": doc.get("xnli", {})}, "acc", section="xnli")
 
 
 def ntg_table(doc):
-    return _table("News title generation", {"BLEU-4": doc.get("ntg", {})}, "bleu4")
+    return _table("News title generation", {"BLEU-4": doc.get("ntg", {})}, "bleu4", section="ntg")
 
 
-TABLES = {"retrieval": retrieval_table, "captioning": captioning_table, "mmt": mmt_table, "xnli": xnli_table,
-          "ntg": ntg_table}
+TABLES = {"retrieval": retrieval_table, "mild": mild_table, "captioning": captioning_table, "mmt": mmt_table,
+          "xnli": xnli_table, "ntg": ntg_table}
 
 
 def render(doc, which=None):
+    for name in ([which] if which else TABLES):
+        if name in doc and not isinstance(doc[name], dict):
+            raise M3PInputError(f"{name}: expected an object of settings or languages, found {doc[name]!r}")
     parts = [TABLES[t](doc) for t in ([which] if which else TABLES) if t in doc]
     return "\n".join(p for p in parts if p.strip())
 
@@ -86,7 +139,10 @@ def main(argv=None):
         sys.exit(f"m3p-results-table: {e}")
     if not doc:
         sys.exit(f"m3p-results-table: {a.results}: no results")
-    print(render(doc, a.table))
+    try:
+        print(render(doc, a.table))
+    except M3PInputError as e:
+        sys.exit(f"m3p-results-table: {a.results}: {e}")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ class RegionEmbedding(nn.Module):
         self.layer_norm = LayerNorm(embed_dim)
 
     def forward(self, features, boxes):
-        # reference choice: both inputs L2-normalized before their projections
-        x = self.feat_proj(F.normalize(features, dim=-1)) + self.box_proj(F.normalize(boxes, dim=-1))
+        # reference choice: both inputs L2-normalized before their projections. In float32: F.normalize's
+        # eps (1e-12) is 0 in fp16, so a zero vector (padding, an MRM-zeroed region) would become 0/0 = NaN
+        x = self.feat_proj(F.normalize(features.float(), dim=-1).type_as(features)) \
+            + self.box_proj(F.normalize(boxes.float(), dim=-1).type_as(boxes))
         return self.layer_norm(x)
 
 

@@ -1,1 +1,6 @@
 from .multitask_multimodal import MultitaskMultimodalTask  # noqa: F401
+from .captioning import M3PCaptioningTask  # noqa: F401
+from .retrieval import M3PRetrievalTask  # noqa: F401
+from .xnli import M3PXNLITask  # noqa: F401
+from .mmt import M3PMMTTask  # noqa: F401
+from .ntg import M3PNTGTask  # noqa: F401

@@ -27,6 +27,7 @@ from fairseq.data import (
     ResamplingDataset,
     RightPadDataset,
     TokenBlockDataset,
+    TruncateDataset,
     data_utils,
 )
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -34,14 +35,18 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from ..errors import M3PInputError
+from ..data.code_switch import CodeSwitchConfig, maybe_code_switch
 from ..data.image_caption_dataset import ImageCaptionDataset
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator, alpha_sampling_probs, resample_to_probs
 from ..data.region_dataset import RegionDataset
 from ..data.region_store import RegionDataError, RegionStore
+from . import generation_objectives as gen
 
 logger = logging.getLogger(__name__)
 
 UNDERSTANDING_OBJECTIVES = ("xmlm", "mmlm", "mrm", "vlm")
+OBJECTIVES = UNDERSTANDING_OBJECTIVES + gen.GENERATION_OBJECTIVES  # the generation model's: xdae, ic, dic
+TEXT_OBJECTIVES = ("xmlm", "xdae")  # read the multilingual text corpus, sampled per language
 
 
 class M3PDataError(M3PInputError):
@@ -65,9 +70,10 @@ class M3PDataConfig(FairseqDataclass):
 
 
 @dataclass
-class MultitaskMultimodalConfig(M3PDataConfig):
-    objectives: str = field(default="xmlm,mmlm,mrm,vlm",
-                            metadata={"help": "comma-separated objectives among " + ", ".join(UNDERSTANDING_OBJECTIVES)})
+class MultitaskMultimodalConfig(M3PDataConfig, gen.GenerationObjectivesConfig, CodeSwitchConfig):
+    objectives: str = field(default="xmlm,mmlm,mrm,vlm", metadata={
+        "help": "comma-separated objectives among " + ", ".join(OBJECTIVES) + " (understanding and generation "
+                "objectives train different models: one kind per run)"})
     objective_ratios: str = field(default="", metadata={
         "help": "comma-separated share of updates per objective (same order); empty: each objective's natural size"})
     text_langs: str = field(default="", metadata={"help": "languages of the xMLM corpus (default: every folder in DATA/text)"})
@@ -203,10 +209,11 @@ class MultitaskMultimodalTask(M3PTaskBase):
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
         self.objectives = split_list(cfg.objectives)
-        unknown = [o for o in self.objectives if o not in UNDERSTANDING_OBJECTIVES]
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown or not self.objectives:
             raise M3PDataError(f"--objectives: unknown objective {unknown[0] if unknown else '(none)'!r}; "
-                               f"expected some of {', '.join(UNDERSTANDING_OBJECTIVES)}")
+                               f"expected some of {', '.join(OBJECTIVES)}")
+        self.generation = gen.check_objective_kinds(self.objectives, UNDERSTANDING_OBJECTIVES)
         ratios = split_list(cfg.objective_ratios)
         if ratios:
             try:
@@ -239,8 +246,13 @@ class MultitaskMultimodalTask(M3PTaskBase):
         blocks = []
         for lang in self.text_langs():
             ds = self.load_tokens(os.path.join(self.data_path(epoch), "text", lang, split), f"{lang} {split} text")
-            ds = TokenBlockDataset(ds, ds.sizes, self.cfg.tokens_per_sample - 1, pad=self.dictionary.pad(),
-                                   eos=self.dictionary.eos(), break_mode=self.cfg.sample_break_mode)
+            if self.cfg.sample_break_mode == "eos":
+                # a line is a sample already (fairseq-preprocess ends each with </s>); TokenBlockDataset's
+                # eos mode uses np.compat, gone in numpy 2
+                ds = TruncateDataset(ds, self.cfg.tokens_per_sample - 1)
+            else:
+                ds = TokenBlockDataset(ds, ds.sizes, self.cfg.tokens_per_sample - 1, pad=self.dictionary.pad(),
+                                       eos=self.dictionary.eos(), break_mode=self.cfg.sample_break_mode)
             blocks.append(PrependTokenDataset(ds, self.dictionary.bos()))
         return blocks
 
@@ -270,7 +282,7 @@ class MultitaskMultimodalTask(M3PTaskBase):
         caps, rows = [], []
         for lang in split_list(self.cfg.caption_langs):
             c, r = self.load_captions(lang, split)
-            caps.append(c)
+            caps.append(maybe_code_switch(self, c, lang, split, seed))  # --code-switch: before MMLM masks it
             rows.append(r)
         captions = ConcatDataset(caps) if len(caps) > 1 else caps[0]
         rows = np.concatenate(rows)
@@ -288,9 +300,15 @@ class MultitaskMultimodalTask(M3PTaskBase):
             if self.ratios is not None and self.ratios[k] == 0:
                 continue
             seed = self.cfg.seed + 1000 * k  # each objective its own random stream
-            parts[objective] = self.xmlm_blocks(split, epoch) if objective == "xmlm" \
-                else self.build_pairs(objective, split, seed)
-        natural = {o: sum(len(d) for d in v) if o == "xmlm" else len(v) for o, v in parts.items()}
+            if objective == "xmlm":
+                parts[objective] = self.xmlm_blocks(split, epoch)
+            elif objective == "xdae":
+                parts[objective] = gen.xdae_sentences(self, split, epoch)
+            elif objective in gen.GENERATION_OBJECTIVES:
+                parts[objective] = gen.build_caption_generation(self, objective, split, seed)
+            else:
+                parts[objective] = self.build_pairs(objective, split, seed)
+        natural = {o: sum(len(d) for d in v) if o in TEXT_OBJECTIVES else len(v) for o, v in parts.items()}
         scale = {o: 1.0 for o in parts}
         if self.ratios is not None and split == "train":
             # resample each objective to its share of the epoch, so updates follow the ratios
@@ -301,6 +319,8 @@ class MultitaskMultimodalTask(M3PTaskBase):
         for o, d in parts.items():
             if o == "xmlm":
                 datasets[o] = self.build_xmlm(d, split, epoch, scale[o])
+            elif o == "xdae":
+                datasets[o] = gen.build_xdae(self, d, split, epoch, scale[o], self.cfg.seed + 1000 * self.objectives.index(o))
             elif scale[o] != 1.0:
                 datasets[o] = ResamplingDataset(d, size_ratio=scale[o], seed=self.cfg.seed, epoch=epoch,
                                                 replace=scale[o] >= 1.0)
@@ -335,14 +355,14 @@ class MultitaskMultimodalTask(M3PTaskBase):
                                    f"update_freq x workers = {step}; use smaller batches or more data")
         return ObjectiveGroupedIterator(
             dataset, dataset.collater, batch_samplers, seed=seed, num_shards=num_shards, shard_id=shard_id,
-            num_workers=num_workers, epoch=epoch, mult_rate=mult_rate, buffer_size=data_buffer_size,
+            # no prefetch thread (buffer_size=0): a thread stopped at interpreter exit in the middle of an
+            # h5py read keeps h5py's lock, and fairseq-train then hangs after "done training"
+            num_workers=num_workers, epoch=epoch, mult_rate=mult_rate, buffer_size=0,
             skip_remainder_batch=skip_remainder_batch)
 
     def build_model(self, cfg, from_checkpoint=False):
+        gen.default_model_langs(self, cfg)
         model = super().build_model(cfg, from_checkpoint)
-        if not hasattr(model, "encoder") or not hasattr(model.encoder, "region_embed") \
-                or hasattr(model, "decoder"):
-            raise M3PDataError(f"--arch {getattr(cfg, 'arch', '?')}: the {self.__class__.__name__} needs an "
-                               f"M3P understanding model (m3p_base, m3p_large, m3p_tiny)")
+        gen.check_model(self, model, cfg, self.generation)  # understanding objectives: understanding model, and vice versa
         return model
 

@@ -1,0 +1,31 @@
+# Shared by the downstream scripts of examples/m3p (sourced, not run): settings and helpers.
+# Every setting is an environment variable with the paper's value as default where the paper
+# gives one; the demo (demo_downstream.sh) overrides them for its compact runs.
+ARCH=${ARCH:-m3p_base}                 # understanding model; m3p_tiny for the embedded world
+GEN_ARCH=${GEN_ARCH:-m3p_seq2seq_base} # generation model; m3p_seq2seq_tiny for the embedded world
+LR=${LR:-5e-5}                         # paper: Adam (0.9, 0.98), lr 5e-5 for every fine-tuning
+BATCH=${BATCH:-32}                     # per update and device; the paper's 512 = BATCH x UPDATE_FREQ x GPUs
+UPDATE_FREQ=${UPDATE_FREQ:-1}
+UPDATES=${UPDATES:-20000}
+WARMUP=${WARMUP:-$(( UPDATES / 10 ))}
+BEAM=${BEAM:-10}                       # paper: beam 10 for captions
+THREADS=${THREADS:-}
+if [ -n "$THREADS" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
+# --cpu where there is no GPU (fairseq would look for CUDA otherwise)
+DEVICE=${DEVICE:-$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo "" || echo --cpu)}
+EVAL_DEVICE=${EVAL_DEVICE:-$DEVICE}
+EVAL_CPU=$([ "$EVAL_DEVICE" = --cpu ] && echo --cpu || true)  # m3p-downstream-eval's spelling
+
+# m3p_train SAVE_DIR [fairseq-train flags...]: one fine-tuning run with the shared optimizer settings
+m3p_train() {
+    local save=$1; shift
+    rm -rf "$save"
+    fairseq-train "$DATA" --user-dir m3p_fairseq \
+        --optimizer adam --adam-betas '(0.9,0.98)' --lr "$LR" --clip-norm 1.0 \
+        --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --total-num-update "$UPDATES" \
+        --max-update "$UPDATES" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" $DEVICE --num-workers 0 \
+        --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints --disable-validation \
+        --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" > "$save.log" 2>&1 \
+        || { echo "fairseq-train failed: see $save.log" >&2; tail -n 3 "$save.log" >&2; return 1; }
+    grep -E "train \| epoch" "$save.log" | tail -n 1 | cut -c1-200 >&2 || true
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# XNLI on the understanding model: fine-tune on English, accuracy on every language (the XNLI table).
+#
+#   examples/m3p/xnli.sh DATA PRETRAINED OUT
+#
+# DATA has xnli/{lang}/{input0,input1,label} (m3p-import-dataset xnli, or the embedded world);
+# OUT/results.json gets xnli.{lang}.acc. TRAIN_LANGS=en,de,... fine-tunes on several languages
+# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli).
+set -euo pipefail
+DATA=$1 PRETRAINED=$2 OUT=$3
+. "$(dirname "$0")/finetune_common.sh"
+mkdir -p "$OUT"
+m3p_train "$OUT/xnli" --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
+    --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
+# the stock command works too: fairseq-validate DATA --user-dir m3p_fairseq --task m3p_xnli \
+#     --path OUT/xnli/checkpoint_last.pt --valid-subset test.en,test.de --criterion m3p_classification
+m3p-downstream-eval xnli "$DATA" --path "$OUT/xnli/checkpoint_last.pt" ${LANGS:+--langs "$LANGS"} \
+    --results "${RESULTS:-$OUT/results.json}" --key xnli $EVAL_CPU

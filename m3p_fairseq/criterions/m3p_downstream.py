@@ -1,0 +1,138 @@
+"""Losses of the understanding model's fine-tuning: retrieval (VLM BCE + the dual encoder's
+contrastive loss) and sentence-pair classification (XNLI).
+
+M3PModel returns a dict, so fairseq's ``sentence_prediction`` criterion (which unpacks a tuple)
+cannot drive it; these read the dict. Metrics are flat sums so ``logging_outputs_can_be_summed``
+stays True.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from ..models.dual_encoder import contrastive_loss, embed_images, embed_text, has_dual_heads
+from .m3p_pretrain import vlm_loss
+
+
+@dataclass
+class M3PRetrievalCriterionConfig(FairseqDataclass):
+    contrastive_weight: float = field(default=1.0, metadata={
+        "help": "weight of the dual encoder's in-batch contrastive loss (per pair, as the VLM loss); "
+                "0 trains the cross-encoder alone"})
+    temperature: float = field(default=0.05, metadata={"help": "softmax temperature of the contrastive loss"})
+    rank_weight: float = field(default=0.0, metadata={
+        "help": "weight of a listwise loss on the VLM logits: softmax cross-entropy of each positive against its "
+                "own negatives (per pair, as the VLM loss). Not in the paper (0: BCE alone); unlike BCE it has no "
+                "match-rate optimum to settle in, so a model whose pre-training has not matched words and regions "
+                "starts ranking sooner"})
+
+
+def listwise_loss(logits, group):
+    """Softmax cross-entropy of each positive against its negatives, summed over positives: the
+    logits come in groups of ``group``, the positive first."""
+    scores = logits.float().view(-1, group)
+    return F.cross_entropy(scores, scores.new_zeros(scores.size(0), dtype=torch.long), reduction="sum")
+
+
+@register_criterion("m3p_retrieval", dataclass=M3PRetrievalCriterionConfig)
+class M3PRetrievalCriterion(FairseqCriterion):
+    """BCE of the VLM head over positives and sampled negatives, plus the dual encoder's InfoNCE.
+
+    The loss is a sum over the batch's pairs (sample_size = pairs): the contrastive loss, computed
+    once per positive, is scaled by pairs per positive so that ``contrastive_weight`` weighs it per
+    pair, as the VLM term.
+    """
+
+    def __init__(self, task, contrastive_weight=1.0, temperature=0.05, rank_weight=0.0):
+        super().__init__(task)
+        self.contrastive_weight, self.temperature, self.rank_weight = contrastive_weight, temperature, rank_weight
+        self.group = getattr(task.cfg, "num_negatives", 0) + 1  # pairs per positive, positive first (RetrievalDataset)
+        self.bos = task.source_dictionary.bos()
+
+    def forward(self, model, sample, reduce=True):
+        net_input = sample["net_input"]
+        out = model(**net_input, vlm=True)
+        labels = sample["vlm_target"]
+        loss = vlm_loss(out["vlm_logits"], labels)
+        n = labels.numel()
+        with torch.no_grad():
+            ncorrect = int(((out["vlm_logits"] > 0).float() == labels).sum())
+        log = {"vlm_loss": loss.data, "vlm_n": n, "vlm_ncorrect": ncorrect}
+        if self.rank_weight > 0 and self.group > 1:
+            rank = listwise_loss(out["vlm_logits"], self.group)
+            loss = loss + self.rank_weight * self.group * rank
+            log.update({"rank_loss": rank.data, "rank_n": n // self.group})
+        dual = sample.get("dual")
+        if self.contrastive_weight > 0 and dual is not None and has_dual_heads(model):
+            idx = dual["pair_index"]
+            text = embed_text(model, dual["src_tokens"])
+            image = embed_images(model, net_input["regions"][idx], net_input["region_boxes"][idx],
+                                 net_input["region_padding_mask"][idx], self.bos)
+            nce, nce_correct = contrastive_loss(text, image, dual["image_rows"], self.temperature)
+            loss = loss + self.contrastive_weight * (n / len(idx)) * nce
+            log.update({"nce_loss": nce.data, "nce_n": len(idx), "nce_ncorrect": nce_correct})
+        log.update({"loss": loss.data, "sample_size": n, "ntokens": sample["ntokens"], "nsentences": n})
+        return loss, n, log
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
+
+        n = total("sample_size")
+        metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
+        if total("vlm_n") > 0:
+            metrics.log_scalar("vlm_loss", total("vlm_loss") / total("vlm_n"), total("vlm_n"), round=3)
+            metrics.log_scalar("vlm_acc", 100.0 * total("vlm_ncorrect") / total("vlm_n"), total("vlm_n"), round=2)
+        if total("rank_n") > 0:
+            metrics.log_scalar("rank_loss", total("rank_loss") / total("rank_n"), total("rank_n"), round=3)
+        if total("nce_n") > 0:
+            metrics.log_scalar("nce_loss", total("nce_loss") / total("nce_n"), total("nce_n"), round=3)
+            metrics.log_scalar("nce_acc", 100.0 * total("nce_ncorrect") / total("nce_n"), total("nce_n"), round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+@dataclass
+class M3PClassificationCriterionConfig(FairseqDataclass):
+    classification_head_name: str = field(default="xnli", metadata={"help": "the model's classification head"})
+
+
+@register_criterion("m3p_classification", dataclass=M3PClassificationCriterionConfig)
+class M3PClassificationCriterion(FairseqCriterion):
+    """Cross-entropy of a classification head over the [CLS] output (XNLI), with accuracy."""
+
+    def __init__(self, task, classification_head_name="xnli"):
+        super().__init__(task)
+        self.head = classification_head_name
+
+    def forward(self, model, sample, reduce=True):
+        if self.head not in getattr(model, "classification_heads", {}):
+            raise ValueError(f"the model has no classification head {self.head!r} (--classification-head-name)")
+        logits = model(**sample["net_input"], classification_head_name=self.head)["classification"]
+        target = sample["target"].view(-1)
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        n = target.numel()
+        ncorrect = int((logits.argmax(-1) == target).sum())
+        return loss, n, {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": n, "sample_size": n,
+                         "ncorrect": ncorrect}
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
+
+        n = total("sample_size")
+        metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
+        if n > 0:
+            metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / n, n, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,176 @@
+"""Multimodal code-switching (the later version of M3P): words of English captions replaced by
+their translations from bilingual dictionaries, so image regions meet words of many languages.
+
+A sentence is switched with probability ``sentence_ratio``; in a switched sentence each word that
+a dictionary translates is replaced with probability ``word_ratio`` (0.8 and 0.8 by default, off
+unless asked for, as in the reference code), by one of its translations picked uniformly over the
+languages (and entries) that have one. Written by hand: no fairseq dataset edits words.
+
+Words are sentencepiece words (a piece starting with "▁" starts one, as in xDAE); a word's text
+is its pieces joined. Translations are encoded once with the data's sentencepiece model, as a
+word of their own ("▁" first). Dictionaries are MUSE-style lists, one pair a line: ``en-xx.tsv``
+(word<TAB>translation, written by ``m3p-import-dataset muse`` into DATA/dictionaries) or
+``en-xx.txt`` (word translation, the embedded world's DATA/dict).
+"""
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.dataclass import FairseqDataclass
+
+from ..errors import M3PInputError
+from .xdae_dataset import sentencepiece_word_starts, special_symbols
+
+DICT_FOLDERS = ("dictionaries", "dict")  # m3p-import-dataset muse; the embedded world
+# an extra seed term: the datasets around this one seed numpy with the same (seed, epoch, index)
+RANDOM_STREAM = 7
+
+
+@dataclass
+class CodeSwitchConfig(FairseqDataclass):
+    """Multimodal code-switching of English captions (an option of the understanding tasks)."""
+
+    code_switch: bool = field(default=False, metadata={
+        "help": "replace words of English training captions by dictionary translations (multimodal "
+                "code-switching; off by default, as in the reference code)"})
+    code_switch_langs: str = field(default="", metadata={
+        "help": "comma-separated languages to switch into (default: every en-xx dictionary found)"})
+    code_switch_dicts: Optional[str] = field(default=None, metadata={
+        "help": "folder of en-xx.tsv / en-xx.txt bilingual dictionaries (default: DATA/dictionaries, else DATA/dict)"})
+    code_switch_sentence_ratio: float = field(default=0.8, metadata={"help": "share of captions switched"})
+    code_switch_word_ratio: float = field(default=0.8, metadata={
+        "help": "share of translatable words replaced in a switched caption"})
+
+
+def find_dictionaries(data, folder=None, langs=None):
+    """{lang: path} of the en-xx dictionaries in ``folder`` (default: DATA/dictionaries, else DATA/dict)."""
+    folders = [folder] if folder else [os.path.join(data, f) for f in DICT_FOLDERS]
+    for f in folders:
+        found = {}
+        for path in sorted(glob.glob(os.path.join(f, "en-*.tsv")) + glob.glob(os.path.join(f, "en-*.txt"))):
+            found.setdefault(os.path.basename(path).split(".")[0][3:], path)
+        if found:
+            if langs:
+                missing = [l for l in langs if l not in found]
+                if missing:
+                    raise M3PInputError(f"{f}: no en-{missing[0]} dictionary (have: {', '.join(sorted(found))})")
+                found = {l: found[l] for l in langs}
+            return found
+    raise M3PInputError(f"{' or '.join(folders)}: no en-xx bilingual dictionaries for --code-switch "
+                        f"(m3p-import-dataset muse writes DATA/dictionaries)")
+
+
+def read_dictionary(path):
+    """[(english word, translation)], one pair a line (tab- or space-separated)."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise M3PInputError(f"{path}: line {n}: expected 'word translation', found {len(parts)} fields")
+            pairs.append((parts[0].strip(), parts[1].strip()))
+    return pairs
+
+
+def build_table(dictionaries, vocab, spm_model):
+    """english word -> [token ids of one translation] over every dictionary, encoded once."""
+    import sentencepiece as spm
+
+    if not os.path.isfile(spm_model):
+        raise M3PInputError(f"{spm_model}: sentencepiece model not found (code-switching encodes the translations)")
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    table = {}
+    for lang, path in sorted(dictionaries.items()):
+        for word, translation in read_dictionary(path):
+            ids = [vocab.index(p) for p in sp.encode(translation, out_type=str)]
+            if ids:
+                table.setdefault(word, []).append(torch.LongTensor(ids))
+    return table
+
+
+def code_switch_tokens(tokens, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None):
+    """Switch one token sequence. Call under a seeded numpy RNG.
+
+    Returns (tokens, candidates, switched, drawn): the new sequence, how many words a dictionary
+    translates, how many of them were replaced, and whether the sentence was drawn for switching.
+    """
+    ids = tokens.tolist()
+    flags = starts[tokens.numpy()].copy()
+    flags[0] = True
+    bounds = [i for i, f in enumerate(flags) if f] + [len(ids)]
+    words = [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]
+    keys = [None if special[ids[a]] else "".join(symbols[i] for i in ids[a:b]).replace("\u2581", "") for a, b in words]
+    candidates = [k for k, key in enumerate(keys) if key in table]
+    if not candidates or np.random.rand() >= sentence_ratio:
+        return tokens, len(candidates), 0, False
+    replace = {k for k in candidates if np.random.rand() < word_ratio}
+    out, switched, length = [], 0, len(ids)
+    for k, (a, b) in enumerate(words):
+        if k in replace:
+            options = table[keys[k]]
+            new = options[np.random.randint(len(options))]
+            if max_tokens is None or length - (b - a) + len(new) <= max_tokens:
+                out.append(new)
+                length += len(new) - (b - a)
+                switched += 1
+                continue
+        out.append(tokens[a:b])
+    return torch.cat(out), len(candidates), switched, True
+
+
+class CodeSwitchDataset(BaseWrapperDataset):
+    """Captions with words switched into other languages, drawn anew every epoch.
+
+    ``sizes`` stay those of the original captions (batching only needs them roughly); a switched
+    caption never grows beyond ``max_tokens``: a translation that would not fit is not used.
+    """
+
+    def __init__(self, dataset, vocab, table, sentence_ratio=0.8, word_ratio=0.8, seed=1, max_tokens=None):
+        super().__init__(dataset)
+        if not (0.0 <= sentence_ratio <= 1.0 and 0.0 <= word_ratio <= 1.0):
+            raise ValueError("code-switching ratios must be in [0, 1]")
+        if not table:
+            raise ValueError("code-switching needs a non-empty dictionary table")
+        self.table, self.symbols = table, vocab.symbols
+        self.starts, self.special = sentencepiece_word_starts(vocab), special_symbols(vocab)
+        self.sentence_ratio, self.word_ratio = sentence_ratio, word_ratio
+        self.seed, self.epoch, self.max_tokens = seed, 1, max_tokens
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        return False  # new switches every epoch
+
+    def switch(self, index):
+        """(tokens, candidates, switched, drawn) of item ``index`` (the statistics are for tests)."""
+        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+            return code_switch_tokens(self.dataset[index], self.table, self.symbols, self.starts, self.special,
+                                      self.sentence_ratio, self.word_ratio, self.max_tokens)
+
+    def __getitem__(self, index):
+        return self.switch(index)[0]
+
+
+def maybe_code_switch(task, captions, lang, split, seed):
+    """The task's English training captions, code-switched when ``--code-switch`` is on; anything else unchanged."""
+    cfg = task.cfg
+    if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
+        return captions
+    if getattr(task, "_code_switch_table", None) is None:
+        langs = [l.strip() for l in (cfg.code_switch_langs or "").split(",") if l.strip()] or None
+        dicts = find_dictionaries(task.data_path(), cfg.code_switch_dicts, langs)
+        task._code_switch_table = build_table(dicts, task.dictionary,
+                                              os.path.join(task.data_path(), "sentencepiece.bpe.model"))
+        if not task._code_switch_table:
+            raise M3PInputError(f"{', '.join(dicts.values())}: no dictionary entry could be encoded")
+    return CodeSwitchDataset(captions, task.dictionary, task._code_switch_table, cfg.code_switch_sentence_ratio,
+                             cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample)

@@ -1,0 +1,74 @@
+"""Image captioning with M3P's generation model: fine-tuning and ``fairseq-generate``.
+
+    fairseq-generate DATA --user-dir m3p_fairseq --task m3p_captioning --path CKPT \\
+        --gen-subset test --target-lang de --beam 10 --batch-size 32 --post-process sentencepiece
+
+Generation items are the images of ``DATA/captions/{target_lang}/{split}.ids`` (each image once,
+in first-appearance order) with the regions as the source and the image's first caption as the
+reference fairseq-generate prints (T- lines). Decoding is fairseq's SequenceGenerator with
+incremental decoding; the target language reaches the decoder through the encoder output.
+Fine-tuning (``fairseq-train ... --task m3p_captioning --criterion m3p_generation``) is IC over
+every caption of ``--caption-langs``.
+"""
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from fairseq.tasks import register_task
+
+from ..data.caption_generation_dataset import CaptionGenerationDataset
+from . import generation_objectives as gen
+from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class M3PCaptioningConfig(M3PDataConfig):
+    target_lang: str = field(default="en", metadata={
+        "help": "language of the generated captions (one of the model's --langs; its captions/LANG/SPLIT.ids "
+                "give the images to caption)"})
+
+
+@register_task("m3p_captioning", dataclass=M3PCaptioningConfig)
+class M3PCaptioningTask(M3PTaskBase):
+    def build_model(self, cfg, from_checkpoint=False):
+        gen.default_model_langs(self, cfg)
+        model = super().build_model(cfg, from_checkpoint)
+        if not isinstance(model, gen.M3PSeq2SeqModel):
+            arch = getattr(cfg, "arch", None) or getattr(cfg, "_name", None) or model.__class__.__name__
+            raise M3PDataError(f"the model (arch {arch}) is not an M3P generation model: m3p_captioning needs a "
+                               f"checkpoint of {gen.GENERATION_ARCHS} (an understanding model has no decoder)")
+        self.model_langs = model.langs
+        if self.cfg.target_lang not in model.langs:
+            raise M3PDataError(f"--target-lang {self.cfg.target_lang!r} is not one of the model's languages "
+                               f"({', '.join(model.langs)})")
+        return model
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if split == "train":
+            self.datasets[split] = gen.build_caption_generation(self, "ic", split, self.cfg.seed)
+        else:
+            self.datasets[split] = self.images_to_caption(self.cfg.target_lang, split)
+        logger.info(f"{split}: {len(self.datasets[split])} items")
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
+                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        # Regions are read with h5py. In fairseq's prefetch thread (data_buffer_size > 0) a read can
+        # still hold h5py's lock when the interpreter exits, and the exit then deadlocks: read in
+        # the calling thread instead (--num-workers still parallelizes loading).
+        return super().get_batch_iterator(
+            dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs, required_batch_size_multiple,
+            seed, num_shards, shard_id, num_workers, epoch, 0, disable_iterator_cache, skip_remainder_batch,
+            grouped_shuffling, update_epoch_batch_itr)
+
+    def images_to_caption(self, lang, split):
+        """Each image of the split's caption file once, with its first caption as the reference."""
+        captions, rows = self.load_captions(lang, split)
+        _, first = np.unique(rows, return_index=True)
+        first = np.sort(first)  # file order
+        return CaptionGenerationDataset(captions, rows[first], np.full(len(first), gen.lang_id(self, lang)),
+                                        self.region_dataset(split), self.dictionary, objective="ic",
+                                        seed=self.cfg.seed, caption_index=first)

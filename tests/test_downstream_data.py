@@ -1,0 +1,261 @@
+"""Downstream data and scoring without training: retrieval negatives, code-switching rates, two-stage
+sharding, the downstream sets of the world, and bad input (one line each)."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from fairseq import options, tasks
+from fairseq.data import Dictionary
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from m3p_fairseq.data.code_switch import CodeSwitchDataset, build_table, find_dictionaries, read_dictionary
+from m3p_fairseq.data.retrieval_dataset import IMAGE_REPLACED, POSITIVE, TEXT_REPLACED
+from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
+from m3p_fairseq.evaluation.two_stage import combine, merge_two_stage, shortlist, two_stage_scores
+
+
+def setup(data, *argv, arch="m3p_tiny"):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [data, "--arch", arch, "--cpu", *argv])
+    cfg = convert_namespace_to_omegaconf(args)
+    return tasks.setup_task(cfg.task), cfg
+
+
+@pytest.fixture(scope="module")
+def retrieval_task(tiny_world):
+    return setup(tiny_world["data"], "--task", "m3p_retrieval", "--criterion", "m3p_retrieval", "--caption-langs", "en,de")
+
+
+def test_negatives_three_per_positive_with_one_side_replaced(retrieval_task):
+    task, _ = retrieval_task
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    rows, groups = ds.image_rows, ds.groups
+    kinds = []
+    for i in range(len(ds)):
+        pairs = ds.sample_pairs(i)
+        assert len(pairs) == 4 and pairs[0] == (i, rows[i], POSITIVE)
+        for caption, row, kind in pairs[1:]:
+            kinds.append(kind)
+            if kind == TEXT_REPLACED:  # same image, a caption of another image in the same language
+                assert row == rows[i] and rows[caption] != rows[i] and groups[caption] == groups[i]
+            else:  # same caption, another image
+                assert kind == IMAGE_REPLACED and caption == i and row != rows[i]
+    assert abs(np.mean(np.array(kinds) == TEXT_REPLACED) - 0.5) < 0.05
+    item = ds[5]
+    assert item["labels"] == [1.0, 0.0, 0.0, 0.0]
+    assert all(torch.equal(a, b) for a, b in zip(item["texts"], ds[5]["texts"]))  # seeded per (epoch, index)
+    batch = ds.collater([ds[i] for i in range(6)])
+    assert batch["net_input"]["src_tokens"].size(0) == 24 and batch["vlm_target"].sum() == 6
+    assert batch["dual"]["pair_index"].tolist() == [0, 4, 8, 12, 16, 20]
+
+
+def _english_captions(task):
+    captions, _ = task.load_captions("en", "train")
+    return captions
+
+
+@pytest.mark.parametrize("sentence_ratio,word_ratio", [(0.8, 0.8), (0.5, 0.3)])
+def test_code_switching_rates(retrieval_task, tiny_world, sentence_ratio, word_ratio):
+    task, _ = retrieval_task
+    captions = _english_captions(task)
+    dicts = find_dictionaries(tiny_world["data"])
+    table = build_table(dicts, task.dictionary, os.path.join(tiny_world["data"], "sentencepiece.bpe.model"))
+    ds = CodeSwitchDataset(captions, task.dictionary, table, sentence_ratio, word_ratio, seed=4)
+    sentences = drawn_sentences = candidates = switched = 0
+    for epoch in range(1, 13):  # ~5,800 captions, ~35,000 translatable words
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            tokens, n_cand, n_switched, drawn = ds.switch(i)
+            assert n_cand > 0  # every English word of the world but "left of"/"right of" is in the dictionaries
+            sentences += 1
+            if drawn:
+                drawn_sentences += 1
+                candidates += n_cand
+                switched += n_switched
+            else:
+                assert torch.equal(tokens, captions[i])
+    assert abs(drawn_sentences / sentences - sentence_ratio) < 0.015
+    assert abs(switched / candidates - word_ratio) < 0.015
+
+
+def test_code_switching_uses_translations(retrieval_task, tiny_world):
+    task, _ = retrieval_task
+    captions = _english_captions(task)
+    dicts = find_dictionaries(tiny_world["data"])
+    translations = {t for path in dicts.values() for _, t in read_dictionary(path)}
+    english = {w for path in dicts.values() for w, _ in read_dictionary(path)}
+    table = build_table(dicts, task.dictionary, os.path.join(tiny_world["data"], "sentencepiece.bpe.model"))
+    ds = CodeSwitchDataset(captions, task.dictionary, table, 1.0, 1.0, seed=1)
+    for i in range(20):
+        words = task.dictionary.string(ds[i], "sentencepiece").split()
+        assert words and all(w in translations or w not in english or w in ("left", "right", "of") for w in words), words
+    off = CodeSwitchDataset(captions, task.dictionary, table, 0.0, 0.8, seed=1)
+    assert all(torch.equal(off[i], captions[i]) for i in range(20))
+
+
+def test_code_switch_option_reaches_the_tasks(tiny_world):
+    """--code-switch switches English training captions (retrieval and pre-training), nothing else."""
+    from m3p_fairseq.data.code_switch import CodeSwitchDataset as CS
+
+    task, _ = setup(tiny_world["data"], "--task", "m3p_retrieval", "--caption-langs", "en,de", "--code-switch")
+    task.load_dataset("train")
+    parts = task.dataset("train").captions.datasets
+    assert isinstance(parts[0], CS) and not isinstance(parts[1], CS)
+    task.load_dataset("valid")
+    assert not isinstance(task.dataset("valid").captions.datasets[0], CS)
+    pre, _ = setup(tiny_world["data"], "--task", "multitask_multimodal", "--objectives", "mmlm,vlm", "--code-switch",
+                   "--criterion", "m3p_pretrain")
+    pre.load_dataset("train")
+    assert isinstance(pre.dataset("train").datasets[1].captions, CS)
+
+
+def _tiny_model(task, cfg):
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    model.eval()
+    return model
+
+
+def test_two_stage_sharded_equals_unsharded(retrieval_task):
+    task, cfg = retrieval_task
+    model = _tiny_model(task, cfg)
+    from m3p_fairseq.evaluation.retrieval_cli import language_split
+
+    captions, caption_image, images = language_split(task, "en", "test")
+    pad, bos = task.dictionary.pad(), task.dictionary.bos()
+    # one pair per batch: every pair sees the same padded shapes whichever shard scores it, so the
+    # merged matrix must be bit-identical (larger batches differ by float rounding across batch shapes)
+    dual, pairs, whole = two_stage_scores(model, captions, images, pad, bos, k=3, batch_size=1)
+    assert len(pairs) < len(images) * len(captions)
+    one = merge_two_stage(dual, pairs, [whole])
+    parts = [two_stage_scores(model, captions, images, pad, bos, k=3, batch_size=1, num_shards=3, shard_id=s)[2]
+             for s in range(3)]
+    assert sum(len(p[0]) for p in parts) == len(pairs)
+    np.testing.assert_array_equal(merge_two_stage(dual, pairs, parts), one)
+    batched = [two_stage_scores(model, captions, images, pad, bos, k=3, batch_size=16, num_shards=2, shard_id=s)[2]
+               for s in range(2)]
+    np.testing.assert_allclose(merge_two_stage(dual, pairs, batched), one, atol=1e-5)
+    assert recall_at_k(merge_two_stage(dual, pairs, batched), caption_image) == recall_at_k(one, caption_image)
+    with pytest.raises(ValueError):
+        merge_two_stage(dual, pairs, parts[:2])  # a missing shard is found, not silently ranked low
+    # with k covering everything, two-stage is the full cross-encoder ranking
+    dual_all, pairs_all, part_all = two_stage_scores(model, captions, images, pad, bos, k=len(captions))
+    full = score_pairs(model, captions, images, pad)
+    assert len(pairs_all) == len(images) * len(captions)
+    assert recall_at_k(merge_two_stage(dual_all, pairs_all, [part_all]), caption_image) == \
+        recall_at_k(full[1].reshape(len(images), len(captions)), caption_image)
+
+
+def test_shortlist_and_combine():
+    rng = np.random.default_rng(0)
+    dual = rng.normal(size=(6, 9))
+    pairs = shortlist(dual, 2)
+    for i in range(6):
+        assert set(np.argsort(-dual[i])[:2]) <= {c for im, c in pairs if im == i}
+    for c in range(9):
+        assert set(np.argsort(-dual[:, c])[:2]) <= {im for im, cc in pairs if cc == c}
+    cross = rng.normal(size=(6, 9)) * 100
+    scored = np.zeros((6, 9), dtype=bool)
+    scored[pairs[:, 0], pairs[:, 1]] = True
+    final = combine(dual, cross, scored)
+    assert final[scored].min() > final[~scored].max()
+    np.testing.assert_array_equal(np.argsort(final[~scored]), np.argsort(dual[~scored]))
+
+
+def test_world_downstream_sets(tiny_world):
+    data, world = tiny_world["data"], tiny_world["world"]
+    for lang in ("en", "de", "ja", "ar"):
+        for part in ("input0", "input1", "label"):
+            assert os.path.exists(os.path.join(data, "xnli", lang, part, "test.bin"))
+    assert os.path.exists(os.path.join(data, "xnli", "en", "label", "train.bin"))
+    assert os.path.exists(os.path.join(data, "ntg", "en", "src", "train.bin"))
+    assert os.path.exists(os.path.join(data, "ntg", "de", "tgt", "test.bin"))
+    assert os.path.exists(os.path.join(data, "mild_corpus", "mild", "de", "context", "test.bin"))
+    rows = open(os.path.join(world, "raw", "xnli", "XNLI-1.0", "xnli.test.tsv"), encoding="utf-8").read().splitlines()
+    labels = [r.split("\t")[1] for r in rows[1:]]
+    assert set(labels) == {"entailment", "neutral", "contradiction"}
+    en = [r.split("\t") for r in rows[1:] if r.startswith("en\t")]
+    for _, label, premise, hypo in en:
+        if label == "neutral":  # a neutral hypothesis names an object the premise does not
+            assert set(hypo.split()) - set(premise.split())
+        if label == "entailment" and premise.split()[2] == hypo.split()[2]:
+            assert premise == hypo
+    titles = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.tgt.test"), encoding="utf-8").read().splitlines()
+    bodies = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.src.test"), encoding="utf-8").read().splitlines()
+    assert all(set(t.split()) - {"and"} <= set(b.split()) for t, b in zip(titles, bodies))
+
+
+# ---- bad input: one line each -------------------------------------------------------------------------
+
+def _copy(tiny_world, tmp_path):
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_world["data"], data, symlinks=True)
+    return data
+
+
+def test_bad_input_xnli_label_outside_the_classes(tiny_world, tmp_path):
+    data = _copy(tiny_world, tmp_path)
+    label_dict = os.path.join(data, "xnli", "en", "label", "dict.txt")
+    d = Dictionary.load(label_dict)
+    with open(label_dict, "w") as f:  # the binarized ids of "neutral" now read "maybe"
+        f.writelines(f"{'maybe' if s == 'neutral' else s} 1\n" for s in d.symbols[d.nspecial:])
+    task, _ = setup(data, "--task", "m3p_xnli", "--criterion", "m3p_classification")
+    with pytest.raises(M3PInputError) as e:
+        task.load_dataset("train")
+    msg = str(e.value)
+    assert "xnli/en/label/train.bin: line" in msg and "label 'maybe' is not one of entailment, neutral, contradiction" in msg
+    assert "\n" not in msg
+
+
+def test_bad_input_mild_without_contexts(tiny_world, tmp_path):
+    task, _ = setup(tiny_world["data"], "--task", "m3p_retrieval", "--context")
+    with pytest.raises(M3PInputError) as e:
+        task.load_dataset("train")
+    assert "mild/en/context/train.bin: no MILD contexts for captions/en/train" in str(e.value)
+    data = _copy({"data": os.path.join(tiny_world["data"], "mild_corpus")}, tmp_path)
+    shutil.copy(os.path.join(data, "mild", "de", "context", "valid.bin"), os.path.join(data, "mild", "en", "context", "train.bin"))
+    shutil.copy(os.path.join(data, "mild", "de", "context", "valid.idx"), os.path.join(data, "mild", "en", "context", "train.idx"))
+    task, _ = setup(data, "--task", "m3p_retrieval", "--context")
+    with pytest.raises(M3PInputError, match=r"mild/en/context/train.bin: 24 contexts for 240 query lines"):
+        task.load_dataset("train")
+
+
+def test_bad_input_tables_without_language(tmp_path):
+    import json
+
+    from m3p_fairseq.evaluation.tables import main, render
+
+    good = {"retrieval": {"finetune_en": {"en": {"mR": 81.0}, "de": {"mR": 40.0}}, "chance_mR": 10.0,
+                          "two_stage": {"en": {"mR": 80.0, "pairs": 900, "full_pairs": 2500, "dual_mR": 60.0}}},
+            "xnli": {"en": {"acc": 70.0}}, "mmt": {"en-de": {"bleu4": 30.0}}, "mild": {"with_context": {"en": {"mR": 50}}}}
+    text = render(good)
+    assert "| finetune_en | 81.0 | 40.0 |" in text and "| en | 80.0 | 81.0 | 60.0 | 900 | 2500 |" in text
+    for bad, needle in (({"xnli": {"acc": 70.0}}, "xnli.acc: expected a language"),
+                        ({"retrieval": {"finetune_en": {"mR": 80.0}}}, "retrieval.finetune_en.mR: expected a language"),
+                        ({"mmt": {"bleu4": 30.0}}, "mmt.bleu4: expected a direction")):
+        path = str(tmp_path / "r.json")
+        json.dump(bad, open(path, "w"))
+        with pytest.raises(SystemExit) as e:
+            main([path])
+        assert needle in str(e.value) and path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_retrieval_losses():
+    from m3p_fairseq.criterions.m3p_downstream import listwise_loss
+    from m3p_fairseq.models.dual_encoder import contrastive_loss
+
+    # listwise: each positive (first of its group) against its own negatives only
+    logits = torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0])
+    expected = -torch.log_softmax(torch.tensor([5.0, 0, 0, 0]), 0)[0] - torch.log_softmax(torch.tensor([0.0, 5, 0, 0]), 0)[0]
+    assert torch.isclose(listwise_loss(logits, 4), expected)
+    assert torch.isclose(listwise_loss(logits + 3.0, 4), expected)  # no match-rate optimum: shift-invariant
+    # contrastive: rows of the same image are not each other's negatives
+    text = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=-1)
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    loss_same, ncorrect = contrastive_loss(text, image, torch.tensor([7, 7, 9]), temperature=0.1)
+    loss_diff, _ = contrastive_loss(text, image, torch.tensor([7, 8, 9]), temperature=0.1)
+    assert loss_same < loss_diff and ncorrect == 3

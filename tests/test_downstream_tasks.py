@@ -1,0 +1,185 @@
+"""Every downstream task trains a few updates with stock fairseq-train from a pre-trained checkpoint,
+then evaluates (stock fairseq-validate / fairseq-generate, and m3p-downstream-eval into a results
+JSON); a checkpoint of the wrong model kind ends in one line.
+
+Training and evaluation run in this process through fairseq_cli's own ``main`` (a new interpreter
+per command would cost seconds of imports each); the error lines go through real processes.
+"""
+import contextlib
+import io
+import json
+import logging
+import os
+
+import pytest
+
+from .conftest import BIN, run
+
+CLI = os.path.join(BIN, "fairseq-train")
+
+
+def fairseq_train(data, save_dir, *argv, updates=4, batch=8):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import train
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        data, "--user-dir", "m3p_fairseq", "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3",
+        "--lr-scheduler", "fixed", "--max-update", str(updates), "--batch-size", str(batch), "--cpu",
+        "--num-workers", "0", "--seed", "1", "--save-dir", save_dir, "--no-epoch-checkpoints",
+        "--disable-validation", "--log-format", "json", "--log-interval", "1", *argv])
+    train.main(convert_namespace_to_omegaconf(args))
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    assert os.path.exists(path)
+    return path
+
+
+def fairseq_stdout(module, argv):
+    """Run a fairseq_cli entry point in-process; returns what it printed."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_generation_parser() if module.__name__.endswith("generate") else options.get_validation_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        module.main(convert_namespace_to_omegaconf(args) if module.__name__.endswith("generate") else args)
+    return out.getvalue()
+
+
+def downstream_eval(*argv):
+    from m3p_fairseq.evaluation.downstream_cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(list(argv))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_world, tmp_path_factory):
+    """A few updates of pre-training for each model kind: the starting points of fine-tuning."""
+    base = tmp_path_factory.mktemp("pretrained")
+    data = tiny_world["data"]
+    und = fairseq_train(data, str(base / "und"), "--task", "multitask_multimodal", "--arch", "m3p_tiny",
+                        "--criterion", "m3p_pretrain", "--objectives", "mmlm,vlm", updates=4)
+    gen = fairseq_train(data, str(base / "gen"), "--task", "multitask_multimodal", "--arch", "m3p_seq2seq_tiny",
+                        "--criterion", "m3p_generation", "--objectives", "xdae,ic", updates=4)
+    return {"und": und, "gen": gen}
+
+
+def test_retrieval_finetune_full_and_two_stage(tiny_world, pretrained, tmp_path):
+    data = tiny_world["data"]
+    ckpt = fairseq_train(data, str(tmp_path / "ret"), "--task", "m3p_retrieval", "--arch", "m3p_tiny",
+                         "--criterion", "m3p_retrieval", "--pretrained-checkpoint", pretrained["und"],
+                         "--caption-langs", "en", "--code-switch", "--dual-dim", "32", updates=3)
+    results = str(tmp_path / "results.json")
+    out = downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en,de", "--results", results,
+                          "--key", "retrieval.finetune_en", "--cpu")
+    assert "en: mR" in out and "de: mR" in out
+    out = downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en", "--two-stage", "--top-k", "3",
+                          "--compare-full", "--results", results, "--key", "retrieval.two_stage", "--cpu")
+    doc = json.load(open(results))
+    r = doc["retrieval"]
+    assert set(r["finetune_en"]) == {"en", "de"} and 0 < r["chance_mR"] < 100
+    two = r["two_stage"]["en"]
+    assert two["full_pairs"] == 24 * 24 and 0 < two["pairs"] < two["full_pairs"]
+    assert {"mR", "dual_mR", "full_mR"} <= set(two)
+    assert abs(two["full_mR"] - r["finetune_en"]["en"]["mR"]) < 1e-6  # the same full matrix either way
+
+
+def test_mild_with_and_without_context(tiny_world, pretrained, tmp_path):
+    data = os.path.join(tiny_world["data"], "mild_corpus")
+    ckpt = fairseq_train(data, str(tmp_path / "mild"), "--task", "m3p_retrieval", "--arch", "m3p_tiny",
+                         "--criterion", "m3p_retrieval", "--pretrained-checkpoint", pretrained["und"],
+                         "--caption-langs", "en", "--context", updates=2)
+    results = str(tmp_path / "r.json")
+    for flag, key in ((["--context"], "with_context"), ([], "without_context")):
+        downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en,de", "--max-images", "12",
+                        "--results", results, "--key", f"mild.{key}", "--cpu", *flag)
+    mild = json.load(open(results))["mild"]
+    assert set(mild["with_context"]) == set(mild["without_context"]) == {"en", "de"}
+
+
+def test_xnli_finetune_on_en_test_every_language(tiny_world, pretrained, tmp_path):
+    from fairseq_cli import validate
+
+    data = tiny_world["data"]
+    ckpt = fairseq_train(data, str(tmp_path / "xnli"), "--task", "m3p_xnli", "--arch", "m3p_tiny",
+                         "--criterion", "m3p_classification", "--pretrained-checkpoint", pretrained["und"], updates=3)
+    log, root = io.StringIO(), logging.getLogger()
+    handler, level = logging.StreamHandler(log), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:  # the stock command, one subset per language
+        fairseq_stdout(validate, [data, "--user-dir", "m3p_fairseq", "--task", "m3p_xnli", "--path", ckpt,
+                                  "--valid-subset", "test.en,test.de", "--criterion", "m3p_classification",
+                                  "--batch-size", "32", "--cpu"])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    lines = [line for line in log.getvalue().splitlines() if "subset" in line and "accuracy" in line]
+    assert len(lines) == 2 and "'test.de' subset" in lines[1], log.getvalue()[-2000:]
+    results = str(tmp_path / "r.json")
+    downstream_eval("xnli", data, "--path", ckpt, "--results", results, "--cpu")
+    acc = json.load(open(results))["xnli"]
+    assert set(acc) == {"ar", "cs", "de", "en", "es", "fr", "it", "ja", "ru", "zh"}
+    assert all(0 <= v["acc"] <= 100 and v["n"] == 72 for v in acc.values())
+
+
+def test_mmt_directions(tiny_world, pretrained, tmp_path):
+    from fairseq_cli import generate
+
+    data = tiny_world["data"]
+    ckpt = fairseq_train(data, str(tmp_path / "mmt"), "--task", "m3p_mmt", "--arch", "m3p_seq2seq_tiny",
+                         "--criterion", "m3p_generation", "--pretrained-checkpoint", pretrained["gen"],
+                         "--directions", "en-de,de-en", updates=3)
+    out = fairseq_stdout(generate, [data, "--user-dir", "m3p_fairseq", "--task", "m3p_mmt", "--path", ckpt,
+                                    "--gen-subset", "test.en-de", "--beam", "2", "--batch-size", "8",
+                                    "--post-process", "sentencepiece", "--max-len-b", "20", "--cpu"])
+    refs = sorted((int(l.split("\t")[0][2:]), l.split("\t")[1]) for l in out.splitlines() if l.startswith("T-"))
+    raw = open(os.path.join(tiny_world["world"], "raw", "captions", "test.de.txt"), encoding="utf-8").read().splitlines()
+    assert [r for _, r in refs] == raw  # German references: the target side of en-de
+    results = str(tmp_path / "r.json")
+    downstream_eval("generate", data, "--path", ckpt, "--targets", "en-de,de-en", "--beam", "2", "--max-len-b", "20",
+                    "--results", results, "--key", "mmt", "--cpu")
+    mmt = json.load(open(results))["mmt"]
+    assert set(mmt) == {"en-de", "de-en"} and all(0 <= v["bleu4"] <= 100 for v in mmt.values())
+
+
+def test_ntg_and_captioning(tiny_world, pretrained, tmp_path):
+    data = tiny_world["data"]
+    results = str(tmp_path / "r.json")
+    ntg = fairseq_train(data, str(tmp_path / "ntg"), "--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny",
+                        "--criterion", "m3p_generation", "--pretrained-checkpoint", pretrained["gen"], updates=3)
+    downstream_eval("generate", data, "--path", ntg, "--targets", "en,de,ru", "--beam", "2", "--max-len-b", "12",
+                    "--results", results, "--key", "ntg", "--cpu")
+    cap = fairseq_train(data, str(tmp_path / "cap"), "--task", "m3p_captioning", "--arch", "m3p_seq2seq_tiny",
+                        "--criterion", "m3p_generation", "--finetune-from-model", pretrained["gen"],
+                        "--caption-langs", "en,de", updates=3)
+    downstream_eval("generate", data, "--path", cap, "--targets", "en,ja", "--beam", "2", "--max-len-b", "12",
+                    "--results", results, "--key", "captioning", "--cpu")
+    doc = json.load(open(results))
+    assert set(doc["ntg"]) == {"en", "de", "ru"} and set(doc["captioning"]) == {"en", "ja"}
+    assert all({"bleu4", "cider"} <= set(v) for v in list(doc["ntg"].values()) + list(doc["captioning"].values()))
+
+
+def _one_line_error(res, *needles):
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    for n in needles:
+        assert n in last, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_input_checkpoint_of_the_wrong_model(tiny_world, pretrained, tmp_path):
+    res = run([CLI, tiny_world["data"], "--user-dir", "m3p_fairseq", "--task", "m3p_mmt", "--arch", "m3p_seq2seq_tiny",
+               "--criterion", "m3p_generation", "--pretrained-checkpoint", pretrained["und"], "--max-update", "1",
+               "--batch-size", "4",
+               "--cpu", "--save-dir", str(tmp_path / "ck")], check=False)
+    _one_line_error(res, pretrained["und"], "arch m3p_tiny (an M3P understanding model)",
+                    "m3p_mmt fine-tunes an M3P generation model")
+    res = run([os.path.join(BIN, "m3p-downstream-eval"), "retrieval", tiny_world["data"], "--path", pretrained["gen"]],
+              check=False)
+    _one_line_error(res, "arch m3p_seq2seq_tiny (an M3P generation model)", "evaluates an M3P understanding model")

@@ -1,0 +1,109 @@
+"""The real commands: fairseq-train (xDAE, IC, DIC) -> fairseq-generate (captions) -> m3p-caption-score; bad input."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from .conftest import BIN, run
+
+SCORE = [sys.executable, "-m", "m3p_fairseq.evaluation.caption_score_cli"]
+
+
+def _series(stderr, key):
+    vals = []
+    for line in stderr.splitlines():
+        if "train_inner" in line and "{" in line:
+            rec = json.loads(line[line.index("{"):])
+            if rec.get(key) is not None:
+                vals.append(float(rec[key]))
+    return vals
+
+
+def _generate(data, ckpt, *extra, check=True):
+    return run([os.path.join(BIN, "fairseq-generate"), data, "--user-dir", "m3p_fairseq", "--task", "m3p_captioning",
+                "--path", ckpt, "--gen-subset", "test", "--batch-size", "8", "--post-process", "sentencepiece", "--cpu",
+                *extra], check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("gen_ckpt"))
+    res = run([os.path.join(BIN, "fairseq-train"), tiny_world["data"], "--user-dir", "m3p_fairseq",
+               "--task", "multitask_multimodal", "--arch", "m3p_seq2seq_tiny", "--criterion", "m3p_generation",
+               "--objectives", "xdae,ic,dic", "--objective-ratios", "1,1,1", "--caption-langs", "en,de",
+               "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3", "--clip-norm", "1.0",
+               "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--max-update", "60", "--batch-size", "16",
+               "--cpu", "--num-workers", "0", "--seed", "1", "--save-dir", save, "--no-epoch-checkpoints",
+               "--disable-validation", "--log-format", "json", "--log-interval", "5",
+               # no prefetch thread: an h5py read in it can deadlock the interpreter's exit
+               "--data-buffer-size", "0"],
+              cwd=str(tmp_path_factory.mktemp("cwd")))  # --user-dir must resolve from anywhere
+    return os.path.join(save, "checkpoint_last.pt"), res
+
+
+def test_every_generation_objective_trains(trained):
+    ckpt, res = trained
+    for key in ("xdae_loss", "ic_loss", "dic_loss"):
+        s = _series(res.stdout + res.stderr, key)
+        assert len(s) >= 4, (key, s)
+        assert s[-1] < s[0], f"{key} did not fall: {s}"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    # the checkpoint keeps the language list, so ids mean the same at generation time
+    assert state["cfg"]["model"].langs == "ar,cs,de,en,es,fr,it,ja,ru,zh"
+
+
+def test_generate_then_score(trained, tiny_world, tmp_path):
+    ckpt, _ = trained
+    res = _generate(tiny_world["data"], ckpt, "--target-lang", "de", "--beam", "5")
+    log = str(tmp_path / "gen.de.txt")
+    open(log, "w").write(res.stdout)
+    hyps = [line for line in res.stdout.splitlines() if line.startswith("D-")]
+    refs = {int(line.split("\t")[0][2:]): line.split("\t")[1] for line in res.stdout.splitlines() if line.startswith("T-")}
+    assert len(hyps) == 24 and len(refs) == 24  # each test image once
+    raw = open(os.path.join(tiny_world["world"], "raw", "captions", "test.de.txt"), encoding="utf-8").read().splitlines()
+    assert [refs[i] for i in range(24)] == raw  # sample id i is the i-th image of the caption file
+    out = run(SCORE + ["--hyp", log, "--ref", log, "--lang", "de", "--results", str(tmp_path / "r.json"),
+                       "--key", "captioning.de"])
+    scores = json.loads(out.stdout)
+    assert set(scores) == {"bleu4", "cider"} and 0 <= scores["bleu4"] <= 100
+    assert json.load(open(tmp_path / "r.json"))["captioning"]["de"] == scores
+
+
+def _one_line_error(res, *needles):
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    for n in needles:
+        assert n in last, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_input_unknown_target_language(trained, tiny_world):
+    ckpt, _ = trained
+    _one_line_error(_generate(tiny_world["data"], ckpt, "--target-lang", "xx", check=False),
+                    "--target-lang 'xx' is not one of the model's languages")
+
+
+def test_bad_input_image_without_features(trained, tiny_world, tmp_path):
+    ckpt, _ = trained
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_world["data"], data, symlinks=False)
+    ids = os.path.join(data, "captions", "de", "test.ids")
+    lines = open(ids).read().splitlines()
+    lines[3] = "no_such_image"
+    open(ids, "w").write("\n".join(lines) + "\n")
+    _one_line_error(_generate(data, ckpt, "--target-lang", "de", check=False), "test.ids", "'no_such_image'",
+                    "has no features")
+
+
+def test_bad_input_understanding_checkpoint(tiny_world, tmp_path):
+    save = str(tmp_path / "und")
+    run([os.path.join(BIN, "fairseq-train"), tiny_world["data"], "--user-dir", "m3p_fairseq", "--task",
+         "multitask_multimodal", "--arch", "m3p_tiny", "--criterion", "m3p_pretrain", "--objectives", "mmlm",
+         "--encoder-layers", "1", "--optimizer", "adam", "--lr", "1e-4", "--max-update", "1", "--batch-size", "4", "--cpu", "--num-workers", "0",
+         "--save-dir", save, "--no-epoch-checkpoints", "--disable-validation", "--log-format", "json",
+         "--data-buffer-size", "0"])
+    _one_line_error(_generate(tiny_world["data"], os.path.join(save, "checkpoint_last.pt"), "--target-lang", "de",
+                              check=False), "arch m3p_tiny", "not an M3P generation model")

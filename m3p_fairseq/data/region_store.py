@@ -28,6 +28,7 @@ import numpy as np
 FORMAT = "m3p-regions"
 MANIFEST_FORMAT = "m3p-regions-manifest"
 VERSION = 1
+CHUNK_CACHE_BYTES = 64 << 20  # per open shard: h5py's default (1 MB) re-reads chunks of nearby images
 REQUIRED_KEYS = ("image_ids", "offsets", "image_wh", "features", "boxes", "classes")
 
 
@@ -81,7 +82,7 @@ class RegionShardWriter:
     """
 
     def __init__(self, path, feat_dim=2048, num_classes=1600, with_class_probs=False, max_regions=None,
-                 chunk_rows=256):
+                 chunk_rows=32):
         h5py = _h5py()
         self.path = path
         self.tmp_path = path + ".tmp"
@@ -89,7 +90,8 @@ class RegionShardWriter:
         self.with_class_probs = with_class_probs
         self._f = h5py.File(self.tmp_path, "w")
         self._f.attrs.update(format=FORMAT, version=VERSION, feat_dim=feat_dim, num_classes=num_classes)
-        rows = min(chunk_rows, 1 << 20)
+        # small chunks: an image is read at random and h5py reads whole chunks (32 x 2048 fp16 = 128 KB)
+        rows = max(1, chunk_rows)
         self._feat = self._f.create_dataset("features", (0, feat_dim), np.float16, maxshape=(None, feat_dim),
                                             chunks=(rows, feat_dim))
         self._boxes = self._f.create_dataset("boxes", (0, 4), np.float32, maxshape=(None, 4), chunks=(rows, 4))
@@ -278,7 +280,7 @@ class RegionStore:
             atexit.register(self.close)
         f = self._handles.get(si)
         if f is None:
-            f = _h5py().File(self.shard_paths[si], "r")
+            f = _h5py().File(self.shard_paths[si], "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
             self._handles[si] = f
         return f
 

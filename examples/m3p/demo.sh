@@ -70,4 +70,12 @@ done
 python examples/m3p/caption_objects.py --world "$OUT/world" --langs "$CAPTION_LANGS" \
     --gen "$OUT/captions/gen.{lang}.txt" --results "$OUT/results.json" > /dev/null
 
+echo "== 7. fine-tune and evaluate the downstream tasks (retrieval, XNLI, MMT, NTG, captioning)" >&2
+bash examples/m3p/demo_downstream.sh "$OUT" "$OUT/data" "$OUT/checkpoints/checkpoint_last.pt" \
+    "$OUT/gen-checkpoints/checkpoint_last.pt"
+
+echo "== 8. tables and pictures" >&2
+m3p-results-table "$OUT/results.json" > "$OUT/results.md"
+m3p-plots --results "$OUT/results.json" --train-log "$OUT/train.log" "$OUT/gen-train.log" --out "$OUT/plots" > /dev/null
+
 echo "$OUT/results.json"

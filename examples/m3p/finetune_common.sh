@@ -8,6 +8,7 @@ BATCH=${BATCH:-32}                     # per update and device; the paper's 512 
 UPDATE_FREQ=${UPDATE_FREQ:-1}
 UPDATES=${UPDATES:-20000}
 WARMUP=${WARMUP:-$(( UPDATES / 10 ))}
+SCHEDULER=${SCHEDULER:-polynomial_decay}  # linear warm-up then decay to 0; "fixed": constant after warm-up
 BEAM=${BEAM:-10}                       # paper: beam 10 for captions
 THREADS=${THREADS:-}
 if [ -n "$THREADS" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
@@ -22,7 +23,8 @@ m3p_train() {
     rm -rf "$save"
     fairseq-train "$DATA" --user-dir m3p_fairseq \
         --optimizer adam --adam-betas '(0.9,0.98)' --lr "$LR" --clip-norm 1.0 \
-        --lr-scheduler polynomial_decay --warmup-updates "$WARMUP" --total-num-update "$UPDATES" \
+        --lr-scheduler "$SCHEDULER" --warmup-updates "$WARMUP" \
+        $([ "$SCHEDULER" = polynomial_decay ] && echo --total-num-update "$UPDATES" || true) \
         --max-update "$UPDATES" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" $DEVICE --num-workers 0 \
         --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints --disable-validation \
         --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" > "$save.log" 2>&1 \

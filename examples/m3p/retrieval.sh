@@ -16,7 +16,7 @@
 set -euo pipefail
 STRATEGY=$1 DATA=$2 PRETRAINED=$3 OUT=$4
 shift 4
-EXTRA=("$@")  # passed on to every fine-tuning run (e.g. --rank-weight 1)
+EXTRA=("$@")  # passed on to every fine-tuning run (e.g. --contrastive-weight 0)
 . "$(dirname "$0")/finetune_common.sh"
 LANGS=${LANGS:-en,de,fr,cs,ja,zh}
 TRAIN_LANGS=${TRAIN_LANGS:-$LANGS}

@@ -24,18 +24,6 @@ class M3PRetrievalCriterionConfig(FairseqDataclass):
         "help": "weight of the dual encoder's in-batch contrastive loss (per pair, as the VLM loss); "
                 "0 trains the cross-encoder alone"})
     temperature: float = field(default=0.05, metadata={"help": "softmax temperature of the contrastive loss"})
-    rank_weight: float = field(default=0.0, metadata={
-        "help": "weight of a listwise loss on the VLM logits: softmax cross-entropy of each positive against its "
-                "own negatives (per pair, as the VLM loss). Not in the paper (0: BCE alone); unlike BCE it has no "
-                "match-rate optimum to settle in, so a model whose pre-training has not matched words and regions "
-                "starts ranking sooner"})
-
-
-def listwise_loss(logits, group):
-    """Softmax cross-entropy of each positive against its negatives, summed over positives: the
-    logits come in groups of ``group``, the positive first."""
-    scores = logits.float().view(-1, group)
-    return F.cross_entropy(scores, scores.new_zeros(scores.size(0), dtype=torch.long), reduction="sum")
 
 
 @register_criterion("m3p_retrieval", dataclass=M3PRetrievalCriterionConfig)
@@ -45,12 +33,16 @@ class M3PRetrievalCriterion(FairseqCriterion):
     The loss is a sum over the batch's pairs (sample_size = pairs): the contrastive loss, computed
     once per positive, is scaled by pairs per positive so that ``contrastive_weight`` weighs it per
     pair, as the VLM term.
+
+    The contrastive term also gets the cross-encoder going: fine-tuning m3p_tiny from a pre-training
+    whose VLM head is still at chance (embedded world, batch 32, lr 5e-4), BCE alone kept predicting
+    the 1:3 match rate for 400 updates, while with the contrastive term the VLM head left it after
+    ~250 updates (measured; the dual encoder improves first, the cross-encoder follows).
     """
 
-    def __init__(self, task, contrastive_weight=1.0, temperature=0.05, rank_weight=0.0):
+    def __init__(self, task, contrastive_weight=1.0, temperature=0.05):
         super().__init__(task)
-        self.contrastive_weight, self.temperature, self.rank_weight = contrastive_weight, temperature, rank_weight
-        self.group = getattr(task.cfg, "num_negatives", 0) + 1  # pairs per positive, positive first (RetrievalDataset)
+        self.contrastive_weight, self.temperature = contrastive_weight, temperature
         self.bos = task.source_dictionary.bos()
 
     def forward(self, model, sample, reduce=True):
@@ -62,10 +54,6 @@ class M3PRetrievalCriterion(FairseqCriterion):
         with torch.no_grad():
             ncorrect = int(((out["vlm_logits"] > 0).float() == labels).sum())
         log = {"vlm_loss": loss.data, "vlm_n": n, "vlm_ncorrect": ncorrect}
-        if self.rank_weight > 0 and self.group > 1:
-            rank = listwise_loss(out["vlm_logits"], self.group)
-            loss = loss + self.rank_weight * self.group * rank
-            log.update({"rank_loss": rank.data, "rank_n": n // self.group})
         dual = sample.get("dual")
         if self.contrastive_weight > 0 and dual is not None and has_dual_heads(model):
             idx = dual["pair_index"]
@@ -88,8 +76,6 @@ class M3PRetrievalCriterion(FairseqCriterion):
         if total("vlm_n") > 0:
             metrics.log_scalar("vlm_loss", total("vlm_loss") / total("vlm_n"), total("vlm_n"), round=3)
             metrics.log_scalar("vlm_acc", 100.0 * total("vlm_ncorrect") / total("vlm_n"), total("vlm_n"), round=2)
-        if total("rank_n") > 0:
-            metrics.log_scalar("rank_loss", total("rank_loss") / total("rank_n"), total("rank_n"), round=3)
         if total("nce_n") > 0:
             metrics.log_scalar("nce_loss", total("nce_loss") / total("nce_n"), total("nce_n"), round=3)
             metrics.log_scalar("nce_acc", 100.0 * total("nce_ncorrect") / total("nce_n"), total("nce_n"), round=2)

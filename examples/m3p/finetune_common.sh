@@ -17,7 +17,8 @@ DEVICE=${DEVICE:-$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 EVAL_DEVICE=${EVAL_DEVICE:-$DEVICE}
 EVAL_CPU=$([ "$EVAL_DEVICE" = --cpu ] && echo --cpu || true)  # m3p-downstream-eval's spelling
 
-# m3p_train SAVE_DIR [fairseq-train flags...]: one fine-tuning run with the shared optimizer settings
+# m3p_train SAVE_DIR [fairseq-train flags...]: one fine-tuning run with the shared optimizer settings.
+# No prefetch thread (--data-buffer-size 0): an HDF5 read in it can hang the interpreter's exit.
 m3p_train() {
     local save=$1; shift
     rm -rf "$save"
@@ -26,6 +27,7 @@ m3p_train() {
         --lr-scheduler "$SCHEDULER" --warmup-updates "$WARMUP" \
         $([ "$SCHEDULER" = polynomial_decay ] && echo --total-num-update "$UPDATES" || true) \
         --max-update "$UPDATES" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" $DEVICE --num-workers 0 \
+        --data-buffer-size 0 \
         --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints --disable-validation \
         --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" > "$save.log" 2>&1 \
         || { echo "fairseq-train failed: see $save.log" >&2; tail -n 3 "$save.log" >&2; return 1; }

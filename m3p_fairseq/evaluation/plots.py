@@ -113,6 +113,9 @@ def main(argv=None):
     p.add_argument("--train-log", nargs="*", default=[], help="fairseq training logs (simple or json format)")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     a = p.parse_args(argv)
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)  # matplotlib's font search logs at DEBUG otherwise
     os.makedirs(a.out, exist_ok=True)
     written = []
     if a.results:

@@ -27,6 +27,8 @@ def _check_languages(section, rows):
         if not isinstance(per_lang, dict):
             continue
         for lang, value in per_lang.items():
+            if lang.startswith("chance"):  # a task-wide chance level, e.g. captioning.chance_object_precision
+                continue
             if not isinstance(value, dict):
                 where = f"{section}.{setting}" if setting not in ("accuracy", "BLEU-4", "CIDEr") else section
                 raise M3PInputError(f"{where}.{lang}: expected a language holding metrics (e.g. {where}.en.{lang}), "

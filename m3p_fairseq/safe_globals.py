@@ -3,7 +3,7 @@
 torch >= 2.6 unpickles checkpoints with ``weights_only=True``; fairseq checkpoints hold argparse
 and omegaconf objects, which that refuses. Registering exactly these types keeps the protection
 (a checkpoint still cannot run code) while fairseq-train --restore-file, fairseq-generate --path
-and the hub load normally. Never set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD instead.
+and the hub load normally. Never switch the protection off for the whole process instead.
 """
 import argparse
 import collections

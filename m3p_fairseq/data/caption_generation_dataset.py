@@ -9,9 +9,10 @@ on average; the paper gives none, so the default is xDAE's 0.3.
 """
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset
+from .sized import SizedDataset
 from .seq2seq_collate import collate_seq2seq
 from .spans import sample_spans, span_mask
 
@@ -24,7 +25,7 @@ def zero_region_spans(num_regions, ratio, poisson_lambda):
     return span_mask(num_regions, starts, lengths), (starts, lengths)
 
 
-class CaptionGenerationDataset(FairseqDataset):
+class CaptionGenerationDataset(SizedDataset):
     """Item i: the regions of image ``image_rows[i]`` as the source, caption ``caption_index[i]``
     (without its ``<s>``) as the target, ``langs[i]`` as source and target language.
 
@@ -61,26 +62,9 @@ class CaptionGenerationDataset(FairseqDataset):
     def __len__(self):
         return len(self.image_rows)
 
-    @property
-    def sizes(self):
-        return self._sizes
-
     def size(self, index):
         # (source, target) as LanguagePairDataset, so generation filters each against its own limit
         return int(self.num_regions[index]), int(self.target_sizes[index])
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return self._sizes[indices]
-
-    def ordered_indices(self):
-        return np.lexsort((np.random.permutation(len(self)), self._sizes))
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        return True
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -9,9 +9,10 @@ here is its own dataset and VLM pairs are never masked.
 """
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset, collate_regions
+from .sized import SizedDataset
 
 OBJECTIVES = ("pairs", "mmlm", "mrm", "vlm")
 
@@ -28,7 +29,7 @@ def mask_regions(num_regions, mask_prob, zero_prob):
     return masked, zeroed
 
 
-class ImageCaptionDataset(FairseqDataset):
+class ImageCaptionDataset(SizedDataset):
     """Caption ``i`` with the regions of its image ``image_rows[i]``, prepared for one objective.
 
     Args:
@@ -63,26 +64,6 @@ class ImageCaptionDataset(FairseqDataset):
 
     def __len__(self):
         return len(self.captions)
-
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def size(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return self._sizes[indices]
-
-    def ordered_indices(self):
-        return np.lexsort((np.random.permutation(len(self)), self._sizes))
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        return True
 
     def set_epoch(self, epoch):
         self.epoch = epoch

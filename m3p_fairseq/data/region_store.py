@@ -21,7 +21,7 @@ lazily, once per process, reading an image as one contiguous slice.
 import atexit
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 

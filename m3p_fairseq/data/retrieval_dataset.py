@@ -10,14 +10,15 @@ an image negative brings its own context. All sampling runs under
 """
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset, collate_regions
+from .sized import SizedDataset
 
 POSITIVE, TEXT_REPLACED, IMAGE_REPLACED = 0, 1, 2
 
 
-class RetrievalDataset(FairseqDataset):
+class RetrievalDataset(SizedDataset):
     """Item i: caption i and its image (label 1), then ``num_negatives`` pairs (label 0).
 
     Args:
@@ -59,25 +60,11 @@ class RetrievalDataset(FairseqDataset):
     def __len__(self):
         return len(self.captions)
 
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def size(self, index):
-        return int(self._sizes[index])
-
     def num_tokens(self, index):
         return int(self._tokens[index])
 
     def num_tokens_vec(self, indices):
         return self._tokens[indices]
-
-    def ordered_indices(self):
-        return np.lexsort((np.random.permutation(len(self)), self._sizes))
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        return True
 
     def set_epoch(self, epoch):
         self.epoch = epoch

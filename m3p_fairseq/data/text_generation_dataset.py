@@ -6,12 +6,12 @@ encoder and the decoder, NTG the same one. Batches are ``seq2seq_collate``'s (fa
 layout plus regions and language ids), so fairseq-generate and SequenceGenerator work unchanged.
 """
 import numpy as np
-from fairseq.data import FairseqDataset
 
 from .seq2seq_collate import collate_seq2seq
+from .sized import SizedDataset
 
 
-class TextGenerationDataset(FairseqDataset):
+class TextGenerationDataset(SizedDataset):
     """Item i: ``sources[i]`` (``<s> ... </s>``) [+ the regions of ``image_rows[i]``] -> ``targets[i]``
     (``... </s>``, no ``<s>``), with ``src_langs[i]`` and ``tgt_langs[i]``."""
 
@@ -35,26 +35,9 @@ class TextGenerationDataset(FairseqDataset):
     def __len__(self):
         return len(self.sources)
 
-    @property
-    def sizes(self):
-        return self._sizes
-
     def size(self, index):
         # (source, target) as LanguagePairDataset, so generation filters each against its own limit
         return int(self.src_sizes[index]), int(self.tgt_sizes[index])
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return self._sizes[indices]
-
-    def ordered_indices(self):
-        return np.lexsort((np.random.permutation(len(self)), self._sizes))
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        return True
 
     def __getitem__(self, index):
         item = {"id": index, "source": self.sources[index], "target": self.targets[index],

@@ -26,9 +26,49 @@ def refused_checkpoint_message(exc):
             f"load only checkpoints you trust")
 
 
+def _chain(exc):
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def checkpoint_load_message(exc):
+    """One line for fairseq's "Cannot load model parameters from checkpoint X" (which hides its cause
+    behind a second traceback): the file and the first line of the cause that says what differs."""
+    import re
+
+    m = re.match(r"Cannot load model parameters from checkpoint (.+?); please ensure", str(exc))
+    cause = exc.__cause__ or exc.__context__
+    if m is None or cause is None:
+        return None
+    lines = [l.strip() for l in str(cause).splitlines() if l.strip()]
+    detail = next((l for l in lines if re.match(r"(size mismatch|Missing key|Unexpected key)", l)), lines[0] if lines else "")
+    return f"{m.group(1)}: cannot load its weights into this model (another architecture?): {detail[:300]}"
+
+
+def one_line(exc):
+    """The one-line message for an exception that is the user's input's fault, else None."""
+    chain = _chain(exc)
+    inner = next((e for e in chain if isinstance(e, M3PInputError)), None)
+    if inner is not None:
+        if inner is not exc:  # raised under fairseq's checkpoint loading: keep the file it names
+            m = checkpoint_load_message(exc)
+            file = m.split(": cannot load", 1)[0] if m else None
+            return f"{file}: {inner}" if file and file not in str(inner) else str(inner)
+        return str(inner)
+    for e in chain:
+        message = refused_checkpoint_message(e)
+        if message is not None:
+            return message
+    return checkpoint_load_message(exc)
+
+
 def _hook(previous):
     def hook(exc_type, exc, tb):
-        message = str(exc) if issubclass(exc_type, M3PInputError) else refused_checkpoint_message(exc)
+        message = one_line(exc)
         if message is not None and not os.environ.get("M3P_TRACEBACK"):
             sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()

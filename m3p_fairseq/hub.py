@@ -1,4 +1,4 @@
-"""A small Python interface to a trained or imported M3P understanding model, as fairseq's RoBERTa hub.
+"""A small Python interface to a trained or imported M3P model, as fairseq's RoBERTa hub.
 
 >>> from m3p_fairseq import M3PHub
 >>> m3p = M3PHub.from_pretrained("xlmr-m3p")          # folder with model.pt, dict.txt, sentencepiece.bpe.model
@@ -10,6 +10,14 @@
 Text goes through sentencepiece, then the fairseq dictionary by piece (not by sentencepiece id),
 so the same code serves XLM-R's model (whose ids are shifted by one against fairseq's) and the
 models preprocess/build_spm.py trains.
+
+An understanding checkpoint (``m3p_*``) scores and ranks image-text pairs; a generation
+checkpoint (``m3p_seq2seq_*``) captions images and translates:
+
+>>> gen = M3PHub.from_pretrained("checkpoints-gen/checkpoint_last.pt", data_name_or_path="data-bin/m3p")
+>>> store = RegionStore("data-bin/m3p/regions/test.json")
+>>> gen.caption("test_000003", "de", beam=10, store=store)
+>>> gen.translate("a red dog left of a blue car", "test_000003", "en", "de", store=store)
 """
 import os
 from typing import List, Optional, Union
@@ -18,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .errors import M3PInputError
+from .models.m3p_seq2seq import M3PSeq2SeqModel
 
 
 class M3PHub(nn.Module):
@@ -170,6 +179,9 @@ class M3PHub(nn.Module):
         """Candidate texts for one image, best first: a list of (text, match probability)."""
         from fairseq.data import data_utils
 
+        if isinstance(self.model, M3PSeq2SeqModel):
+            raise M3PInputError("score/rank use the VLM head of an understanding model (m3p_*); "
+                                "this is a generation model (m3p_seq2seq_*): use caption/translate")
         feats, spatial = self._regions(regions, boxes, width, height, store)
         tokens = data_utils.collate_tokens([self.encode(t, lang) for t in texts], self.dictionary.pad())
         n = len(texts)
@@ -177,3 +189,68 @@ class M3PHub(nn.Module):
                          region_boxes=spatial[None].expand(n, -1, -1).to(self.device), vlm=True)
         probs = torch.sigmoid(out["vlm_logits"].float()).tolist()
         return sorted(zip(texts, probs), key=lambda x: -x[1])
+
+    # ---- generation (the encoder-decoder): captions and multimodal translation ----------------------
+    def _lang_id(self, lang):
+        if not isinstance(self.model, M3PSeq2SeqModel):
+            raise M3PInputError("caption/translate need a generation model (m3p_seq2seq_*); this is an "
+                                "understanding model (m3p_*): use score/rank/extract_features")
+        if lang not in self.model.langs:
+            raise M3PInputError(f"language {lang!r} is not one of the model's ({','.join(self.model.langs)})")
+        return self.model.langs.index(lang)
+
+    @torch.no_grad()
+    def _generate(self, src_tokens, src_lang, tgt_lang, regions=None, spatial=None, beam=10, **gen_overrides):
+        """Beam search with the task's generator (fairseq's SequenceGenerator), as fairseq-generate runs it."""
+        import copy
+
+        from omegaconf import open_dict
+
+        gen_args = copy.deepcopy(self.cfg.generation)
+        with open_dict(gen_args):
+            gen_args.beam = beam
+            for k, v in gen_overrides.items():
+                setattr(gen_args, k, v)
+        generator = self.task.build_generator([self.model], gen_args)
+        src_tokens = src_tokens.unsqueeze(0).to(self.device)
+        net_input = {"src_tokens": src_tokens, "src_lengths": torch.tensor([src_tokens.size(1)], device=self.device),
+                     "src_lang": torch.tensor([self._lang_id(src_lang)], device=self.device),
+                     "tgt_lang": torch.tensor([self._lang_id(tgt_lang)], device=self.device)}
+        if regions is not None:
+            net_input.update(regions=regions[None].to(self.device, torch.float),
+                             region_boxes=spatial[None].to(self.device, torch.float),
+                             region_padding_mask=torch.zeros(1, regions.size(0), dtype=torch.bool, device=self.device))
+        hypos = self.task.inference_step(generator, [self.model], {"net_input": net_input})
+        return self.decode(hypos[0][0]["tokens"])
+
+    def caption(self, regions, lang, beam=10, boxes=None, width=None, height=None, store=None, **gen_overrides):
+        """A caption of the image in ``lang`` (beam search; the paper's beam is 10).
+
+        ``regions`` as for :meth:`score`: an image id with ``store``, or arrays with ``boxes``.
+        ``gen_overrides`` are fairseq generation options (``max_len_b=30``, ``lenpen=1.0``, ...).
+
+        >>> gen.caption("test_000003", "en", store=RegionStore("data-bin/m3p/regions/test.json"))
+        'a red dog left of a blue car'
+        """
+        self._lang_id(lang)  # the right kind of model and a known language, before reading regions
+        feats, spatial = self._regions(regions, boxes, width, height, store)
+        empty = torch.zeros(0, dtype=torch.long)  # the source is the image alone
+        return self._generate(empty, lang, lang, feats, spatial, beam, **gen_overrides)
+
+    def translate(self, text, regions=None, src="en", tgt="de", beam=10, boxes=None, width=None, height=None,
+                  store=None, **gen_overrides):
+        """``text`` (in ``src``) translated into ``tgt``, with the image's regions when given (MMT).
+
+        >>> gen.translate("a red dog left of a blue car", "test_000003", "en", "de", store=store)
+        """
+        if src == tgt:
+            raise M3PInputError(f"source and target language are both {src!r}")
+        self._lang_id(src), self._lang_id(tgt)
+        tokens = self.encode(text, src)
+        limit = self.max_positions()[0]  # (encoder, decoder) positions
+        if tokens.size(0) > limit:
+            raise M3PInputError(f"{tokens.size(0)} tokens, more than the model's {limit} positions")
+        feats = spatial = None
+        if regions is not None:
+            feats, spatial = self._regions(regions, boxes, width, height, store)
+        return self._generate(tokens, src, tgt, feats, spatial, beam, **gen_overrides)

@@ -229,6 +229,27 @@ def test_config(case, tiny_world):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+CRITERION_CASES = {
+    "generation criterion for understanding objectives": (
+        ["--task", "multitask_multimodal", "--arch", "m3p_tiny", "--criterion", "m3p_generation"],
+        "--criterion m3p_generation: the multitask_multimodal task's batches are trained with --criterion m3p_pretrain"),
+    "pre-training criterion for retrieval": (
+        ["--task", "m3p_retrieval", "--arch", "m3p_tiny", "--criterion", "m3p_pretrain"],
+        "--criterion m3p_pretrain: the m3p_retrieval task's batches are trained with --criterion m3p_retrieval"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRITERION_CASES))
+def test_config_criterion_of_another_task(case, tiny_world, tmp_path):
+    flags, needle = CRITERION_CASES[case]
+    res = run([os.path.join(BIN, "fairseq-train"), tiny_world["data"], "--user-dir", "m3p_fairseq", *flags,
+               "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1", "--batch-size", "4", "--cpu",
+               "--save-dir", str(tmp_path / "ck"), "--disable-validation"], check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert needle in res.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 def test_checkpoint_truncated(tiny_world, tmp_path):
     ck = str(tmp_path / "ck.pt")

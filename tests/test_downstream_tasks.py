@@ -183,3 +183,23 @@ def test_bad_input_checkpoint_of_the_wrong_model(tiny_world, pretrained, tmp_pat
     res = run([os.path.join(BIN, "m3p-downstream-eval"), "retrieval", tiny_world["data"], "--path", pretrained["gen"]],
               check=False)
     _one_line_error(res, "arch m3p_seq2seq_tiny (an M3P generation model)", "evaluates an M3P understanding model")
+
+
+@pytest.mark.parametrize("flags", [["--restore-file", "{ck}", "--reset-optimizer", "--reset-dataloader",
+                                    "--reset-meters"], ["--finetune-from-model", "{ck}"]])
+def test_bad_input_wrong_model_through_fairseq_flags(tiny_world, pretrained, tmp_path, flags):
+    """fairseq's own way of starting from a checkpoint: a generation checkpoint for an understanding
+    task ends in one line naming the file (fairseq alone prints two tracebacks)."""
+    res = run([CLI, tiny_world["data"], "--user-dir", "m3p_fairseq", "--task", "m3p_retrieval", "--arch", "m3p_tiny",
+               "--criterion", "m3p_retrieval", *[f.format(ck=pretrained["gen"]) for f in flags], "--max-update", "1", "--batch-size", "4", "--cpu",
+               "--save-dir", str(tmp_path / "ck")], check=False)
+    _one_line_error(res, pretrained["gen"], "holds an M3P generation model", "needs an understanding model")
+    assert not os.path.exists(tmp_path / "ck" / "checkpoint_last.pt")
+
+
+def test_bad_input_checkpoint_of_other_sizes(tiny_world, pretrained, tmp_path):
+    res = run([CLI, tiny_world["data"], "--user-dir", "m3p_fairseq", "--task", "m3p_retrieval", "--arch", "m3p_tiny",
+               "--encoder-ffn-embed-dim", "64", "--criterion", "m3p_retrieval", "--restore-file", pretrained["und"],
+               "--reset-optimizer", "--max-update", "1", "--batch-size", "4", "--cpu",
+               "--save-dir", str(tmp_path / "ck")], check=False)
+    _one_line_error(res, pretrained["und"], "cannot load its weights into this model", "size mismatch")

@@ -56,3 +56,7 @@ def test_bad_calls(hub):
         hub.score("test_000000", "a dog")
     with pytest.raises(M3PInputError, match="need the image width and height"):
         hub.score(np.ones((2, 32)), "a dog", boxes=np.ones((2, 4)))
+    with pytest.raises(M3PInputError, match="need a generation model"):
+        hub.caption("test_000000", "en")
+    with pytest.raises(M3PInputError, match="need a generation model"):
+        hub.translate("a dog", None, "en", "de")

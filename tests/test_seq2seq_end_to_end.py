@@ -107,3 +107,39 @@ def test_bad_input_understanding_checkpoint(tiny_world, tmp_path):
          "--data-buffer-size", "0"])
     _one_line_error(_generate(tiny_world["data"], os.path.join(save, "checkpoint_last.pt"), "--target-lang", "de",
                               check=False), "arch m3p_tiny", "not an M3P generation model")
+
+
+def _hypotheses(stdout):
+    """sample id -> detokenized hypothesis (the D- lines of fairseq-generate)."""
+    return {int(l.split("\t")[0][2:]): l.split("\t")[2] for l in stdout.splitlines() if l.startswith("D-")}
+
+
+def test_hub_caption_and_translate_match_fairseq_generate(trained, tiny_world):
+    """The hub's caption/translate run the same beam search as fairseq-generate: same words."""
+    from m3p_fairseq import M3PHub
+    from m3p_fairseq.data.region_store import RegionStore
+    from m3p_fairseq.errors import M3PInputError
+
+    ckpt, _ = trained
+    hub = M3PHub.from_pretrained(ckpt, data_name_or_path=tiny_world["data"])
+    store = RegionStore(os.path.join(tiny_world["data"], "regions", "test.json"))
+    ids = open(os.path.join(tiny_world["world"], "raw", "captions", "test.de.ids")).read().split()
+    captions = _hypotheses(_generate(tiny_world["data"], ckpt, "--target-lang", "de", "--beam", "3").stdout)
+    for i in range(3):
+        assert hub.caption(ids[i], "de", beam=3, store=store) == captions[i]
+    # the same image as arrays (pixel boxes + size)
+    item = store.get(store.index_of(ids[0]))
+    assert hub.caption(item["features"], "de", beam=3, boxes=item["boxes"], width=item["width"],
+                       height=item["height"]) == captions[0]
+
+    res = run([os.path.join(BIN, "fairseq-generate"), tiny_world["data"], "--user-dir", "m3p_fairseq", "--task",
+               "m3p_mmt", "--path", ckpt, "--gen-subset", "test.en-de", "--beam", "3", "--batch-size", "8",
+               "--post-process", "sentencepiece", "--cpu"])
+    translations = _hypotheses(res.stdout)
+    sources = open(os.path.join(tiny_world["world"], "raw", "captions", "test.en.txt"), encoding="utf-8").read().splitlines()
+    for i in range(3):
+        assert hub.translate(sources[i], ids[i], "en", "de", beam=3, store=store) == translations[i]
+    with pytest.raises(M3PInputError, match="not one of the model's"):
+        hub.caption(ids[0], "xx", store=store)
+    with pytest.raises(M3PInputError, match="understanding model"):
+        hub.score(ids[0], "a dog", store=store)

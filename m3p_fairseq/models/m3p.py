@@ -172,9 +172,13 @@ class M3PModel(RobertaModel):
         return out
 
     def upgrade_state_dict_named(self, state_dict, name):
+        prefix = name + "." if name != "" else ""
+        if any(k.startswith(prefix + "decoder.") for k in state_dict):
+            # --restore-file / --finetune-from-model with a generation checkpoint: say so in one line
+            raise M3PInputError("the checkpoint holds an M3P generation model (m3p_seq2seq_*, it has a decoder); "
+                                "this task needs an understanding model (m3p_*): give an understanding checkpoint")
         super().upgrade_state_dict_named(state_dict, name)
         # An XLM-R checkpoint has no region stream: start those modules from their initialization.
-        prefix = name + "." if name != "" else ""
         for module_name in ("region_embed", "mrm_feat_head", "mrm_cls_head"):
             for k, v in getattr(self.encoder, module_name).state_dict().items():
                 key = f"{prefix}encoder.{module_name}.{k}"

@@ -32,6 +32,9 @@ class M3PCaptioningConfig(M3PDataConfig):
 
 @register_task("m3p_captioning", dataclass=M3PCaptioningConfig)
 class M3PCaptioningTask(M3PTaskBase):
+    def criterions(self):
+        return ("m3p_generation",)
+
     def build_model(self, cfg, from_checkpoint=False):
         gen.default_model_langs(self, cfg)
         model = super().build_model(cfg, from_checkpoint)

@@ -42,6 +42,9 @@ def parse_direction(direction):
 
 @register_task("m3p_mmt", dataclass=M3PMMTConfig)
 class M3PMMTTask(M3PTaskBase):
+    def criterions(self):
+        return ("m3p_generation",)
+
     def build_model(self, cfg, from_checkpoint=False):
         return build_downstream_model(self, cfg, from_checkpoint, "generation", "m3p_mmt")
 

@@ -133,6 +133,18 @@ class M3PTaskBase(FairseqTask):
     def max_positions(self):
         return self.cfg.tokens_per_sample
 
+    def criterions(self):
+        """The criterions that can train this task's batches (empty: any)."""
+        return ()
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        # a criterion of another task would fail at the first batch with a KeyError deep in its forward
+        name, fits = getattr(cfg, "_name", None), self.criterions()
+        if fits and name not in fits:
+            raise M3PDataError(f"--criterion {name}: the {self.cfg._name} task's batches are trained with "
+                               f"--criterion {' or '.join(fits)}")
+        return super().build_criterion(cfg, from_checkpoint)
+
     def data_path(self, epoch=1):
         paths = utils_split_paths(self.cfg.data)
         return paths[(epoch - 1) % len(paths)]
@@ -226,6 +238,9 @@ class MultitaskMultimodalTask(M3PTaskBase):
                 raise M3PDataError(f"--objective-ratios {cfg.objective_ratios!r}: must be >= 0 and sum to more than 0")
         else:
             self.ratios = None
+
+    def criterions(self):
+        return ("m3p_generation",) if self.generation else ("m3p_pretrain",)
 
     # ---- xMLM ------------------------------------------------------------------------------------
     def text_langs(self):

@@ -35,6 +35,9 @@ class M3PNTGConfig(M3PDataConfig, PretrainedConfig):
 
 @register_task("m3p_ntg", dataclass=M3PNTGConfig)
 class M3PNTGTask(M3PTaskBase):
+    def criterions(self):
+        return ("m3p_generation",)
+
     def build_model(self, cfg, from_checkpoint=False):
         return build_downstream_model(self, cfg, from_checkpoint, "generation", "m3p_ntg")
 

@@ -59,6 +59,9 @@ def load_contexts(task, lang, split, num_captions):
 
 @register_task("m3p_retrieval", dataclass=M3PRetrievalConfig)
 class M3PRetrievalTask(M3PTaskBase):
+    def criterions(self):
+        return ("m3p_retrieval",)
+
     def build_model(self, cfg, from_checkpoint=False):
         def prepare(model):
             if self.cfg.dual_dim > 0:

@@ -72,6 +72,9 @@ def read_labels(task, lang, split):
 
 @register_task("m3p_xnli", dataclass=M3PXNLIConfig)
 class M3PXNLITask(M3PTaskBase):
+    def criterions(self):
+        return ("m3p_classification",)
+
     def build_model(self, cfg, from_checkpoint=False):
         def prepare(model):
             model.register_classification_head(XNLI_HEAD, num_classes=len(XNLI_LABELS))

@@ -23,10 +23,14 @@ class BinarizeError(ValueError):
     pass
 
 
-def _encode(sp, src, dst, max_tokens=None):
+def _encode(sp, src, dst, max_tokens=None, progress=False):
+    from tqdm import tqdm
+
     n = 0
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
-        for n, line in enumerate(f, 1):
+        lines = tqdm(f, desc=f"sentencepiece {os.path.basename(src)}", unit=" lines", mininterval=2,
+                     disable=not progress, leave=False)
+        for n, line in enumerate(lines, 1):
             text = line.rstrip("\n")
             if not text.strip():
                 raise BinarizeError(f"{src}: line {n} is empty")
@@ -60,8 +64,9 @@ def run_fairseq_preprocess(argv, what):
         root.setLevel(level)
 
 
-def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False):
-    """splits: {"train": raw_path, "valid": raw_path, "test": raw_path} (any subset)."""
+def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False, progress=None):
+    """splits: {"train": raw_path, "valid": raw_path, "test": raw_path} (any subset). ``progress``: a
+    tqdm bar per file while encoding (default: when stderr is a terminal)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=spm_model)
@@ -75,7 +80,8 @@ def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, 
         for split, raw in splits.items():
             if not os.path.isfile(raw):
                 raise BinarizeError(f"{raw}: no such file")
-            n = _encode(sp, raw, os.path.join(enc, split), max_tokens)
+            n = _encode(sp, raw, os.path.join(enc, split), max_tokens,
+                        sys.stderr.isatty() if progress is None else progress)
             ids = os.path.splitext(raw)[0] + ".ids"
             if os.path.exists(ids):
                 m = _count_lines(ids)
@@ -113,12 +119,13 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=None, help="reject lines longer than this many pieces")
     p.add_argument("--require-ids", action="store_true", help="captions: every file needs its .ids file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     splits = {s: getattr(a, s) for s in ("train", "valid", "test") if getattr(a, s)}
     if not splits:
         p.error("give at least one of --train/--valid/--test")
     try:
-        binarize(a.spm, a.dict, a.out, splits, a.workers, a.max_tokens, a.require_ids)
+        binarize(a.spm, a.dict, a.out, splits, a.workers, a.max_tokens, a.require_ids, progress=False if a.quiet else None)
     except BinarizeError as e:
         sys.exit(f"m3p-binarize: {e}")
 

@@ -19,22 +19,57 @@ def _train(data, save_dir, updates, extra=(), cwd=None, user_dir="m3p_fairseq"):
                 *extra], cwd=cwd)
 
 
-def _series(stderr, key):
-    vals = []
-    for line in stderr.splitlines():
-        if "train_inner" in line and "{" in line:
-            rec = json.loads(line[line.index("{"):])
-            if rec.get(key) is not None:
-                vals.append(float(rec[key]))
-    return vals
+def _records(log):
+    return [json.loads(line[line.index("{"):]) for line in log.splitlines() if "train_inner" in line and "{" in line]
+
+
+def _series(log, key):
+    return [float(r[key]) for r in _records(log) if r.get(key) is not None]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory):
     save = str(tmp_path_factory.mktemp("ckpt"))
     # run from another folder: --user-dir m3p_fairseq must resolve wherever the user stands
-    res = _train(tiny_world["data"], save, 240, ["--objective-ratios", "1,1,1,1"], cwd=str(tmp_path_factory.mktemp("cwd")))
+    res = _train(tiny_world["data"], save, 240, ["--objective-ratios", "1,1,1,1", "--tensorboard-logdir",
+                                                 os.path.join(save, "tb")], cwd=str(tmp_path_factory.mktemp("cwd")))
     return save, res
+
+
+def _tensorboard_scalars(folder):
+    """tag -> [(step, value)] from the event files of ``folder`` (TFRecord framing, tensorboardX's protos)."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            while True:
+                head = f.read(12)  # u64 length + u32 crc, then the record and its u32 crc
+                if len(head) < 12:
+                    break
+                record = f.read(struct.unpack("<Q", head[:8])[0])
+                f.read(4)
+                event = event_pb2.Event()
+                event.ParseFromString(record)
+                for v in event.summary.value:
+                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_gets_the_per_objective_metrics(trained):
+    """--tensorboard-logdir: every objective's loss, accuracy and batch count, at the logged updates,
+    with the values the text log prints."""
+    save, res = trained
+    scalars = _tensorboard_scalars(os.path.join(save, "tb", "train_inner"))
+    for key in ("xmlm_loss", "mmlm_loss", "mrm_mse", "mrm_ce", "mrm_acc", "vlm_loss", "vlm_acc",
+                "xmlm_batches", "mmlm_batches", "mrm_batches", "vlm_batches"):
+        logged = [(int(r["num_updates"]), float(r[key])) for r in _records(res.stdout) if r.get(key) is not None]
+        assert key in scalars and len(logged) >= 6, (key, sorted(scalars))
+        assert [s for s, _ in scalars[key]] == [s for s, _ in logged], key  # the same updates
+        assert np.allclose([v for _, v in scalars[key]], [v for _, v in logged], atol=2e-3, rtol=1e-3), key
 
 
 def test_each_objective_loss_falls(trained):

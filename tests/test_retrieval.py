@@ -88,3 +88,36 @@ def test_mrm_and_vlm_losses_by_hand():
     assert math.isclose(ce.item(), -math.log(p0) - math.log(1 / 3), rel_tol=1e-6)
     v = vlm_loss(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
     assert math.isclose(v.item(), math.log(2) + math.log(1 + math.exp(2)), rel_tol=1e-6)
+
+
+def test_hard_negatives_follow_the_dual_similarity():
+    """Mined negatives: never the positive's own image, counts as asked, drawn where the dual encoder
+    finds the batch's images most alike."""
+    from types import SimpleNamespace
+
+    from m3p_fairseq.criterions.m3p_downstream import M3PRetrievalCriterion
+
+    task = SimpleNamespace(source_dictionary=SimpleNamespace(bos=lambda: 0))
+    crit = M3PRetrievalCriterion(task, temperature=0.05, hard_negatives=3)
+    B, group = 6, 2  # 6 positives, each followed by one random negative in the batch
+    rows = torch.tensor([10, 11, 12, 13, 14, 10])  # positives 0 and 5 share an image
+    idx = torch.arange(B) * group
+    # caption i is close to image i and, second, to image (i + 1) % B
+    text = torch.eye(B)
+    image = torch.nn.functional.normalize(torch.eye(B) + 0.9 * torch.roll(torch.eye(B), 1, dims=0), dim=1)
+    net_input = {"src_tokens": torch.arange(B * group)[:, None].repeat(1, 3),
+                 "src_lengths": torch.full((B * group,), 3), "regions": torch.arange(B * group).float()[:, None, None],
+                 "region_boxes": torch.zeros(B * group, 1, 5), "region_padding_mask": torch.zeros(B * group, 1, dtype=torch.bool)}
+    labels = torch.tensor([1.0, 0.0] * B)
+    torch.manual_seed(0)
+    grown, new_labels = crit.add_hard_negatives(net_input, labels, idx, text, image, rows)
+    added = len(new_labels) - len(labels)
+    assert added == B * 3 and new_labels[len(labels):].sum() == 0
+    caption_at = grown["src_tokens"][len(labels):, 0]
+    image_at = grown["regions"][len(labels):, 0, 0].long()
+    row_of = {int(p): int(r) for p, r in zip(idx, rows)}
+    assert all(row_of[int(c)] != row_of[int(r)] for c, r in zip(caption_at, image_at))  # never a positive pair
+    # the image negatives of caption i (first 2 per positive) are mostly image i+1, the most similar other one
+    image_negs = image_at[: B * 2].view(B, 2) // group
+    hits = sum(int(image_negs[i, k]) == (i + 1) % B for i in range(B) for k in range(2) if rows[(i + 1) % B] != rows[i])
+    assert hits >= 8, image_negs

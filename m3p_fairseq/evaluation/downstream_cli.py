@@ -28,6 +28,13 @@ from .results import update_results
 KIND_OF_COMMAND = {"retrieval": "understanding", "xnli": "understanding", "generate": "generation"}
 
 
+def bar(what):
+    """A tqdm progress bar over an iterable, on stderr (fairseq's own output stays on stdout)."""
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, desc=what, file=sys.stderr, mininterval=2, leave=False)
+
+
 def load(path, data, command):
     """(model, task) from a checkpoint, refusing a model of the wrong kind with one line."""
     import m3p_fairseq  # noqa: F401  (registers tasks/models and the checkpoint allowlist)
@@ -103,7 +110,8 @@ def retrieval(a, model, task, device):
                 n_pairs = n_img * n_cap
         elif a.two_stage:
             dual, pairs, (ids, scores) = two_stage_scores(model, captions, images, pad, bos, a.top_k, a.batch_size,
-                                                          a.num_shards, a.shard_id, device)
+                                                          a.num_shards, a.shard_id, device,
+                                                          progress=bar(f"re-rank {lang}"))
             n_pairs = len(pairs)
             if a.num_shards > 1:
                 shard_out.update({f"{lang}_ids": ids, f"{lang}_scores": scores, f"{lang}_dual": dual,
@@ -112,7 +120,7 @@ def retrieval(a, model, task, device):
             matrix = merge_two_stage(dual, pairs, [(ids, scores)])
         else:
             ids, scores = score_pairs(model, captions, images, pad, a.batch_size, a.num_shards, a.shard_id,
-                                      device=device, contexts=contexts)
+                                      device=device, contexts=contexts, progress=bar(f"score {lang}"))
             if a.num_shards > 1:
                 shard_out.update({f"{lang}_ids": ids, f"{lang}_scores": scores})
                 continue
@@ -122,7 +130,8 @@ def retrieval(a, model, task, device):
         m.update(num_images=n_img, num_captions=n_cap, pairs=int(n_pairs), full_pairs=n_img * n_cap,
                  seconds=round(time.time() - started, 2))
         if a.two_stage and a.compare_full:
-            ids, scores = score_pairs(model, captions, images, pad, a.batch_size, device=device)
+            ids, scores = score_pairs(model, captions, images, pad, a.batch_size, device=device,
+                                      progress=bar(f"score {lang} (full)"))
             full, _ = merge_shards([(ids, scores)], n_img, n_cap)
             m["full_mR"] = recall_at_k(full, caption_image)["mR"]
         if a.two_stage and not a.merge:
@@ -160,7 +169,7 @@ def xnli(a, model, task, device):
         task.load_dataset(split)
         itr = task.get_batch_iterator(task.dataset(split), max_sentences=a.batch_size, seed=1).next_epoch_itr(shuffle=False)
         correct = total = 0
-        for sample in itr:
+        for sample in bar(f"xnli {lang}")(itr):
             net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
             logits = model(**net_input, classification_head_name=XNLI_HEAD)["classification"]
             correct += int((logits.argmax(-1).cpu() == sample["target"].view(-1)).sum())
@@ -199,7 +208,7 @@ def generate(a, model, task, device):
         dataset, out_lang = generation_dataset(task, a.split, target)
         itr = task.get_batch_iterator(dataset, max_sentences=a.batch_size, seed=1).next_epoch_itr(shuffle=False)
         hyps, refs = {}, {}
-        for sample in itr:
+        for sample in bar(f"generate {target}")(itr):
             sample = utils.move_to_cuda(sample) if device == "cuda" else sample
             out = task.inference_step(generator, [model], sample)
             for i, sid in enumerate(sample["id"].tolist()):

@@ -7,7 +7,8 @@
 # Arguments fall back to the environment (OUT, DATA, UND_CKPT, GEN_CKPT), then to the demo's layout:
 # OUT=demo-output, DATA=$OUT/data, UND_CKPT=$OUT/checkpoints/checkpoint_last.pt,
 # GEN_CKPT=$OUT/gen-checkpoints/checkpoint_last.pt. Merges into OUT/results.json:
-# retrieval.{finetune_en,code_switching,finetune_each,finetune_all,two_stage}, xnli, mmt, ntg,
+# retrieval.{finetune_en,code_switching,zero_shot_code_switched,finetune_each,finetune_all,two_stage},
+# xnli, mmt, ntg,
 # captioning (and mild with MILD=1); checkpoints and logs stay in OUT/downstream. Without a
 # generation checkpoint the generation tasks are skipped (said on stderr).
 #
@@ -27,7 +28,8 @@ DOWN="$OUT/downstream"
 LANES=${LANES:-2}
 RET_UPDATES=${RET_UPDATES:-400}             # finetune_en, code_switching, finetune_all
 EACH_UPDATES=${EACH_UPDATES:-$RET_UPDATES}  # finetune_each, per language
-EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
+EACH_LANGS=${EACH_LANGS:-de}
+CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-300}  # pre-training continued with code-switching                # compact: one more language (examples/m3p/retrieval.sh does all)
 XNLI_UPDATES=${XNLI_UPDATES:-600}
 MMT_UPDATES=${MMT_UPDATES:-300}
 NTG_UPDATES=${NTG_UPDATES:-200}
@@ -65,6 +67,8 @@ lane_a() {
 }
 lane_b() {
     retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh
+    # code-switching in pre-training instead: continue it with switched English captions, then zero-shot
+    retrieval zero_shot_code_switched "$CS_PRETRAIN_UPDATES" LANGS=en,de,fr,cs,ja,zh BATCH=64
     retrieval finetune_each "$EACH_UPDATES" TRAIN_LANGS="$EACH_LANGS"
     if [ "$HAVE_GEN" = 1 ]; then generation mmt.sh "$MMT_UPDATES"; generation captioning.sh "$CAP_UPDATES"; fi
     if [ "${MILD:-0}" = 1 ]; then

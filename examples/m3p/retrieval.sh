@@ -5,6 +5,9 @@
 #   examples/m3p/retrieval.sh STRATEGY DATA PRETRAINED OUT [fairseq-train flags...]
 #
 # STRATEGY  zero_shot       the pre-trained checkpoint as it is
+#           zero_shot_code_switched  pre-training continued with code-switched English captions
+#                           (--code-switch; OBJECTIVES / RATIOS, default xmlm,mmlm,mrm,vlm at 1,3,1,3),
+#                           then zero-shot, no fine-tuning
 #           finetune_en     fine-tune on English, test every language (+ retrieval.two_stage)
 #           code_switching  as finetune_en, English captions code-switched (--code-switch)
 #           finetune_each   one fine-tuning per language, each tested on its own language
@@ -35,6 +38,12 @@ finetune() {  # finetune NAME CAPTION_LANGS [flags]
 case "$STRATEGY" in
   zero_shot)
     "${EVAL[@]}" --path "$PRETRAINED" --langs "$LANGS" --key retrieval.zero_shot ;;
+  zero_shot_code_switched)
+    m3p_train "$OUT/pretrain_cs" --task multitask_multimodal --criterion m3p_pretrain --arch "$ARCH" \
+        --objectives "${OBJECTIVES:-xmlm,mmlm,mrm,vlm}" --objective-ratios "${RATIOS:-1,3,1,3}" --caption-langs en \
+        --sample-break-mode eos --code-switch --restore-file "$PRETRAINED" --reset-optimizer --reset-dataloader \
+        --reset-meters --reset-lr-scheduler ${EXTRA[@]+"${EXTRA[@]}"}
+    "${EVAL[@]}" --path "$OUT/pretrain_cs/checkpoint_last.pt" --langs "$LANGS" --key retrieval.zero_shot_code_switched ;;
   finetune_en)
     finetune en en
     "${EVAL[@]}" --path "$OUT/retrieval_en/checkpoint_last.pt" --langs "$LANGS" --key retrieval.finetune_en
@@ -51,6 +60,7 @@ case "$STRATEGY" in
   finetune_all)
     finetune all "$TRAIN_LANGS"
     "${EVAL[@]}" --path "$OUT/retrieval_all/checkpoint_last.pt" --langs "$LANGS" --key retrieval.finetune_all ;;
-  *) echo "retrieval.sh: unknown strategy $STRATEGY (zero_shot, finetune_en, code_switching, finetune_each, finetune_all)" >&2
+  *) echo "retrieval.sh: unknown strategy $STRATEGY (zero_shot, zero_shot_code_switched, finetune_en, code_switching," \
+          "finetune_each, finetune_all)" >&2
      exit 2 ;;
 esac

@@ -32,7 +32,7 @@ def bar(what):
     """A tqdm progress bar over an iterable, on stderr (fairseq's own output stays on stdout)."""
     from tqdm import tqdm
 
-    return lambda items: tqdm(items, desc=what, file=sys.stderr, mininterval=2, leave=False)
+    return lambda items: tqdm(items, desc=what, file=sys.stderr, mininterval=2, leave=False, disable=None)
 
 
 def load(path, data, command):

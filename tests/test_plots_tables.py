@@ -5,7 +5,8 @@ import os
 from m3p_fairseq.evaluation.plots import main as plots_main, parse_train_log
 from m3p_fairseq.evaluation.tables import render
 
-DOC = {"retrieval": {"zero_shot": {"en": {"mR": 40.0}, "de": {"mR": 10.0}}, "chance_mR": 5.3},
+DOC = {"retrieval": {"zero_shot": {"en": {"mR": 40.0}, "de": {"mR": 10.0}}, "finetune_en": {"en": {"mR": 60.0}},
+                     "chance_mR": 5.3},
        "captioning": {"en": {"bleu4": 20.0, "cider": 50.0}}}
 
 
@@ -27,7 +28,8 @@ def test_plots_written(tmp_path, capsys):
                            for i in range(1, 6)))
     plots_main(["--results", str(res), "--train-log", str(log), "--out", str(tmp_path / "plots")])
     written = capsys.readouterr().out.split()
-    assert len(written) == 4 and all(os.path.getsize(p) > 1000 and p.endswith(".png") for p in written)
+    # a picture per retrieval setting, the settings side by side, captioning BLEU-4 and CIDEr, the losses
+    assert len(written) == 6 and all(os.path.getsize(p) > 1000 and p.endswith(".png") for p in written)
 
 
 def test_tables_one_column_per_language():

@@ -82,6 +82,35 @@ def _bars(ax, per_lang, metric, chance=None):
     ax.set_ylabel(metric)
 
 
+def plot_grouped(settings, metric, chance, title, out_png):
+    """One group of bars per language, one bar per setting: a table of the paper as one picture."""
+    import numpy as np
+
+    from .tables import _langs
+
+    plt = _plt()
+    langs = _langs(settings)
+    if not langs or len(settings) < 2:
+        return None
+    width = 0.8 / len(settings)
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(langs)) + 1.8, 3.2))
+    x = np.arange(len(langs))
+    for k, (name, per) in enumerate(settings.items()):
+        ax.bar(x + (k - (len(settings) - 1) / 2) * width,
+               [per[l][metric] if isinstance(per.get(l), dict) and metric in per[l] else 0 for l in langs],
+               width, label=name)
+    if chance is not None:
+        ax.axhline(chance, color="red", linestyle="--", label="chance")
+    ax.set_xticks(x, langs)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
 def plot_results(doc, out_dir):
     plt = _plt()
     written = []
@@ -95,6 +124,13 @@ def plot_results(doc, out_dir):
         per = doc.get(task)
         if isinstance(per, dict) and any(isinstance(v, dict) and metric in v for v in per.values()):
             panels.append((task, per, metric, None))
+    from .tables import _settings  # the paper's strategies first
+
+    grouped = {k: v for k, v in _settings(retrieval).items() if any(isinstance(x, dict) and "mR" in x for x in v.values())}
+    png = plot_grouped(grouped, "mR", retrieval.get("chance_mR"), "image-text retrieval",
+                       os.path.join(out_dir, "retrieval_mR.png"))
+    if png:
+        written.append(png)
     for title, per_lang, metric, chance in panels:
         fig, ax = plt.subplots(figsize=(4.5, 3))
         _bars(ax, per_lang, metric, chance)

@@ -173,7 +173,9 @@ class M3PModel(RobertaModel):
 
     def upgrade_state_dict_named(self, state_dict, name):
         prefix = name + "." if name != "" else ""
-        if any(k.startswith(prefix + "decoder.") for k in state_dict):
+        # (old RoBERTa checkpoints, XLM-R's release among them, call the encoder "decoder.sentence_encoder":
+        # fairseq renames those below; a generation model's own decoder has "decoder.layers")
+        if any(k.startswith(prefix + "decoder.layers.") for k in state_dict):
             # --restore-file / --finetune-from-model with a generation checkpoint: say so in one line
             raise M3PInputError("the checkpoint holds an M3P generation model (m3p_seq2seq_*, it has a decoder); "
                                 "this task needs an understanding model (m3p_*): give an understanding checkpoint")

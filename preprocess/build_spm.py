@@ -25,6 +25,8 @@ def train(inputs, out_dir, vocab_size=2000, max_lines_per_file=200000, seed_sent
                             break
                         out.write(line)
         prefix = os.path.join(tmp, "spm")
+        if seed_sentencepiece:  # the same pieces on every run (sampling and shuffling use this seed)
+            spm.set_random_generator_seed(1)
         spm.SentencePieceTrainer.train(
             input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
             character_coverage=1.0, bos_id=0, pad_id=1, eos_id=2, unk_id=3,

@@ -56,6 +56,22 @@ def _exists(path):
     return os.path.isfile(path) or os.path.isfile(path + ".gz")
 
 
+def same_vocabulary(a, b):
+    """Two dict.txt files with the same lines, or two sentencepiece models with the same pieces and
+    scores (a model file also records where it was trained, so equal vocabularies differ in bytes)."""
+    if a.endswith(".model"):
+        import sentencepiece as spm
+
+        try:
+            x, y = spm.SentencePieceProcessor(model_file=a), spm.SentencePieceProcessor(model_file=b)
+        except (OSError, RuntimeError):
+            return False
+        return x.get_piece_size() == y.get_piece_size() and all(
+            x.id_to_piece(i) == y.id_to_piece(i) and x.get_score(i) == y.get_score(i) for i in range(x.get_piece_size()))
+    with open(a, "rb") as f, open(b, "rb") as g:
+        return f.read() == g.read()
+
+
 def _clean(text, where):
     text = " ".join(str(text).split())  # one line: tabs and newlines inside a caption become spaces
     if not text:
@@ -90,9 +106,8 @@ class Writer:
         for name, src in (("dict.txt", self.dict_path), ("sentencepiece.bpe.model", self.spm)):
             dst = os.path.join(self.out, name)
             if os.path.exists(dst):
-                with open(dst, "rb") as a, open(src, "rb") as b:
-                    if a.read() != b.read():
-                        raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
+                if not same_vocabulary(dst, src):
+                    raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
             else:
                 shutil.copyfile(src, dst + ".tmp")
                 os.replace(dst + ".tmp", dst)

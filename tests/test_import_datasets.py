@@ -218,3 +218,18 @@ def test_bad_lines_are_one_line_and_nothing_is_written(tmp_path, vocab):
     with pytest.raises(SystemExit) as e:
         main(["coco", str(tmp_path / "k.json"), "--out", str(tmp_path / "data")] + vocab)
     assert "k.json: no 'images' list" in str(e.value)
+
+
+def test_same_vocabulary_by_pieces_not_bytes(tiny_world, tmp_path):
+    """A sentencepiece model trained twice on the same text has the same pieces (a model file also
+    records where it was trained): importing into a DATA folder made by an earlier run is allowed;
+    a model with other pieces is refused."""
+    from preprocess.build_spm import train
+    from preprocess.datasets import same_vocabulary
+
+    text = os.path.join(tiny_world["world"], "raw", "captions", "train.en.txt")
+    for name, size in (("a", 60), ("b", 60), ("c", 80)):
+        train([text], str(tmp_path / name), vocab_size=size)
+    a, b, c = (str(tmp_path / n / "sentencepiece.bpe.model") for n in "abc")
+    assert same_vocabulary(a, b) and not same_vocabulary(a, c)
+    assert same_vocabulary(str(tmp_path / "a" / "dict.txt"), str(tmp_path / "b" / "dict.txt"))

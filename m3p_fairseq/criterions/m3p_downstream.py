@@ -5,18 +5,18 @@ M3PModel returns a dict, so fairseq's ``sentence_prediction`` criterion (which u
 cannot drive it; these read the dict. Metrics are flat sums so ``logging_outputs_can_be_summed``
 stays True.
 """
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics, utils
+from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..errors import M3PInputError
 from ..models.dual_encoder import contrastive_loss, embed_images, embed_text, has_dual_heads
 from .m3p_pretrain import vlm_loss
+from .summed import log_loss_and_accuracy, log_loss_bits, summer
 
 
 @dataclass
@@ -114,17 +114,10 @@ class M3PRetrievalCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
-
-        n = total("sample_size")
-        metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
-        if total("vlm_n") > 0:
-            metrics.log_scalar("vlm_loss", total("vlm_loss") / total("vlm_n"), total("vlm_n"), round=3)
-            metrics.log_scalar("vlm_acc", 100.0 * total("vlm_ncorrect") / total("vlm_n"), total("vlm_n"), round=2)
-        if total("nce_n") > 0:
-            metrics.log_scalar("nce_loss", total("nce_loss") / total("nce_n"), total("nce_n"), round=3)
-            metrics.log_scalar("nce_acc", 100.0 * total("nce_ncorrect") / total("nce_n"), total("nce_n"), round=2)
+        total = summer(logging_outputs)
+        log_loss_bits(total)
+        log_loss_and_accuracy(total, "vlm")
+        log_loss_and_accuracy(total, "nce")
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
@@ -157,11 +150,8 @@ class M3PClassificationCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
-
-        n = total("sample_size")
-        metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
+        total = summer(logging_outputs)
+        n = log_loss_bits(total)
         if n > 0:
             metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / n, n, round=2)
 

@@ -15,6 +15,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from .summed import log_loss_bits, summer
+
 OBJECTIVES = ("xdae", "ic", "dic", "caption")
 
 
@@ -62,11 +64,9 @@ class M3PGenerationCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
-
-        sample_size, ntokens = total("sample_size"), total("ntokens")
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        total = summer(logging_outputs)
+        log_loss_bits(total)
+        ntokens = total("ntokens")
         if ntokens > 0:
             metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))

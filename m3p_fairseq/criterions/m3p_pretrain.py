@@ -14,6 +14,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from .summed import log_loss_and_accuracy, log_loss_bits, summer
+
 OBJECTIVES = ("xmlm", "mmlm", "mrm", "vlm")
 
 
@@ -97,14 +99,11 @@ class M3PPretrainCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(utils.item(log.get(key, 0)) for log in logging_outputs))
-
-        sample_size = total("sample_size")
+        total = summer(logging_outputs)
         for obj in OBJECTIVES:
             if total(f"{obj}_batches") > 0:
                 metrics.log_scalar_sum(f"{obj}_batches", total(f"{obj}_batches"))
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        log_loss_bits(total)
         for obj in ("xmlm", "mmlm"):
             n = total(f"{obj}_n")
             if n > 0:
@@ -115,10 +114,7 @@ class M3PPretrainCriterion(FairseqCriterion):
             metrics.log_scalar("mrm_mse", total("mrm_mse") / n, n, round=4)
             metrics.log_scalar("mrm_ce", total("mrm_ce") / n, n, round=3)
             metrics.log_scalar("mrm_acc", 100.0 * total("mrm_ncorrect") / n, n, round=2)
-        n = total("vlm_n")
-        if n > 0:
-            metrics.log_scalar("vlm_loss", total("vlm_loss") / n, n, round=3)
-            metrics.log_scalar("vlm_acc", 100.0 * total("vlm_ncorrect") / n, n, round=2)
+        log_loss_and_accuracy(total, "vlm")
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

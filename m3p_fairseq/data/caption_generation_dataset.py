@@ -12,7 +12,7 @@ import torch
 from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset
-from .sized import SizedDataset
+from .sized import SizeOrderedDataset
 from .seq2seq_collate import collate_seq2seq
 from .spans import sample_spans, span_mask
 
@@ -25,7 +25,7 @@ def zero_region_spans(num_regions, ratio, poisson_lambda):
     return span_mask(num_regions, starts, lengths), (starts, lengths)
 
 
-class CaptionGenerationDataset(SizedDataset):
+class CaptionGenerationDataset(SizeOrderedDataset):
     """Item i: the regions of image ``image_rows[i]`` as the source, caption ``caption_index[i]``
     (without its ``<s>``) as the target, ``langs[i]`` as source and target language.
 

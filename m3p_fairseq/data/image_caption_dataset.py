@@ -12,7 +12,7 @@ import torch
 from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset, collate_regions
-from .sized import SizedDataset
+from .sized import SizeOrderedDataset
 
 OBJECTIVES = ("pairs", "mmlm", "mrm", "vlm")
 
@@ -29,7 +29,7 @@ def mask_regions(num_regions, mask_prob, zero_prob):
     return masked, zeroed
 
 
-class ImageCaptionDataset(SizedDataset):
+class ImageCaptionDataset(SizeOrderedDataset):
     """Caption ``i`` with the regions of its image ``image_rows[i]``, prepared for one objective.
 
     Args:

@@ -13,6 +13,8 @@ import numpy as np
 from fairseq.data import FairseqDataset, ResamplingDataset
 from fairseq.data.iterators import GroupedEpochBatchIterator
 
+from .sized import SizedDataset
+
 
 def alpha_sampling_probs(sizes, alpha):
     """p_l = q_l^alpha / sum_k q_k^alpha with q_l = n_l / sum n (the paper's a = 0.3)."""
@@ -40,7 +42,7 @@ def _sizes_of(dataset):
     return np.asarray(sizes, dtype=np.int64)
 
 
-class MultitaskDataset(FairseqDataset):
+class MultitaskDataset(SizedDataset):
     """Concatenation of named objective datasets; global index -> (objective, local index)."""
 
     def __init__(self, datasets: "OrderedDict[str, FairseqDataset]", split="train"):
@@ -73,19 +75,6 @@ class MultitaskDataset(FairseqDataset):
         if batch:
             batch["objective"] = self.names[k]
         return batch
-
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def size(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return self._sizes[indices]
 
     def ordered_indices_of(self, k):
         """Global indices of objective k, ordered by that dataset's own ordering."""

@@ -1,12 +1,12 @@
 """Regions of one image as model input: features, 5-d spatial vectors, detector classes; padded batches."""
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset
 
 from .region_store import RegionStore, spatial_features
+from .sized import SizedDataset
 
 
-class RegionDataset(FairseqDataset):
+class RegionDataset(SizedDataset):
     """Item ``i`` is the image at row ``rows[i]`` of a RegionStore, cut to ``max_regions``.
 
     Sizes (region counts) come from the store's in-memory table: batching never opens a file.
@@ -20,16 +20,6 @@ class RegionDataset(FairseqDataset):
 
     def __len__(self):
         return len(self.rows)
-
-    @property
-    def sizes(self):
-        return self._sizes
-
-    def size(self, index):
-        return int(self._sizes[index])
-
-    def num_tokens(self, index):
-        return int(self._sizes[index])
 
     def image_id(self, index):
         return self.store.image_ids[self.rows[index]]

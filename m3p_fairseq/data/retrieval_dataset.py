@@ -13,12 +13,12 @@ import torch
 from fairseq.data import data_utils
 
 from .region_dataset import RegionDataset, collate_regions
-from .sized import SizedDataset
+from .sized import SizeOrderedDataset
 
 POSITIVE, TEXT_REPLACED, IMAGE_REPLACED = 0, 1, 2
 
 
-class RetrievalDataset(SizedDataset):
+class RetrievalDataset(SizeOrderedDataset):
     """Item i: caption i and its image (label 1), then ``num_negatives`` pairs (label 0).
 
     Args:

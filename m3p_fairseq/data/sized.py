@@ -4,11 +4,7 @@ from fairseq.data import FairseqDataset
 
 
 class SizedDataset(FairseqDataset):
-    """A FairseqDataset whose items cost ``self._sizes[i]`` tokens (set by the subclass).
-
-    Items are ordered by size with random tie-breaking (under fairseq's per-epoch seed), so batches
-    hold items of similar length; the sizes do not change across epochs.
-    """
+    """A FairseqDataset whose items cost ``self._sizes[i]`` tokens (set by the subclass)."""
 
     _sizes: np.ndarray
 
@@ -24,6 +20,12 @@ class SizedDataset(FairseqDataset):
 
     def num_tokens_vec(self, indices):
         return self._sizes[indices]
+
+
+
+class SizeOrderedDataset(SizedDataset):
+    """Items ordered by size with random tie-breaking (under fairseq's per-epoch seed), so batches
+    hold items of similar length; the sizes do not change across epochs."""
 
     def ordered_indices(self):
         return np.lexsort((np.random.permutation(len(self)), self._sizes))

@@ -8,10 +8,10 @@ layout plus regions and language ids), so fairseq-generate and SequenceGenerator
 import numpy as np
 
 from .seq2seq_collate import collate_seq2seq
-from .sized import SizedDataset
+from .sized import SizeOrderedDataset
 
 
-class TextGenerationDataset(SizedDataset):
+class TextGenerationDataset(SizeOrderedDataset):
     """Item i: ``sources[i]`` (``<s> ... </s>``) [+ the regions of ``image_rows[i]``] -> ``targets[i]``
     (``... </s>``, no ``<s>``), with ``src_langs[i]`` and ``tgt_langs[i]``."""
 

@@ -40,19 +40,10 @@ def load(path, data, command):
     import m3p_fairseq  # noqa: F401  (registers tasks/models and the checkpoint allowlist)
     from fairseq import checkpoint_utils
 
-    from ..tasks.downstream import model_kind
+    from ..tasks.downstream import load_checkpoint_of_kind
 
-    if not os.path.isfile(path):
-        raise M3PInputError(f"{path}: checkpoint not found")
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except Exception as e:  # truncated or foreign files raise many kinds of errors
-        raise M3PInputError(f"{path}: cannot load checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-    kind, arch = model_kind(state["cfg"]["model"]) if state.get("cfg") is not None else (None, None)
-    want = KIND_OF_COMMAND[command]
-    if kind != want:
-        raise M3PInputError(f"{path}: a checkpoint of arch {arch} ({'an M3P ' + kind if kind else 'not an M3P'} model); "
-                            f"'{command}' evaluates an M3P {want} model")
+    state, _ = load_checkpoint_of_kind(path, KIND_OF_COMMAND[command],
+                                       f"'{command}' evaluates an M3P {KIND_OF_COMMAND[command]} model")
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data}, state=state)
     return models[0], task
 

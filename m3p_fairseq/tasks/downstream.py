@@ -57,10 +57,11 @@ def model_kind(model_cfg):
     return None, arch
 
 
-def read_pretrained(path, kind, task_name):
-    """Load a pre-trained checkpoint and check that it holds a model of the ``kind`` the task fine-tunes."""
+def load_checkpoint_of_kind(path, kind, needs, not_found="checkpoint not found"):
+    """(state, model cfg) of a checkpoint holding an M3P model of ``kind``; anything else is one line
+    ending in ``needs`` (what the caller does with it)."""
     if not os.path.isfile(path):
-        raise M3PInputError(f"{path}: pre-trained checkpoint not found (--pretrained-checkpoint)")
+        raise M3PInputError(f"{path}: {not_found}")
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # truncated or foreign files raise many kinds of errors
@@ -69,9 +70,14 @@ def read_pretrained(path, kind, task_name):
     found, arch = model_kind(model_cfg) if model_cfg is not None else (None, None)
     if found != kind:
         what = f"an M3P {found} model" if found else "not an M3P model"
-        raise M3PInputError(f"{path}: a checkpoint of arch {arch} ({what}); {task_name} fine-tunes an M3P {kind} "
-                            f"model ({KINDS[kind][1]})")
+        raise M3PInputError(f"{path}: a checkpoint of arch {arch} ({what}); {needs}")
     return state, model_cfg
+
+
+def read_pretrained(path, kind, task_name):
+    """Load a pre-trained checkpoint and check that it holds a model of the ``kind`` the task fine-tunes."""
+    return load_checkpoint_of_kind(path, kind, f"{task_name} fine-tunes an M3P {kind} model ({KINDS[kind][1]})",
+                                   "pre-trained checkpoint not found (--pretrained-checkpoint)")
 
 
 def inherit_model_args(cfg, model_cfg, kind, path):

@@ -27,7 +27,8 @@ def _losses(text):
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT,
+    # unbuffered: the log must show each update as it happens, or the kill below lands too late
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
                 PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
 
 
@@ -46,7 +47,7 @@ def test_sigkill_then_resume_gives_the_same_losses(tiny_world, tmp_path):
     while time.time() < deadline and proc.poll() is None:  # kill after update 24: between checkpoints 20 and 30
         if max(_losses(open(str(tmp_path / "b.log")).read()) or [0]) >= 24:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     log.close()

@@ -253,3 +253,20 @@ def test_contrastive_loss():
     loss_same, ncorrect = contrastive_loss(text, image, torch.tensor([7, 7, 9]), temperature=0.1)
     loss_diff, _ = contrastive_loss(text, image, torch.tensor([7, 8, 9]), temperature=0.1)
     assert loss_same < loss_diff and ncorrect == 3
+
+
+def test_region_cache_flag_reaches_the_store_and_changes_no_batch(tiny_world):
+    """--region-cache-mb keeps images in memory; the batches are the same as read from the shards."""
+    plain, _ = setup(tiny_world["data"], "--task", "m3p_retrieval", "--criterion", "m3p_retrieval", "--seed", "3")
+    cached, _ = setup(tiny_world["data"], "--task", "m3p_retrieval", "--criterion", "m3p_retrieval", "--seed", "3",
+                      "--region-cache-mb", "16")
+    assert plain.region_store("train").cache_bytes == 0 and cached.region_store("train").cache_bytes == 16 << 20
+    for t in (plain, cached):
+        t.load_dataset("train")
+    a, b = plain.dataset("train"), cached.dataset("train")
+    for _ in range(2):  # the second pass reads from the cache
+        for i in range(min(len(a), 12)):
+            x, y = a.collater([a[i]]), b.collater([b[i]])
+            for k in ("regions", "region_boxes", "region_padding_mask", "src_tokens"):
+                assert torch.equal(x["net_input"][k], y["net_input"][k]), k
+    assert len(cached.region_store("train")._cache) > 0

@@ -36,3 +36,20 @@ def test_tables_one_column_per_language():
     text = render(DOC)
     assert "| setting | en | de |" in text and "| zero_shot | 40.0 | 10.0 |" in text
     assert "Chance level: mR 5.3" in text and "| BLEU-4 | 20.0 |" in text
+
+
+def test_merge_results_of_the_demo_lanes(tmp_path):
+    """The demo's lanes write one results file each; the merge keeps every leaf of every part."""
+    from m3p_fairseq.evaluation.results import merge_results, update_results
+    target, a, b = (str(tmp_path / n) for n in ("results.json", "a.json", "b.json"))
+    update_results(target, "retrieval.zero_shot.en", {"mR": 40.0})
+    update_results(a, "retrieval.finetune_en.en", {"mR": 80.0})
+    update_results(a, "retrieval.two_stage.en", {"mR": 81.0, "pairs": 1200})
+    update_results(b, "retrieval.finetune_all.de", {"mR": 20.0})
+    update_results(b, "xnli.en", {"acc": 60.0})
+    doc = merge_results(target, [a, b, str(tmp_path / "missing.json")])
+    assert doc == json.load(open(target))
+    assert doc["retrieval"]["zero_shot"]["en"]["mR"] == 40.0
+    assert doc["retrieval"]["finetune_en"]["en"]["mR"] == 80.0 and doc["retrieval"]["two_stage"]["en"]["pairs"] == 1200
+    assert doc["retrieval"]["finetune_all"]["de"]["mR"] == 20.0 and doc["xnli"]["en"]["acc"] == 60.0
+    assert not os.path.exists(target + ".tmp")

@@ -54,6 +54,31 @@ def test_round_trip_across_shards(tmp_path):
     assert [s["path"] for s in doc["shards"]] == ["train.0.h5", "train.1.h5"]  # relative to the manifest
 
 
+def test_cache_gives_the_same_images_and_keeps_to_its_size(tmp_path):
+    manifest, images = _store(tmp_path, n_images=9)
+    plain = RegionStore(manifest)
+    one_image = 5 * 16 * 2 + 5 * 4 * 4 + 5 * 4  # the largest image as stored: float16 features, boxes, classes
+    cached = RegionStore(manifest, cache_mb=3 * one_image / (1 << 20))
+    order = [0, 1, 2, 0, 3, 4, 1, 8, 8, 2, 5]
+    for i in order:
+        a, b = plain.get(i), cached.get(i)
+        assert a.keys() == b.keys()
+        for k in ("features", "boxes", "classes"):
+            np.testing.assert_array_equal(a[k], b[k])
+            assert a[k].dtype == b[k].dtype
+        assert cached._cached_bytes <= cached.cache_bytes
+    recency = list(dict.fromkeys(reversed(order)))[::-1]  # least recently used first
+    kept = list(cached._cache)
+    assert len(kept) >= 3 and kept == recency[-len(kept):]  # the most recent ones, the oldest dropped
+    assert 0 not in kept
+    got = cached.get(5)
+    got["features"][:] = -1  # a caller's changes must not reach the cache
+    np.testing.assert_array_equal(cached.get(5)["features"], plain.get(5)["features"])
+    # a worker process gets an empty cache, not a copy
+    import pickle
+    assert len(pickle.loads(pickle.dumps(cached))._cache) == 0
+
+
 def test_region_counts_need_no_file_access(tmp_path):
     manifest, images = _store(tmp_path)
     store = RegionStore(manifest)

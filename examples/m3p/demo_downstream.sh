@@ -6,19 +6,19 @@
 #
 # Arguments fall back to the environment (OUT, DATA, UND_CKPT, GEN_CKPT), then to the demo's layout:
 # OUT=demo-output, DATA=$OUT/data, UND_CKPT=$OUT/checkpoints/checkpoint_last.pt,
-# GEN_CKPT=$OUT/gen-checkpoints/checkpoint_last.pt. Merges into OUT/results.json:
-# retrieval.{finetune_en,code_switching,zero_shot_code_switched,finetune_each,finetune_all,two_stage},
-# xnli, mmt, ntg,
-# captioning (and mild with MILD=1); checkpoints and logs stay in OUT/downstream. Without a
-# generation checkpoint the generation tasks are skipped (said on stderr).
+# GEN_CKPT=$OUT/gen-checkpoints/checkpoint_last.pt. Fills
+# retrieval.{finetune_en,two_stage,code_switching,zero_shot_code_switched,finetune_each,finetune_all},
+# xnli, mmt, ntg, captioning (fine-tuned; and mild with MILD=1); checkpoints and logs stay in
+# OUT/downstream. Without a generation checkpoint the generation tasks are skipped (said on stderr).
 #
-# Two lanes run side by side, one thread each (LANES=1: one after the other, 2 threads; LANE_THREADS
-# overrides): the tiny models use one core poorly, two independent runs use two well. Each lane
-# writes its own results file; they are merged into OUT/results.json at the end. Budgets (updates)
-# and learning rates are the variables below; the tiny models trained from scratch need larger rates
-# than the paper's 5e-5 for XLM-R-initialised ones. Measured: 578 s on 2 idle cores with EN_UPDATES=600,
-# EACH_UPDATES=400, CS_PRETRAIN_UPDATES=400 (lane b the longer); the defaults trim that by ~1.5 minutes
-# (examples/m3p/README.downstream.md has the numbers).
+# Three parts: english (retrieval fine-tuned on English + two-stage), understanding (XNLI and the
+# other retrieval strategies), generation (MMT, captioning, NTG). PART=english|understanding|generation
+# runs one of them in this process, its numbers merged into RESULTS (default OUT/results.json): demo.sh
+# runs them in its two lanes. PART=all (default) runs them all in two lanes of one thread each
+# (english then generation, and understanding; LANES=1: one after the other, 2 threads; LANE_THREADS
+# overrides), each lane writing its own file, merged into OUT/results.json at the end. Budgets
+# (updates) and learning rates are the variables below; the tiny models trained from scratch need
+# larger rates than the paper's 5e-5 for XLM-R-initialised ones.
 set -euo pipefail
 OUT=${1:-${OUT:-demo-output}}
 DATA=${2:-${DATA:-$OUT/data}}
@@ -27,8 +27,9 @@ GEN_CKPT=${4:-${GEN_CKPT:-$OUT/gen-checkpoints/checkpoint_last.pt}}
 HERE=$(cd "$(dirname "$0")" && pwd)
 DOWN="$OUT/downstream"
 LANES=${LANES:-2}
-RET_UPDATES=${RET_UPDATES:-400}             # code_switching, finetune_all
-EN_UPDATES=${EN_UPDATES:-500}               # finetune_en (+ two-stage)
+PART=${PART:-all}
+RET_UPDATES=${RET_UPDATES:-300}             # code_switching, finetune_all
+EN_UPDATES=${EN_UPDATES:-2000}              # finetune_en (+ two-stage)
 EACH_UPDATES=${EACH_UPDATES:-300}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-250}  # pre-training continued with code-switching (MMLM, VLM)
@@ -37,6 +38,7 @@ MMT_UPDATES=${MMT_UPDATES:-300}
 NTG_UPDATES=${NTG_UPDATES:-200}
 CAP_UPDATES=${CAP_UPDATES:-200}
 export ARCH=m3p_tiny GEN_ARCH=m3p_seq2seq_tiny LOG_INTERVAL=${LOG_INTERVAL:-50} MAX_IMAGES=${MAX_IMAGES:-}
+export REGION_CACHE_MB=${REGION_CACHE_MB:-1024}  # the world's 3,100 images are ~100 MB as stored
 # threads per run: one per lane (a THREADS meant for the whole demo would oversubscribe the cores)
 export THREADS=${LANE_THREADS:-$([ "$LANES" = 1 ] && echo 2 || echo 1)}
 test -f "$UND_CKPT" || { echo "demo_downstream: $UND_CKPT: no understanding checkpoint" >&2; exit 1; }
@@ -46,50 +48,69 @@ mkdir -p "$DOWN"
 START=$SECONDS
 step() { echo "== downstream [$LANE] $* ($(( SECONDS - START )) s)" >&2; }
 
-# retrieval: 3 negatives, the dual encoder trained alongside; constant lr 2e-3 after 50 warm-up updates.
-# Measured on the embedded world from the demo's pre-training (en, 100 test images): full mR 61.0 at
-# 400 updates and 64.3 at 600 with 2e-3, against 59.8 and 60.2 with 1e-3; 4e-3 diverged (29.3); a
-# decaying 2e-3 gave 64.5 at 600 and 66.3 at 1,000. The paper's 5e-5 is for XLM-R-sized models.
+# retrieval: 3 negatives, the dual encoder trained alongside; lr 2e-3 decaying linearly to 0 after 50
+# warm-up updates, no gradient clipping, no dropout in the VLM head. Measured on the embedded world
+# from the demo's pre-training (finetune_en, en, 100 test images; examples/m3p/README.downstream.md):
+# 500 updates gave mR 65.5 with clipping at 1.0 (it clipped every update: gnorm 2-3) and the head's
+# dropout 0.1, 69.2 without both; 1,500 updates without both 78.3. A constant 2e-3 gave 63.2 at 500;
+# 4e-3 diverged (29.3). The paper's 5e-5 is for XLM-R-sized models.
 retrieval() {  # retrieval STRATEGY UPDATES [VAR=value ...]
     local strategy=$1 updates=$2; shift 2
     step "retrieval $strategy ($updates updates)"
-    env LR=${RET_LR:-2e-3} BATCH=${RET_BATCH:-32} WARMUP=${RET_WARMUP:-50} SCHEDULER=${RET_SCHEDULER:-fixed} \
-        UPDATES="$updates" "$@" "$HERE/retrieval.sh" "$strategy" "$DATA" "$UND_CKPT" "$DOWN"
+    env LR=${RET_LR:-2e-3} BATCH=${RET_BATCH:-32} WARMUP=${RET_WARMUP:-50} SCHEDULER=${RET_SCHEDULER:-polynomial_decay} \
+        CLIP_NORM=${RET_CLIP_NORM:-0} UPDATES="$updates" "$@" \
+        "$HERE/retrieval.sh" "$strategy" "$DATA" "$UND_CKPT" "$DOWN" --pooler-dropout "${RET_POOLER_DROPOUT:-0}"
 }
 generation() {  # generation SCRIPT UPDATES
     step "${1%.sh} ($2 updates)"
     env LR=${GEN_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$2" BEAM=${BEAM:-10} "$HERE/$1" "$DATA" "$GEN_CKPT" "$DOWN"
 }
 
-lane_a() {
+# the parts: each can run alone (PART=...), writing into RESULTS; demo.sh runs them in its lanes
+part_english() {
     retrieval finetune_en "$EN_UPDATES" COMPARE_FULL=1
-    retrieval finetune_all "$RET_UPDATES"
+}
+part_understanding() {
     step "xnli ($XNLI_UPDATES updates)"
     env LR=${XNLI_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$XNLI_UPDATES" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN"
-    if [ "$HAVE_GEN" = 1 ]; then generation ntg.sh "$NTG_UPDATES"; fi
-}
-lane_b() {
     retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh
     # code-switching in pre-training instead: continue it with switched English captions, then zero-shot
     retrieval zero_shot_code_switched "$CS_PRETRAIN_UPDATES" LANGS=en,de,fr,cs,ja,zh BATCH=64 LR=1e-3 \
         OBJECTIVES=mmlm,vlm RATIOS=1,1
     retrieval finetune_each "$EACH_UPDATES" TRAIN_LANGS="$EACH_LANGS"
-    if [ "$HAVE_GEN" = 1 ]; then generation mmt.sh "$MMT_UPDATES"; generation captioning.sh "$CAP_UPDATES"; fi
+    retrieval finetune_all "$RET_UPDATES"
     if [ "${MILD:-0}" = 1 ]; then
         step "MILD, with and without context"
         env LR=${RET_LR:-1e-3} BATCH=32 WARMUP=50 SCHEDULER=fixed UPDATES=${MILD_UPDATES:-300} \
             "$HERE/mild.sh" "$DATA/mild_corpus" "$UND_CKPT" "$DOWN"
     fi
 }
+part_generation() {
+    if [ "$HAVE_GEN" = 1 ]; then
+        generation mmt.sh "$MMT_UPDATES"; generation captioning.sh "$CAP_UPDATES"; generation ntg.sh "$NTG_UPDATES"
+    fi
+}
 
-rm -f "$DOWN/results.a.json" "$DOWN/results.b.json"  # a previous run's lanes must not merge into this one
+case "$PART" in
+  english|understanding|generation)
+    LANE=$PART; export RESULTS=${RESULTS:-$OUT/results.json}
+    "part_$PART"
+    echo "== downstream [$PART] done in $(( SECONDS - START )) s" >&2
+    exit 0 ;;
+  all) ;;
+  *) echo "demo_downstream: PART=$PART: one of all, english, understanding, generation" >&2; exit 2 ;;
+esac
+
+rm -f "$DOWN"/results.*.json  # a previous run's lanes must not merge into this one
 if [ "$LANES" = 1 ]; then
-    LANE=a RESULTS="$DOWN/results.a.json" lane_a
-    LANE=b RESULTS="$DOWN/results.b.json" lane_b
+    for part in english understanding generation; do
+        LANE=$part RESULTS="$DOWN/results.$part.json" "part_$part"
+    done
 else
-    ( LANE=a; export RESULTS="$DOWN/results.a.json"; lane_a ) > "$DOWN/lane_a.log" 2>&1 &
+    ( LANE=a; export RESULTS="$DOWN/results.english.json"; part_english
+      export RESULTS="$DOWN/results.generation.json"; part_generation ) > "$DOWN/lane_a.log" 2>&1 &
     pid_a=$!
-    ( LANE=b; export RESULTS="$DOWN/results.b.json"; lane_b ) > "$DOWN/lane_b.log" 2>&1 &
+    ( LANE=b; export RESULTS="$DOWN/results.understanding.json"; part_understanding ) > "$DOWN/lane_b.log" 2>&1 &
     pid_b=$!
     status=0
     wait $pid_a || { echo "demo_downstream: lane a failed, see $DOWN/lane_a.log" >&2; tail -n 5 "$DOWN/lane_a.log" >&2; status=1; }
@@ -97,25 +118,7 @@ else
     grep -h "^== downstream" "$DOWN/lane_a.log" "$DOWN/lane_b.log" >&2 || true
     [ "$status" = 0 ] || exit 1
 fi
-# merge the lanes' results into OUT/results.json (nested objects merged, lanes never share a leaf)
-python3 - "$OUT/results.json" "$DOWN/results.a.json" "$DOWN/results.b.json" <<'PY'
-import json, os, sys
-
-def merge(into, new):
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            merge(into[k], v)
-        else:
-            into[k] = v
-
-target, parts = sys.argv[1], sys.argv[2:]
-doc = json.load(open(target)) if os.path.exists(target) else {}
-for p in parts:
-    if os.path.exists(p):
-        merge(doc, json.load(open(p)))
-with open(target + ".tmp", "w") as f:
-    json.dump(doc, f, indent=1, sort_keys=True)
-os.replace(target + ".tmp", target)
-PY
+# the lanes' results into OUT/results.json (nested objects merged, lanes never share a leaf)
+python3 -m m3p_fairseq.evaluation.results "$OUT/results.json" "$DOWN"/results.{english,understanding,generation}.json
 echo "== downstream done in $(( SECONDS - START )) s" >&2
 m3p-results-table "$OUT/results.json" >&2

@@ -9,6 +9,8 @@ UPDATE_FREQ=${UPDATE_FREQ:-1}
 UPDATES=${UPDATES:-20000}
 WARMUP=${WARMUP:-$(( UPDATES / 10 ))}
 SCHEDULER=${SCHEDULER:-polynomial_decay}  # linear warm-up then decay to 0; "fixed": constant after warm-up
+CLIP_NORM=${CLIP_NORM:-1.0}            # gradient clipping (0: none)
+REGION_CACHE_MB=${REGION_CACHE_MB:-0}  # images kept in memory per run (--region-cache-mb); 0: read each time
 BEAM=${BEAM:-10}                       # paper: beam 10 for captions
 THREADS=${THREADS:-}
 if [ -n "$THREADS" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
@@ -23,11 +25,11 @@ m3p_train() {
     local save=$1; shift
     rm -rf "$save"
     fairseq-train "$DATA" --user-dir m3p_fairseq \
-        --optimizer adam --adam-betas '(0.9,0.98)' --lr "$LR" --clip-norm 1.0 \
+        --optimizer adam --adam-betas '(0.9,0.98)' --lr "$LR" --clip-norm "$CLIP_NORM" \
         --lr-scheduler "$SCHEDULER" --warmup-updates "$WARMUP" \
         $([ "$SCHEDULER" = polynomial_decay ] && echo --total-num-update "$UPDATES" || true) \
         --max-update "$UPDATES" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" $DEVICE --num-workers 0 \
-        --data-buffer-size 0 \
+        --data-buffer-size 0 --region-cache-mb "$REGION_CACHE_MB" \
         --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints --disable-validation \
         --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" > "$save.log" 2>&1 \
         || { echo "fairseq-train failed: see $save.log" >&2; tail -n 3 "$save.log" >&2; return 1; }

@@ -21,6 +21,7 @@ lazily, once per process, reading an image as one contiguous slice.
 import atexit
 import json
 import os
+from collections import OrderedDict
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -186,8 +187,13 @@ class RegionStore:
     and re-opened when the process id changes (fairseq's data loader workers).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, cache_mb=0):
+        """``cache_mb``: keep up to that many MB of the images read (as stored: float16 features) in
+        memory, the least recently used dropped first; 0: every read goes to the shard."""
         self.path = path
+        self.cache_bytes = int(cache_mb * (1 << 20))
+        self._cache: "OrderedDict[int, tuple]" = OrderedDict()
+        self._cached_bytes = 0
         if not os.path.exists(path):
             raise RegionDataError(f"{path}: region store not found")
         if path.endswith(".h5") or path.endswith(".hdf5"):
@@ -286,25 +292,49 @@ class RegionStore:
 
     def get(self, index: int, with_class_probs=False):
         """One image: dict with float32 ``features`` (n, D), ``boxes`` (n, 4), ``classes`` (n,), ``width``, ``height``."""
+        arrays = self._cache.get(index) if self.cache_bytes else None
+        if arrays is not None and (arrays[3] is not None or not (with_class_probs and self.has_class_probs)):
+            self._cache.move_to_end(index)
+        else:
+            arrays = self._read(index, with_class_probs)
+            if self.cache_bytes:
+                self._remember(index, arrays)
+        feats, boxes, classes, probs = arrays
+        w, h = self.image_wh[index]
+        out = {"features": feats.astype(np.float32), "boxes": boxes.astype(np.float32),
+               "classes": classes.astype(np.int64), "width": float(w), "height": float(h)}
+        if with_class_probs and probs is not None:
+            out["class_probs"] = probs.astype(np.float32)
+        return out
+
+    def _read(self, index, with_class_probs):
+        """The stored arrays of one image (features, boxes, classes, class_probs or None), checked."""
         si, row = int(self._shard[index]), int(self._row[index])
         off = self.region_offsets[si]
         a, b = int(off[row]), int(off[row + 1])
         f = self._file(si)
         try:
-            feats = f["features"][a:b].astype(np.float32)
-            boxes = f["boxes"][a:b].astype(np.float32)
-            classes = f["classes"][a:b].astype(np.int64)
-            probs = f["class_probs"][a:b].astype(np.float32) if with_class_probs and "class_probs" in f else None
+            feats, boxes, classes = f["features"][a:b], f["boxes"][a:b], f["classes"][a:b]
+            probs = f["class_probs"][a:b] if with_class_probs and "class_probs" in f else None
         except OSError as e:
             raise RegionDataError(f"{self.shard_paths[si]}: image {self.image_ids[index]!r} cannot be read "
                                   f"({str(e).splitlines()[0]})")
         if not np.isfinite(feats).all():
             raise RegionDataError(f"{self.shard_paths[si]}: image {self.image_ids[index]!r} has NaN or Inf features")
-        w, h = self.image_wh[index]
-        out = {"features": feats, "boxes": boxes, "classes": classes, "width": float(w), "height": float(h)}
-        if probs is not None:
-            out["class_probs"] = probs
-        return out
+        return feats, boxes, classes, probs
+
+    def _remember(self, index, arrays):
+        size = sum(x.nbytes for x in arrays if x is not None)
+        old = self._cache.pop(index, None)
+        if old is not None:
+            self._cached_bytes -= sum(x.nbytes for x in old if x is not None)
+        if size > self.cache_bytes:
+            return
+        while self._cached_bytes + size > self.cache_bytes:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= sum(x.nbytes for x in dropped if x is not None)
+        self._cache[index] = arrays
+        self._cached_bytes += size
 
     def close(self):
         for f in self._handles.values():
@@ -317,6 +347,7 @@ class RegionStore:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"], state["_pid"] = {}, None
+        state["_cache"], state["_cached_bytes"] = OrderedDict(), 0  # a worker fills its own
         return state
 
 

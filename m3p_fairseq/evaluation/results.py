@@ -27,9 +27,40 @@ def update_results(path, key, value):
         node[parts[-1]].update(value)
     else:
         node[parts[-1]] = value
+    _write(path, doc)
+    return doc
+
+
+def _write(path, doc):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def merge_results(path, parts):
+    """Merge the results files ``parts`` (missing ones skipped) into ``path``: nested objects are merged
+    key by key, a leaf of a later part replaces an earlier one. Written atomically."""
+    def merge(into, new):
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    doc = load_results(path)
+    for part in parts:
+        merge(doc, load_results(part))
+    _write(path, doc)
     return doc
+
+
+if __name__ == "__main__":  # python -m m3p_fairseq.evaluation.results TARGET PART... (the demo's lanes)
+    import sys
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m m3p_fairseq.evaluation.results TARGET [PART ...]")
+    try:
+        merge_results(sys.argv[1], sys.argv[2:])
+    except ValueError as e:
+        sys.exit(f"merge results: {e}")

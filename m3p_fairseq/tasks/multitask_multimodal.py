@@ -66,6 +66,9 @@ class M3PDataConfig(FairseqDataclass):
     caption_langs: str = field(default="en", metadata={"help": "comma-separated caption languages to read"})
     tokens_per_sample: int = field(default=128, metadata={"help": "max text length in tokens (paper: 128)"})
     max_regions: int = field(default=100, metadata={"help": "regions per image kept (detector order)"})
+    region_cache_mb: float = field(default=0, metadata={
+        "help": "keep up to this many MB of the images read in memory, per region store and data-loading "
+                "process (float16 features: ~0.4 MB an image of 100 x 2048 regions); 0: read each time"})
     seed: int = II("common.seed")
 
 
@@ -155,7 +158,7 @@ class M3PTaskBase(FairseqTask):
 
     def region_store(self, split) -> RegionStore:
         if split not in self._stores:
-            self._stores[split] = RegionStore(self.region_manifest(split))
+            self._stores[split] = RegionStore(self.region_manifest(split), cache_mb=self.cfg.region_cache_mb)
         return self._stores[split]
 
     def load_tokens(self, prefix, what):

@@ -87,6 +87,16 @@ def test_retrieval_finetune_full_and_two_stage(tiny_world, pretrained, tmp_path)
     assert two["full_pairs"] == 24 * 24 and 0 < two["pairs"] < two["full_pairs"]
     assert {"mR", "dual_mR", "full_mR"} <= set(two)
     assert abs(two["full_mR"] - r["finetune_en"]["en"]["mR"]) < 1e-6  # the same full matrix either way
+    # two-stage sharded over two workers through the command, merged: the same numbers
+    shards = [str(tmp_path / f"s{k}.npz") for k in range(2)]
+    for k, path in enumerate(shards):
+        downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en", "--two-stage", "--top-k", "3",
+                        "--num-shards", "2", "--shard-id", str(k), "--scores-out", path, "--cpu")
+    merged = str(tmp_path / "merged.json")
+    downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en", "--two-stage", "--top-k", "3",
+                    "--merge", *shards, "--results", merged, "--key", "retrieval.two_stage", "--cpu")
+    again = json.load(open(merged))["retrieval"]["two_stage"]["en"]
+    assert again["mR"] == two["mR"] and again["pairs"] == two["pairs"]
 
 
 def test_mild_with_and_without_context(tiny_world, pretrained, tmp_path):

@@ -35,7 +35,7 @@ def test_plots_written(tmp_path, capsys):
 def test_tables_one_column_per_language():
     text = render(DOC)
     assert "| setting | en | de |" in text and "| zero_shot | 40.0 | 10.0 |" in text
-    assert "Chance level: mR 5.3" in text and "| BLEU-4 | 20.0 |" in text
+    assert "Chance level: mR 5.3" in text and "| captioning | 20.0 |" in text
 
 
 def test_merge_results_of_the_demo_lanes(tmp_path):
@@ -53,3 +53,23 @@ def test_merge_results_of_the_demo_lanes(tmp_path):
     assert doc["retrieval"]["finetune_en"]["en"]["mR"] == 80.0 and doc["retrieval"]["two_stage"]["en"]["pairs"] == 1200
     assert doc["retrieval"]["finetune_all"]["de"]["mR"] == 20.0 and doc["xnli"]["en"]["acc"] == 60.0
     assert not os.path.exists(target + ".tmp")
+
+
+def test_captioning_table_keeps_the_pretrained_and_fine_tuned_rows_apart(tmp_path):
+    """The demo scores the pre-trained model's captions (captioning_pretrained, with the objects they name)
+    and the fine-tuned ones (captioning); a later write of a whole section keeps the other tool's numbers."""
+    from m3p_fairseq.evaluation.results import update_results
+    path = str(tmp_path / "r.json")
+    update_results(path, "captioning_pretrained.en", {"bleu4": 30.0, "cider": 300.0})
+    update_results(path, "captioning_pretrained.en", {"object_precision": 80.0})
+    update_results(path, "captioning_pretrained", {"chance_object_precision": 8.3})
+    update_results(path, "captioning", {"en": {"bleu4": 40.0, "cider": 400.0}, "de": {"bleu4": 35.0, "cider": 350.0}})
+    update_results(path, "captioning", {"en": {"note": "again"}})  # a section-wide write merges per language
+    doc = json.load(open(path))
+    assert doc["captioning"]["en"] == {"bleu4": 40.0, "cider": 400.0, "note": "again"}
+    assert doc["captioning_pretrained"]["en"] == {"bleu4": 30.0, "cider": 300.0, "object_precision": 80.0}
+    text = render(doc, "captioning")
+    assert "| captioning | 40.0 | 35.0 |" in text and "| captioning_pretrained | 30.0 | - |" in text
+    assert "Objects named" in text and "| captioning_pretrained | 80.0 |" in text and "8.3%" in text
+    only_pretrained = {"captioning_pretrained": doc["captioning_pretrained"]}
+    assert "| captioning_pretrained | 30.0 |" in render(only_pretrained)

@@ -71,7 +71,8 @@ def main(argv=None):
     p.add_argument("--world", required=True, help="folder written by m3p-make-world (world.json)")
     p.add_argument("--langs", required=True, help="comma-separated caption languages")
     p.add_argument("--gen", required=True, help="fairseq-generate log per language, {lang} standing for it")
-    p.add_argument("--results", default=None, help="results JSON: adds captioning.LANG.* and the chance levels")
+    p.add_argument("--results", default=None, help="results JSON: adds KEY.LANG.* and the chance levels")
+    p.add_argument("--key", default="captioning", help="the results section (default: captioning)")
     a = p.parse_args(argv)
     with open(os.path.join(a.world, "world.json")) as f:
         lex = build_lexicon(json.load(f)["seed"])
@@ -89,8 +90,8 @@ def main(argv=None):
               f"e.g. {examples}", file=sys.stderr)
         if a.results:
             chance = {k: scores.pop(k) for k in ("chance_object_precision", "chance_pair_match")}
-            update_results(a.results, f"captioning.{lang}", scores)
-            update_results(a.results, "captioning", chance)
+            update_results(a.results, f"{a.key}.{lang}", scores)
+            update_results(a.results, a.key, chance)
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ generation_lane() {
             --beam 10 --batch-size 100 --post-process sentencepiece --cpu \
             > "$OUT/captions/gen.$lang.txt" 2> "$OUT/captions/gen.$lang.log"
         m3p-caption-score --hyp "$OUT/captions/gen.$lang.txt" --ref "$OUT/captions/gen.$lang.txt" --lang "$lang" \
-            --results "$results" --key "captioning.$lang" > /dev/null
+            --results "$results" --key "captioning_pretrained.$lang" > /dev/null
     done
     python examples/m3p/caption_objects.py --world "$OUT/world" --langs "$CAPTION_LANGS" \
-        --gen "$OUT/captions/gen.{lang}.txt" --results "$results" > /dev/null
+        --gen "$OUT/captions/gen.{lang}.txt" --results "$results" --key captioning_pretrained > /dev/null
 
     echo "== 7a. fine-tune and evaluate the generation tasks (MMT, captioning, NTG)" >&2
     PART=generation RESULTS="$results" "${DOWNSTREAM[@]}"

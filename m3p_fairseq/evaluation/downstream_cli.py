@@ -66,7 +66,7 @@ def image_contexts(task, lang, split, rows, limit):
 
 def retrieval(a, model, task, device):
     from ..models.dual_encoder import has_dual_heads
-    from .retrieval import chance_recall, merge_shards, recall_at_k, score_pairs
+    from .retrieval import chance_recall, merge_shards, recall_at_k, recall_line, save_shard_scores, score_pairs
     from .retrieval_cli import language_split
     from .two_stage import merge_two_stage, two_stage_scores
 
@@ -131,15 +131,12 @@ def retrieval(a, model, task, device):
         chance = chance_recall(caption_image, n_img)["mR"]
         extra = f"  {n_pairs} of {n_img * n_cap} pairs cross-encoded" if a.two_stage else ""
         extra += "".join(f"  {k} {m[k]:.1f}" for k in ("dual_mR", "full_mR") if k in m)
-        print(f"{lang}: mR {m['mR']:.1f}  i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}  "
-              f"t2i R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}{extra}  (chance mR {chance:.1f})",
-              flush=True)
+        print(recall_line(lang, m, chance, extra), flush=True)
     if shard_out:
-        if not a.scores_out:
-            raise M3PInputError("--num-shards > 1 needs --scores-out")
-        tmp = a.scores_out + ".tmp.npz"
-        np.savez(tmp, **shard_out)
-        os.replace(tmp, a.scores_out)
+        try:
+            save_shard_scores(a.scores_out, shard_out)
+        except ValueError as e:
+            raise M3PInputError(str(e))
         print(a.scores_out)
         return None, None
     return metrics, chance

@@ -16,17 +16,24 @@ def load_results(path):
     return doc
 
 
+def _merge(into, new):
+    """Nested objects merged key by key; a leaf of ``new`` replaces the one in ``into``."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
 def update_results(path, key, value):
-    """Set ``doc[k1][k2]...`` = value for key "k1.k2..." (merging dicts), then write atomically."""
+    """Set ``doc[k1][k2]...`` = value for key "k1.k2..." (objects merged key by key, at every depth: the
+    numbers of one language written by another tool stay), then write atomically."""
     doc = load_results(path)
     node = doc
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-        node[parts[-1]].update(value)
-    else:
-        node[parts[-1]] = value
+    _merge(node, {parts[-1]: value})
     _write(path, doc)
     return doc
 
@@ -42,16 +49,9 @@ def _write(path, doc):
 def merge_results(path, parts):
     """Merge the results files ``parts`` (missing ones skipped) into ``path``: nested objects are merged
     key by key, a leaf of a later part replaces an earlier one. Written atomically."""
-    def merge(into, new):
-        for k, v in new.items():
-            if isinstance(v, dict) and isinstance(into.get(k), dict):
-                merge(into[k], v)
-            else:
-                into[k] = v
-
     doc = load_results(path)
     for part in parts:
-        merge(doc, load_results(part))
+        _merge(doc, load_results(part))
     _write(path, doc)
     return doc
 

@@ -6,6 +6,7 @@ puts them back into one matrix exactly, so recall is computed once on the full m
 shard and averaged, which is wrong).
 """
 import math
+import os
 
 import numpy as np
 import torch
@@ -121,3 +122,18 @@ def merge_shards(parts, n_images, n_captions, fill=-np.inf):
         matrix[pair_ids] = scores
         seen[pair_ids] = True
     return matrix.reshape(n_images, n_captions), seen.reshape(n_images, n_captions)
+
+
+def recall_line(lang, m, chance, extra=""):
+    """One language's recall as the retrieval commands print it."""
+    return (f"{lang}: mR {m['mR']:.1f}  i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}  "
+            f"t2i R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}{extra}  (chance mR {chance:.1f})")
+
+
+def save_shard_scores(path, arrays):
+    """A shard's pair ids and scores (``{lang}_ids``, ``{lang}_scores``, ...) as one .npz, written atomically."""
+    if not path:
+        raise ValueError("--num-shards > 1 needs --scores-out")
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

@@ -9,7 +9,6 @@ With ``--num-shards N --shard-id K --scores-out F`` it scores one shard of the p
 them; ``--merge F1 F2 ...`` then computes recall from the merged, exact matrix.
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .results import update_results
-from .retrieval import chance_recall, merge_shards, recall_at_k, score_pairs
+from .retrieval import chance_recall, merge_shards, recall_at_k, recall_line, save_shard_scores, score_pairs
 
 
 def load_checkpoint(path, data, overrides=None):
@@ -104,14 +103,12 @@ def main(argv=None):
         m["num_images"], m["num_captions"] = len(images), len(captions)
         metrics[lang] = m
         chance = chance_recall(caption_image, len(images))["mR"]
-        print(f"{lang}: mR {m['mR']:.1f}  i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}  "
-              f"t2i R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}  (chance mR {chance:.1f})")
+        print(recall_line(lang, m, chance))
     if shard_out:
-        if not a.scores_out:
-            raise SystemExit("m3p-retrieval-eval: --num-shards > 1 needs --scores-out")
-        tmp = a.scores_out + ".tmp.npz"
-        np.savez(tmp, **shard_out)
-        os.replace(tmp, a.scores_out)
+        try:
+            save_shard_scores(a.scores_out, shard_out)
+        except ValueError as e:
+            raise SystemExit(f"m3p-retrieval-eval: {e}")
         print(a.scores_out)
         return
     if a.results:

@@ -90,10 +90,22 @@ def mild_table(doc):
     return _table("MILD retrieval, <Q,I> vs <Q,I,C>", _settings(doc.get("mild", {})), "mR", section="mild")
 
 
+CAPTIONING = ("captioning", "captioning_pretrained")  # fine-tuned; the pre-trained model's own captions
+
+
 def captioning_table(doc):
-    c = doc.get("captioning", {})
-    return _table("Image captioning", {"BLEU-4": c}, "bleu4", section="captioning") + "\n" + \
-        _table("Image captioning", {"CIDEr": c}, "cider", section="captioning")
+    """A row per section present: ``captioning`` (fine-tuned, captioning.sh) and ``captioning_pretrained``
+    (the pre-trained model's IC, the demo's step 6); the objects its captions name where measured."""
+    rows = {k: doc[k] for k in CAPTIONING if isinstance(doc.get(k), dict)}
+    parts = [_table("Image captioning", rows, metric, section="captioning") for metric in ("bleu4", "cider")]
+    named = {k: v for k, v in rows.items() if any(isinstance(m, dict) and "object_precision" in m for m in v.values())}
+    if named:
+        parts.append(_table("Objects named in the captions, right / named", named, "object_precision",
+                            section="captioning"))
+        chance = [v["chance_object_precision"] for v in named.values() if "chance_object_precision" in v]
+        if chance:
+            parts[-1] += f"\nChance level: {chance[0]:.1f}% (objects named at random).\n"
+    return "\n".join(p for p in parts if p)
 
 
 def mmt_table(doc):
@@ -123,10 +135,11 @@ TABLES = {"retrieval": retrieval_table, "mild": mild_table, "captioning": captio
 
 
 def render(doc, which=None):
-    for name in ([which] if which else TABLES):
+    for name in [n for t in ([which] if which else TABLES) for n in (CAPTIONING if t == "captioning" else (t,))]:
         if name in doc and not isinstance(doc[name], dict):
             raise M3PInputError(f"{name}: expected an object of settings or languages, found {doc[name]!r}")
-    parts = [TABLES[t](doc) for t in ([which] if which else TABLES) if t in doc]
+    present = lambda t: any(k in doc for k in (CAPTIONING if t == "captioning" else (t,)))
+    parts = [TABLES[t](doc) for t in ([which] if which else TABLES) if present(t)]
     return "\n".join(p for p in parts if p.strip())
 
 

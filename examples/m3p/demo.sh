@@ -65,9 +65,12 @@ generation_lane() {
     echo "== 7a. fine-tune and evaluate the generation tasks (MMT, captioning, NTG)" >&2
     PART=generation RESULTS="$results" "${DOWNSTREAM[@]}"
 }
+# a failed step stops the lanes still running: each lane is a process group of its own (set -m)
+lanes=()
+trap 'for p in ${lanes[@]+"${lanes[@]}"}; do kill -- -"$p" 2>/dev/null || true; done' EXIT
 echo "== 5-7a. the generation model, in the background: $OUT/lane_generation.log" >&2
-( generation_lane ) > "$OUT/lane_generation.log" 2>&1 &
-pid_gen=$!
+set -m; ( generation_lane ) > "$OUT/lane_generation.log" 2>&1 &
+pid_gen=$!; lanes+=("$pid_gen"); set +m
 
 echo "== 3. pre-train the understanding model (xMLM, MMLM, MRM, VLM; one objective per update)" >&2
 # Real runs start from XLM-R, whose attention already works. The tiny model here starts from
@@ -88,8 +91,8 @@ fairseq-train "$OUT/data" --user-dir m3p_fairseq \
 test -f "$OUT/checkpoints/checkpoint_last.pt" || { echo "training failed: see $OUT/train.log" >&2; exit 1; }
 
 echo "== 7b. English retrieval fine-tuning (+ two-stage), in the background: $OUT/lane_english.log" >&2
-PART=english RESULTS="$DOWN/results.english.json" "${DOWNSTREAM[@]}" > "$OUT/lane_english.log" 2>&1 &
-pid_en=$!
+set -m; PART=english RESULTS="$DOWN/results.english.json" "${DOWNSTREAM[@]}" > "$OUT/lane_english.log" 2>&1 &
+pid_en=$!; lanes+=("$pid_en"); set +m
 
 lane_failed() { echo "demo: the $1 lane failed, see $OUT/lane_$1.log" >&2; tail -n 5 "$OUT/lane_$1.log" >&2; exit 1; }
 wait $pid_gen || lane_failed generation

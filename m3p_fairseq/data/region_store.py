@@ -324,15 +324,15 @@ class RegionStore:
         return feats, boxes, classes, probs
 
     def _remember(self, index, arrays):
-        size = sum(x.nbytes for x in arrays if x is not None)
+        nbytes = (lambda entry: sum(x.nbytes for x in entry if x is not None))
         old = self._cache.pop(index, None)
         if old is not None:
-            self._cached_bytes -= sum(x.nbytes for x in old if x is not None)
+            self._cached_bytes -= nbytes(old)
+        size = nbytes(arrays)
         if size > self.cache_bytes:
             return
         while self._cached_bytes + size > self.cache_bytes:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached_bytes -= sum(x.nbytes for x in dropped if x is not None)
+            self._cached_bytes -= nbytes(self._cache.popitem(last=False)[1])
         self._cache[index] = arrays
         self._cached_bytes += size
 

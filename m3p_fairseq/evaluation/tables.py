@@ -134,12 +134,15 @@ TABLES = {"retrieval": retrieval_table, "mild": mild_table, "captioning": captio
           "xnli": xnli_table, "ntg": ntg_table}
 
 
+SECTIONS = {"captioning": CAPTIONING}  # the results sections a table reads, where not just its name
+
+
 def render(doc, which=None):
-    for name in [n for t in ([which] if which else TABLES) for n in (CAPTIONING if t == "captioning" else (t,))]:
+    tables = [which] if which else list(TABLES)
+    for name in [n for t in tables for n in SECTIONS.get(t, (t,))]:
         if name in doc and not isinstance(doc[name], dict):
             raise M3PInputError(f"{name}: expected an object of settings or languages, found {doc[name]!r}")
-    present = lambda t: any(k in doc for k in (CAPTIONING if t == "captioning" else (t,)))
-    parts = [TABLES[t](doc) for t in ([which] if which else TABLES) if present(t)]
+    parts = [TABLES[t](doc) for t in tables if any(n in doc for n in SECTIONS.get(t, (t,)))]
     return "\n".join(p for p in parts if p.strip())
 
 

@@ -9,9 +9,11 @@ writes ``DATA/captions/en/{train,valid}.{bin,idx}`` (``--only-source --dataset-i
 fairseq dictionary given) and, for captions, copies the sibling ``.ids`` file (the image id of
 each line) to ``{split}.ids`` after checking that it has as many lines as the captions. Empty
 lines and a line-count mismatch stop the run with the file and line named; nothing is written
-into ``--out`` unless every split succeeds.
+into ``--out`` unless every split succeeds. ``binarize_pair`` does the same for a language pair
+(line-aligned source and target files), in the layout of fairseq's translation task.
 """
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -26,6 +28,8 @@ class BinarizeError(ValueError):
 def _encode(sp, src, dst, max_tokens=None, progress=False):
     from tqdm import tqdm
 
+    if not os.path.isfile(src):
+        raise BinarizeError(f"{src}: no such file")
     n = 0
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         lines = tqdm(f, desc=f"sentencepiece {os.path.basename(src)}", unit=" lines", mininterval=2,
@@ -64,24 +68,43 @@ def run_fairseq_preprocess(argv, what):
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _staged(out_dir):
+    """A temporary folder beside ``out_dir`` (its ``enc/`` for sentencepiece output), moved into
+    ``out_dir``'s place only when the block succeeds: a failed run leaves no half-written folder."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".binarize-", dir=parent)
+    try:
+        os.makedirs(os.path.join(stage, "enc"))
+        yield stage
+        shutil.rmtree(os.path.join(stage, "enc"))
+        for junk in ("preprocess.log",):
+            if os.path.exists(os.path.join(stage, junk)):
+                os.remove(os.path.join(stage, junk))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(stage, out_dir)
+    finally:
+        if os.path.exists(stage):
+            shutil.rmtree(stage)
+
+
+def _progress(progress):
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False, progress=None):
     """splits: {"train": raw_path, "valid": raw_path, "test": raw_path} (any subset). ``progress``: a
     tqdm bar per file while encoding (default: when stderr is a terminal)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=spm_model)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".binarize-", dir=parent)
-    try:
+    with _staged(out_dir) as stage:
         enc = os.path.join(stage, "enc")
-        os.makedirs(enc)
         args = []
         for split, raw in splits.items():
-            if not os.path.isfile(raw):
-                raise BinarizeError(f"{raw}: no such file")
-            n = _encode(sp, raw, os.path.join(enc, split), max_tokens,
-                        sys.stderr.isatty() if progress is None else progress)
+            n = _encode(sp, raw, os.path.join(enc, split), max_tokens, _progress(progress))
             ids = os.path.splitext(raw)[0] + ".ids"
             if os.path.exists(ids):
                 m = _count_lines(ids)
@@ -97,16 +120,29 @@ def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, 
             args += [f"--{split}pref", os.path.join(enc, split)]
         run_fairseq_preprocess(["--only-source", "--srcdict", dict_path, "--destdir", stage,
                                 "--dataset-impl", "mmap", "--workers", str(workers)] + args, out_dir)
-        shutil.rmtree(enc)
-        for junk in ("preprocess.log",):
-            if os.path.exists(os.path.join(stage, junk)):
-                os.remove(os.path.join(stage, junk))
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(stage, out_dir)
-    finally:
-        if os.path.exists(stage):
-            shutil.rmtree(stage)
+
+
+def binarize_pair(spm_model, dict_path, out_dir, src, tgt, splits, workers=1, max_tokens=None, progress=None):
+    """A language pair as fairseq's translation task reads it. splits: {split: (src_path, tgt_path)},
+    line-aligned raw files; writes ``out_dir/{split}.{src}-{tgt}.{src,tgt}.{bin,idx}`` and
+    ``dict.{src,tgt}.txt`` (both the one dictionary given: one vocabulary for all languages)."""
+    import sentencepiece as spm
+
+    if src == tgt:
+        raise BinarizeError(f"{out_dir}: source and target are both {src!r}")
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    with _staged(out_dir) as stage:
+        args = []
+        for split, (src_raw, tgt_raw) in splits.items():
+            prefix = os.path.join(stage, "enc", split)
+            n = _encode(sp, src_raw, f"{prefix}.{src}", max_tokens, _progress(progress))
+            m = _encode(sp, tgt_raw, f"{prefix}.{tgt}", max_tokens, _progress(progress))
+            if m != n:
+                raise BinarizeError(f"{tgt_raw}: {m} lines for the {n} lines of {src_raw} (line-aligned files)")
+            args += [f"--{split}pref", prefix]
+        run_fairseq_preprocess(["--source-lang", src, "--target-lang", tgt, "--srcdict", dict_path,
+                                "--tgtdict", dict_path, "--destdir", stage, "--dataset-impl", "mmap",
+                                "--workers", str(workers)] + args, out_dir)
 
 
 def main(argv=None):

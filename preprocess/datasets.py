@@ -12,6 +12,9 @@ one folder would overwrite each other). Each import writes, per language, everyt
     DATA/ntg/{lang}/{src,tgt}/{split}.{bin,idx}       ntg (news body -> title)
     DATA/mild/{lang}/context/{split}.{bin,idx}        mild (the context of each query line)
     DATA/dictionaries/{src}-{tgt}.tsv                 muse (word<TAB>translation, for code-switching)
+    DATA/parallel/{src}-{tgt}/{split}.{src}-{tgt}.{src,tgt}.{bin,idx}, dict.{src,tgt}.txt
+                                                      moses, tmx, tsv (translation pairs; fairseq's
+                                                      translation task reads the folder as it is)
 
 ``.ids`` holds the image id of each caption line; ids are what the detector converters
 (m3p-import-regions) key images by: COCO's numeric ``cocoid``, Flickr30K's file name without
@@ -24,16 +27,20 @@ an empty caption or a malformed line stops the run with one line naming the file
 import argparse
 import collections
 import csv
+import functools
 import gzip
+import itertools
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+from xml.etree import ElementTree
+from xml.parsers import expat
 
 from m3p_fairseq.errors import M3PInputError
-from preprocess.binarize import BinarizeError, binarize, run_fairseq_preprocess
+from preprocess.binarize import BinarizeError, binarize, binarize_pair, run_fairseq_preprocess
 
 SPLIT_NAMES = ("train", "valid", "test")
 XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -44,11 +51,16 @@ class DatasetError(M3PInputError):
     """Bad raw data; the message names the file and the line or id."""
 
 
-def _open(path):
-    """Text file or its .gz (Multi30K ships its raw files gzipped)."""
+def _open(path, newline=None, binary=False):
+    """Text file or its .gz (Multi30K ships its raw files gzipped). ``newline="\\n"`` for
+    line-aligned corpora: a stray carriage return inside a sentence must not split its line."""
     for p in (path, path + ".gz"):
         if os.path.isfile(p):
-            return gzip.open(p, "rt", encoding="utf-8") if p.endswith(".gz") else open(p, encoding="utf-8")
+            if binary:
+                return gzip.open(p, "rb") if p.endswith(".gz") else open(p, "rb")
+            if p.endswith(".gz"):
+                return gzip.open(p, "rt", encoding="utf-8", newline=newline)
+            return open(p, encoding="utf-8", newline=newline)
     raise DatasetError(f"{path}: no such file (nor {os.path.basename(path)}.gz)")
 
 
@@ -91,6 +103,7 @@ class Writer:
         self.dropped = 0
         self.labels = collections.defaultdict(list)  # (folder, split) -> class names (xnli)
         self.lines = collections.defaultdict(lambda: collections.defaultdict(list))  # folder -> split -> [(text, id)]
+        self.pairs = collections.defaultdict(lambda: collections.defaultdict(list))  # (src, tgt) -> split -> [(s, t)]
 
     def add(self, folder, split, text, where, image_id=None):
         image_id = None if image_id is None else str(image_id)
@@ -99,8 +112,12 @@ class Writer:
             return
         self.lines[folder][split].append((_clean(text, where), image_id))
 
+    def add_pair(self, src, tgt, split, src_text, src_where, tgt_text, tgt_where):
+        """A translation pair of DATA/parallel/{src}-{tgt}; an empty side is named by its ``where``."""
+        self.pairs[(src, tgt)][split].append((_clean(src_text, src_where), _clean(tgt_text, tgt_where)))
+
     def close(self):
-        if not self.lines:
+        if not self.lines and not self.pairs:
             raise DatasetError("nothing to write: no lines read (or none kept by --only-ids)")
         os.makedirs(self.out, exist_ok=True)
         for name, src in (("dict.txt", self.dict_path), ("sentencepiece.bpe.model", self.spm)):
@@ -117,8 +134,7 @@ class Writer:
                 for split, items in splits.items():
                     base = os.path.join(tmp, folder.replace("/", "__"), split)
                     os.makedirs(os.path.dirname(base), exist_ok=True)
-                    with open(base + ".txt", "w", encoding="utf-8") as f:
-                        f.writelines(t + "\n" for t, _ in items)
+                    _write_raw(base + ".txt", (t for t, _ in items))
                     if items[0][1] is not None:
                         with open(base + ".ids", "w", encoding="utf-8") as f:
                             f.writelines(i + "\n" for _, i in items)
@@ -127,7 +143,27 @@ class Writer:
                     binarize(self.spm, self.dict_path, os.path.join(self.out, folder), raw, workers=self.workers)
                 except BinarizeError as e:
                     raise DatasetError(str(e))
-        return {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
+            for (src, tgt), splits in sorted(self.pairs.items()):
+                raw = {}
+                for split, items in splits.items():
+                    base = os.path.join(tmp, f"parallel__{src}-{tgt}", split)
+                    os.makedirs(os.path.dirname(base), exist_ok=True)
+                    for lang, side in ((src, 0), (tgt, 1)):
+                        _write_raw(f"{base}.{lang}", (pair[side] for pair in items))
+                    raw[split] = (f"{base}.{src}", f"{base}.{tgt}")
+                try:
+                    binarize_pair(self.spm, self.dict_path, os.path.join(self.out, parallel_folder(src, tgt)), src,
+                                  tgt, raw, workers=self.workers)
+                except BinarizeError as e:
+                    raise DatasetError(str(e))
+        counts = {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
+        counts.update({parallel_folder(*pair): {s: len(v) for s, v in splits.items()} for pair, splits in self.pairs.items()})
+        return counts
+
+
+def _write_raw(path, texts):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in texts)
 
 
 def load_id_filter(path):
@@ -401,6 +437,162 @@ def import_ntg(w, root, langs=("en", "de", "es", "fr", "ru")):
                 w.add(f"ntg/{lang}/tgt", split, title, f"{tgt}: line {n}")
 
 
+# ---- parallel text ----------------------------------------------------------------------------------
+# Each reader yields (source text, where, target text, where) in the order of the file; ``where``
+# names the file and the line (and the TMX unit), so an empty side is reported where it is.
+
+def parallel_folder(src, tgt):
+    return f"parallel/{src}-{tgt}"
+
+
+def parse_pair(value):
+    """"en-de" -> ("en", "de"). fairseq names pair files {split}.{src}-{tgt}.{lang}, so a code with a
+    '-' or '.' could not be read back (write region variants with '_': pt_BR)."""
+    m = re.match(r"^([A-Za-z0-9_]+)-([A-Za-z0-9_]+)$", value)
+    if not m or m.group(1) == m.group(2):
+        raise DatasetError(f"--pair {value!r}: expected two different language codes, SRC-TGT (e.g. en-de)")
+    return m.group(1), m.group(2)
+
+
+def read_moses(prefix, src, tgt):
+    """Moses-style line-aligned files PREFIX.{src} and PREFIX.{tgt} (Europarl's europarl-v7.de-en,
+    OPUS's moses downloads, WMT's training sets), plain or .gz; line n of one translates line n of
+    the other, so both must have as many lines."""
+    paths = (f"{prefix}.{src}", f"{prefix}.{tgt}")
+    with _open(paths[0], newline="\n") as f, _open(paths[1], newline="\n") as g:
+        for n, (a, b) in enumerate(itertools.zip_longest(f, g), 1):
+            if a is None or b is None:
+                short, other, rest = (paths[0], paths[1], g) if a is None else (paths[1], paths[0], f)
+                raise DatasetError(f"{short}: {n - 1} lines, {other} has {n + sum(1 for _ in rest)} "
+                                   f"(line-aligned files need as many)")
+            yield a, f"{paths[0]}: line {n}", b, f"{paths[1]}: line {n}"
+
+
+def read_tsv(path, src, tgt, columns=(1, 2)):
+    """One pair a line, source<TAB>target; ``columns`` (1-based) picks the two from more fields
+    (WikiMatrix's score<TAB>src<TAB>tgt: 2,3). Every line has as many fields as the first, so a tab
+    inside a sentence is caught, not silently cut off."""
+    with _open(path, newline="\n") as f:
+        width = None
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if width is None:
+                width = len(parts)
+                if width < max(columns):
+                    raise DatasetError(f"{path}: line 1: {width} fields, --columns {columns[0]},{columns[1]} "
+                                       f"needs {max(columns)} (source<TAB>target)")
+            elif len(parts) != width:
+                raise DatasetError(f"{path}: line {n}: {len(parts)} fields, line 1 has {width}")
+            where = f"{path}: line {n}"
+            yield parts[columns[0] - 1], f"{where} ({src})", parts[columns[1] - 1], f"{where} ({tgt})"
+
+
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _primary_language(code):
+    """"en-GB", "EN_us", "en" -> "en": OPUS writes both plain and regional codes."""
+    return re.split(r"[-_]", code.strip())[0].lower()
+
+
+def _seg_text(seg):
+    """The text of a <seg>. Its inline codes (<bpt>, <ept>, <ph>, <it>, <ut>) hold the formatting of
+    the original document, not words; <hi> holds words."""
+    parts = [seg.text or ""]
+    for child in seg:
+        if _local(child.tag) == "hi":
+            parts.append(_seg_text(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+def _tmx_unit(tu, where, src, tgt):
+    """(source text, target text) of one <tu>, its <tuv>s matched by primary language subtag."""
+    want = {_primary_language(src): src, _primary_language(tgt): tgt}
+    found, seen = {}, []
+    for tuv in tu:
+        if _local(tuv.tag) != "tuv":
+            continue  # <note>, <prop>
+        code = tuv.get(_XML_LANG) or tuv.get("lang")  # TMX 1.4 xml:lang, TMX 1.1 lang
+        if not code:
+            raise DatasetError(f"{where}: a <tuv> without xml:lang")
+        seen.append(code)
+        lang = want.get(_primary_language(code))
+        if lang is None:
+            continue
+        if lang in found:
+            raise DatasetError(f"{where}: two <tuv> for {lang} ({found[lang][0]}, {code})")
+        seg = next((c for c in tuv if _local(c.tag) == "seg"), None)
+        if seg is None:
+            raise DatasetError(f"{where}: <tuv xml:lang=\"{code}\"> has no <seg>")
+        found[lang] = (code, _seg_text(seg))
+    missing = [lang for lang in (src, tgt) if lang not in found]
+    if missing:
+        raise DatasetError(f"{where}: no <tuv> for {', '.join(missing)} (found {', '.join(seen) or 'none'})")
+    return found[src][1], found[tgt][1]
+
+
+def read_tmx(path, src, tgt):
+    """TMX (OPUS's tmx downloads, .tmx or .tmx.gz): <tu> units, each with a <tuv xml:lang="..."><seg>
+    per language. Parsed as a stream with the standard library (OPUS files run to gigabytes; expat
+    resolves no external entities), each unit dropped once read; fed a line at a time so that an
+    error names the line of its unit."""
+    parser = ElementTree.XMLPullParser(("start", "end"))
+    root, body, unit, unit_line = None, None, 0, 0
+    with _open(path, binary=True) as f:
+        try:
+            for lineno, line in enumerate(f, 1):
+                parser.feed(line)
+                for event, elem in parser.read_events():
+                    tag = _local(elem.tag)
+                    if root is None:
+                        root = tag
+                        if tag != "tmx":
+                            raise DatasetError(f"{path}: line {lineno}: root element <{tag}>, not <tmx>")
+                    if event == "start":
+                        if tag == "body":
+                            body = elem
+                        elif tag == "tu":
+                            unit, unit_line = unit + 1, lineno
+                    elif tag == "tu":
+                        where = f"{path}: line {unit_line} (tu {unit}"
+                        s, t = _tmx_unit(elem, where + ")", src, tgt)
+                        yield s, f"{where}, {src})", t, f"{where}, {tgt})"
+                        if body is not None:
+                            body.remove(elem)
+            parser.close()
+        except ElementTree.ParseError as e:
+            line, column = e.position
+            raise DatasetError(f"{path}: line {line}, column {column + 1}: not well-formed XML "
+                               f"({expat.ErrorString(e.code)})")
+    if unit == 0:
+        raise DatasetError(f"{path}: no <tu> translation units")
+
+
+PARALLEL_READERS = {"moses": read_moses, "tmx": read_tmx, "tsv": read_tsv}
+
+
+def import_parallel(w, read, sources, src, tgt, valid_lines=0):
+    """sources: {split: [prefix or file, ...]} read with ``read`` into DATA/parallel/{src}-{tgt};
+    ``valid_lines``: the last N training pairs become valid (OPUS corpora come in one piece)."""
+    if valid_lines and ("train" not in sources or "valid" in sources or valid_lines < 0):
+        raise DatasetError(f"--valid-lines {valid_lines}: needs a training set, a positive count and no valid set")
+    for split, paths in sources.items():
+        pairs = [p for path in paths for p in read(path, src, tgt)]
+        if split == "train" and valid_lines:
+            if len(pairs) <= valid_lines:
+                raise DatasetError(f"{', '.join(paths)}: {len(pairs)} pairs, not more than --valid-lines {valid_lines}")
+            for k, pair in enumerate(pairs):
+                w.add_pair(src, tgt, "train" if k < len(pairs) - valid_lines else "valid", *pair)
+        else:
+            for pair in pairs:
+                w.add_pair(src, tgt, split, *pair)
+
+
 def import_muse(out, files):
     """MUSE bilingual dictionaries ({src}-{tgt}.txt: 'word translation' a line) -> DATA/dictionaries/{src}-{tgt}.tsv,
     duplicates dropped, order kept (MUSE lists the most frequent source words first)."""
@@ -431,17 +623,25 @@ def import_muse(out, files):
 
 # ---- command line -------------------------------------------------------------------------------------
 
+def _columns(value):
+    m = re.match(r"^\s*([1-9]\d*)\s*,\s*([1-9]\d*)\s*$", value)
+    if not m or m.group(1) == m.group(2):
+        raise DatasetError(f"--columns {value!r}: expected two different 1-based field numbers, e.g. 1,2")
+    return int(m.group(1)), int(m.group(2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
 
-    def cmd(name, help, vocab=True):
+    def cmd(name, help, vocab=True, images=True):
         s = sub.add_parser(name, help=help, description=help)
         s.add_argument("--out", required=True, help="the DATA folder of this corpus")
         if vocab:
             s.add_argument("--spm", required=True, help="sentencepiece model (XLM-R's for real runs)")
             s.add_argument("--dict", required=True, help="fairseq dict.txt matching --spm")
-            s.add_argument("--only-ids", help="keep images listed here (ids file, or a region manifest)")
+            if images:
+                s.add_argument("--only-ids", help="keep images listed here (ids file, or a region manifest)")
             s.add_argument("--workers", type=int, default=1)
         return s
 
@@ -485,6 +685,18 @@ def main(argv=None):
     s.add_argument("--langs", default="en,de,es,fr,ru")
     s = cmd("muse", "MUSE bilingual dictionaries ({src}-{tgt}.txt)", vocab=False)
     s.add_argument("files", nargs="+")
+    for kind, help, source in (
+            ("moses", "parallel text, Moses-style line-aligned files PREFIX.{src} and PREFIX.{tgt}", "PREFIX"),
+            ("tmx", "parallel text, TMX (OPUS's .tmx or .tmx.gz)", "FILE"),
+            ("tsv", "parallel text, source<TAB>target a line", "FILE")):
+        s = cmd(kind, help + " -> DATA/parallel/{src}-{tgt}", images=False)
+        s.add_argument("--pair", required=True, help="SRC-TGT, e.g. en-de: the two languages, source first")
+        for split in SPLIT_NAMES:
+            s.add_argument(f"--{split}", nargs="+", default=[], metavar=source, help=f"{split} pairs")
+        s.add_argument("--valid-lines", type=int, default=0,
+                       help="the last N training pairs become valid (for a corpus that comes in one piece)")
+        if kind == "tsv":
+            s.add_argument("--columns", default="1,2", help="the source and target fields, 1-based (WikiMatrix: 2,3)")
 
     a = p.parse_args(argv)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
@@ -493,7 +705,7 @@ def main(argv=None):
             counts = import_muse(a.out, a.files)
             print("; ".join(f"{k}: {v} pairs" for k, v in counts.items()), file=sys.stderr)
             return
-        w = Writer(a.out, a.spm, a.dict, a.only_ids, a.workers)
+        w = Writer(a.out, a.spm, a.dict, getattr(a, "only_ids", None), a.workers)
         if a.kind == "cc":
             import_cc(w, a.train, a.valid, a.id_from)
         elif a.kind == "multi30k":
@@ -512,6 +724,14 @@ def main(argv=None):
             import_xnli(w, a.xnli_dir, a.train_dir, split(a.train_langs), split(a.langs))
         elif a.kind == "ntg":
             import_ntg(w, a.root, split(a.langs))
+        elif a.kind in PARALLEL_READERS:
+            read = PARALLEL_READERS[a.kind]
+            if a.kind == "tsv":
+                read = functools.partial(read_tsv, columns=_columns(a.columns))
+            sources = {s: getattr(a, s) for s in SPLIT_NAMES if getattr(a, s)}
+            if not sources:
+                raise DatasetError(f"{a.kind}: give --train, --valid or --test")
+            import_parallel(w, read, sources, *parse_pair(a.pair), a.valid_lines)
         counts = w.close()
         if w.labels:
             write_labels(w)

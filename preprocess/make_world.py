@@ -12,7 +12,9 @@ Captions exist in six languages (en, de, fr, cs, ja, zh) from one lexicon; each 
 its own words and word order (ja and zh are written without spaces). Names, digits and a few
 loanwords are shared across languages, as in real text. A text-only corpus in ten languages,
 with unequal sizes, feeds xMLM. The bilingual word lists of the lexicon are written as MUSE-style
-``en-xx.txt`` files for code-switching.
+``en-xx.txt`` files for code-switching. A parallel corpus pairs English with each other language of
+the text corpus (sentences of the text corpus's kinds, one meaning rendered in both languages),
+with unequal sizes per pair, as OPUS and Europarl have them.
 
 The downstream sets come in the raw formats of the public ones (XNLI-1.0 / XNLI-MT, XGLUE NTG,
 MILD triples), so ``m3p-prepare-world`` binarizes them with the importers of real data; each has
@@ -25,6 +27,7 @@ Output (OUT is the argument):
     OUT/raw/captions/{split}.{lang}.txt            captions, one a line
     OUT/raw/captions/{split}.{lang}.ids            the image id of each caption line
     OUT/raw/dict/en-{xx}.txt                       bilingual word pairs "en_word xx_word"
+    OUT/raw/parallel/en-{xx}/{train,valid}.{en,xx} translation pairs, line-aligned (Moses-style)
     OUT/raw/xnli/XNLI-1.0/xnli.{dev,test}.tsv      XNLI-style sentence pairs (every text language)
     OUT/raw/xnli/XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv
     OUT/raw/ntg/xglue.ntg.{lang}.{src,tgt}.{train,dev,test}   news body -> title (train: en only)
@@ -122,16 +125,27 @@ def render(lex, lang, c1, o1, rel, c2, o2):
     return ("" if lang in NO_SPACE else " ").join(toks)
 
 
-def text_sentence(rng, lex, lang):
-    """A text-only sentence: a scene description or a statement with a shared name and digit."""
+def text_meaning(rng):
+    """What a text-only sentence says, in no language: ("scene", (c1, o1, rel, c2, o2)) or
+    ("statement", (name, verb, digit, colour, object)), a statement with a shared name and digit."""
     if rng.random() < 0.5:
-        c1, c2 = rng.choice(COLOURS, 2)
-        o1, o2 = rng.choice(OBJECTS, 2, replace=False)
-        return render(lex, lang, c1, o1, RELATIONS[rng.integers(4)], c2, o2)
+        c1, c2 = (str(c) for c in rng.choice(COLOURS, 2))
+        o1, o2 = (str(o) for o in rng.choice(OBJECTS, 2, replace=False))
+        return "scene", (c1, o1, RELATIONS[rng.integers(4)], c2, o2)
     name, digit = NAMES[rng.integers(len(NAMES))], str(rng.integers(2, 10))
     c, o = COLOURS[rng.integers(len(COLOURS))], OBJECTS[rng.integers(len(OBJECTS))]
     verb = "has" if rng.random() < 0.5 else "sees"
-    return statement(lex, lang, name, verb, digit, c, o)
+    return "statement", (name, verb, digit, c, o)
+
+
+def say(lex, lang, meaning):
+    """A meaning from ``text_meaning`` in the words and word order of ``lang``."""
+    kind, concepts = meaning
+    return (render if kind == "scene" else statement)(lex, lang, *concepts)
+
+
+def text_sentence(rng, lex, lang):
+    return say(lex, lang, text_meaning(rng))
 
 
 def statement(lex, lang, name, verb, digit, c, o):
@@ -263,6 +277,27 @@ def write_text(world, out, n_sentences, seed):
         n_valid = max(10, n // 20)
         _write_lines(os.path.join(out, "raw", "text", f"{lang}.train.txt"), lines[n_valid:])
         _write_lines(os.path.join(out, "raw", "text", f"{lang}.valid.txt"), lines[:n_valid])
+
+
+def parallel_sizes(n_pairs):
+    """en-xx pairs per language: ``n_pairs`` for the language with the most text, the others in the
+    proportions of the text corpus (little text, little parallel text: OPUS's sizes are that uneven)."""
+    top = max(TEXT_SHARE[lang] for lang in TEXT_LANGS[1:])
+    return {lang: max(20, int(n_pairs * TEXT_SHARE[lang] / top)) for lang in TEXT_LANGS[1:]}
+
+
+def write_parallel(world, out, n_pairs, seed):
+    """Translation pairs, Moses-style: raw/parallel/en-{xx}/{train,valid}.{en,xx}, line-aligned. Each
+    line pair is one meaning said in both languages, as a translator would (own words, own order)."""
+    for lang, n in parallel_sizes(n_pairs).items():
+        rng = np.random.default_rng([seed, 94, TEXT_LANGS.index(lang)])
+        meanings = [text_meaning(rng) for _ in range(n)]
+        n_valid = max(10, n // 20)
+        folder = os.path.join(out, "raw", "parallel", f"en-{lang}")
+        os.makedirs(folder, exist_ok=True)
+        for split, part in (("valid", meanings[:n_valid]), ("train", meanings[n_valid:])):
+            for side in ("en", lang):
+                _write_lines(os.path.join(folder, f"{split}.{side}"), [say(world.lex, side, m) for m in part])
 
 
 def write_dictionaries(world, out):
@@ -413,6 +448,9 @@ def main(argv=None):
     p.add_argument("--train-captions", type=int, default=2,
                    help="captions per training image (in every language; pre-training reads English only)")
     p.add_argument("--text-sentences", type=int, default=20000, help="sentences of the largest language")
+    p.add_argument("--parallel-pairs", type=int, default=None,
+                   help="en-xx translation pairs of the largest pair, en-de; the others fewer, in the "
+                        "proportions of the text corpus (default: 15%% of --text-sentences)")
     p.add_argument("--train-shards", type=int, default=2)
     p.add_argument("--xnli-train", type=int, default=None, help="XNLI training pairs (default: --train-images)")
     p.add_argument("--xnli-eval", type=int, default=None, help="XNLI dev and test pairs per language (default: 3 x --test-images)")
@@ -436,6 +474,8 @@ def main(argv=None):
     write_xnli(world, a.out, a.xnli_train or a.train_images, a.xnli_eval or 3 * a.test_images, a.seed)
     write_ntg(world, a.out, a.ntg_train or a.train_images, a.ntg_eval or a.test_images, a.seed)
     write_mild(world, a.out, scenes, a.seed)
+    a.parallel_pairs = a.text_sentences * 3 // 20 if a.parallel_pairs is None else a.parallel_pairs
+    write_parallel(world, a.out, a.parallel_pairs, a.seed)  # its own random stream too
     with open(os.path.join(a.out, "world.json"), "w") as f:
         json.dump({**vars(a), "num_classes": world.num_classes, "caption_langs": CAPTION_LANGS,
                    "text_langs": TEXT_LANGS}, f, indent=1)

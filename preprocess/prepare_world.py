@@ -7,7 +7,9 @@ trains a sentencepiece model on the world's text (real runs use XLM-R's), then b
 The downstream sets go through the importers of the real datasets (preprocess/datasets.py), so
 they land where real ones do: ``xnli/{lang}/{input0,input1,label}``, ``ntg/{lang}/{src,tgt}``, and
 MILD as a corpus folder of its own, ``DATA/mild_corpus`` (its queries are its ``captions/``, its
-contexts ``mild/{lang}/context``; one DATA folder per corpus, as the importers want).
+contexts ``mild/{lang}/context``; one DATA folder per corpus, as the importers want). The
+parallel corpus goes through the Moses-style reader of real corpora into ``parallel/en-{xx}``,
+the layout of fairseq's translation task.
 """
 import argparse
 import glob
@@ -51,6 +53,7 @@ def prepare(world, data, vocab_size=2000, progress=True):
     if not os.path.exists(dicts) and os.path.isdir(os.path.join(raw, "dict")):
         os.symlink(os.path.abspath(os.path.join(raw, "dict")), dicts)
     prepare_downstream(world, data)
+    prepare_parallel(world, data)
 
 
 MILD_CORPUS = "mild_corpus"
@@ -88,6 +91,22 @@ def prepare_downstream(world, data, xnli_train_langs=("en",)):
         w.close()
         if not os.path.exists(os.path.join(out, "regions")):
             os.symlink(os.path.abspath(os.path.join(world, "regions")), os.path.join(out, "regions"))
+
+
+def prepare_parallel(world, data):
+    """raw/parallel/en-{xx}/{train,valid}.{en,xx} (Moses-style) -> DATA/parallel/en-{xx}."""
+    from .datasets import Writer, import_parallel, parse_pair, read_moses
+
+    root = os.path.join(world, "raw", "parallel")
+    if not os.path.isdir(root):
+        return
+    w = Writer(data, os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt"))
+    for name in sorted(os.listdir(root)):
+        src, tgt = parse_pair(name)
+        sources = {s: [os.path.join(root, name, s)] for s in ("train", "valid")
+                   if os.path.exists(os.path.join(root, name, f"{s}.{src}"))}
+        import_parallel(w, read_moses, sources, src, tgt)
+    w.close()
 
 
 def main(argv=None):

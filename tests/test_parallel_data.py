@@ -125,11 +125,7 @@ def test_world_pairs_binarized_as_language_pairs(tiny_world):
         for split in ("train", "valid"):
             raw = list(zip(_lines(os.path.join(root, f"en-{lang}", f"{split}.en")),
                            _lines(os.path.join(root, f"en-{lang}", f"{split}.{lang}"))))
-            pairs = read_pairs(tiny_world["data"], "en", lang, split)
-            if lang in ("de", "ja"):  # sentencepiece round trip on a Latin and a no-space script
-                assert pairs == raw
-            else:
-                assert len(pairs) == len(raw)
+            assert read_pairs(tiny_world["data"], "en", lang, split) == raw
 
 
 # ---- readers of real corpora ------------------------------------------------------------------------

@@ -4,14 +4,16 @@ torch is deliberately not pinned here: install ``torch==2.13.0`` (CPU) or the CU
 want first; an unpinned torch requirement makes pip fetch a multi-GB CUDA wheel.
 fairseq is built with ``--no-build-isolation`` against that torch (see the Makefile).
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 setup(
     name="m3p-fairseq",
     version="0.1.0",
     description="M3P multitask multilingual multimodal pre-training as a fairseq plugin",
     python_requires=">=3.9",
-    packages=find_packages(include=["m3p_fairseq", "m3p_fairseq.*", "preprocess", "preprocess.*"]),
+    packages=find_packages(include=["m3p_fairseq", "m3p_fairseq.*", "preprocess", "preprocess.*"])
+    # Hydra imports this namespace before composing: fairseq-hydra-train then knows the plugin's configs
+    + find_namespace_packages(include=["hydra_plugins"]),
     install_requires=[
         'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
         'fairseq==0.12.2; python_version < "3.11"',

@@ -34,16 +34,21 @@ and moved next to the manifest only when all images passed. ``--images-per-shard
 import argparse
 import base64
 import csv
+import functools
 import glob
+import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import shutil
 import sys
 import tempfile
+import traceback
 
 import numpy as np
 
-from m3p_fairseq.data.region_store import RegionDataError, RegionShardWriter, check_image, write_manifest
+from m3p_fairseq.data.region_store import (RegionDataError, RegionIndex, RegionShardWriter, merge_manifests,
+                                           write_manifest)
 from m3p_fairseq.errors import M3PInputError
 
 FORMATS = ("mmf", "tsv", "npz", "hdf5")
@@ -142,36 +147,46 @@ class Image:
         self.width, self.height, self.probs = width, height, probs
 
 
-# ---- readers: each yields Image ------------------------------------------------------------------
+# ---- sources: the input cut into units, each yields Image ----------------------------------------
+# Slices (--slice K/N) and workers (--workers N) each take a contiguous range of units, so that
+# their shards, listed in order, hold the images in the input's order: the store a single process
+# would write. Units are files (mmf, npz), images (hdf5) or bytes (tsv: a line belongs to the range
+# holding its first byte, so no file is read in full by every worker).
 
-def read_mmf(paths, num_classes, **unused):
-    feats = []
-    for folder in paths:
-        if not os.path.isdir(folder):
-            raise DetectorInputError(f"{folder}: not a folder of {{id}}.npy + {{id}}_info.npy files")
-        feats += sorted(p for p in glob.glob(os.path.join(folder, "*.npy")) if not p.endswith("_info.npy"))
-    if not feats:
-        raise DetectorInputError(f"{', '.join(paths)}: no {{id}}.npy feature files")
-    yield len(feats)
-    for path in feats:
-        image_id = os.path.basename(path)[:-len(".npy")]
-        info_path = path[:-len(".npy")] + "_info.npy"
-        if not os.path.isfile(info_path):
-            raise DetectorInputError(f"{info_path}: missing (image {image_id!r} has features but no info)")
-        info = load_info_npy(info_path)
-        try:
-            features = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise DetectorInputError(f"{path}: image {image_id!r}: not a plain feature array ({str(e).splitlines()[0][:120]})")
-        for key in ("bbox", "image_width", "image_height"):
-            if key not in info:
-                raise DetectorInputError(f"{info_path}: image {image_id!r}: no {key!r} field")
-        n = int(info.get("num_boxes", features.shape[0]))
-        if features.ndim == 2 and features.shape[0] != n:
-            raise DetectorInputError(f"{path}: image {image_id!r}: {features.shape[0]} feature rows, num_boxes says {n}")
-        classes, probs = classes_from(info_path, image_id, info.get("objects"), info.get("cls_prob"), num_classes)
-        yield Image(path, image_id, features, np.asarray(info["bbox"], dtype=np.float32), classes,
-                    float(info["image_width"]), float(info["image_height"]), probs)
+class MmfFiles:
+    def __init__(self, paths, num_classes, **unused):
+        feats = []
+        for folder in paths:
+            if not os.path.isdir(folder):
+                raise DetectorInputError(f"{folder}: not a folder of {{id}}.npy + {{id}}_info.npy files")
+            feats += sorted(p for p in glob.glob(os.path.join(folder, "*.npy")) if not p.endswith("_info.npy"))
+        if not feats:
+            raise DetectorInputError(f"{', '.join(paths)}: no {{id}}.npy feature files")
+        self.files, self.units, self.num_classes = feats, len(feats), num_classes
+
+    def count(self, lo, hi):
+        return hi - lo
+
+    def images(self, lo, hi):
+        for path in self.files[lo:hi]:
+            image_id = os.path.basename(path)[:-len(".npy")]
+            info_path = path[:-len(".npy")] + "_info.npy"
+            if not os.path.isfile(info_path):
+                raise DetectorInputError(f"{info_path}: missing (image {image_id!r} has features but no info)")
+            info = load_info_npy(info_path)
+            try:
+                features = np.load(path, allow_pickle=False)
+            except ValueError as e:
+                raise DetectorInputError(f"{path}: image {image_id!r}: not a plain feature array ({str(e).splitlines()[0][:120]})")
+            for key in ("bbox", "image_width", "image_height"):
+                if key not in info:
+                    raise DetectorInputError(f"{info_path}: image {image_id!r}: no {key!r} field")
+            n = int(info.get("num_boxes", features.shape[0]))
+            if features.ndim == 2 and features.shape[0] != n:
+                raise DetectorInputError(f"{path}: image {image_id!r}: {features.shape[0]} feature rows, num_boxes says {n}")
+            classes, probs = classes_from(info_path, image_id, info.get("objects"), info.get("cls_prob"), self.num_classes)
+            yield Image(path, image_id, features, np.asarray(info["bbox"], dtype=np.float32), classes,
+                        float(info["image_width"]), float(info["image_height"]), probs)
 
 
 def _b64(source, image_id, field, value, dtype, rows):
@@ -190,44 +205,103 @@ def _b64(source, image_id, field, value, dtype, rows):
     return arr.reshape(rows, -1)
 
 
-def read_tsv(paths, num_classes, tsv_fields=TSV_FIELDS, **unused):
-    fields = [f.strip() for f in tsv_fields.split(",")]
-    for need in ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features"):
-        if need not in fields:
-            raise DetectorInputError(f"--tsv-fields lacks {need!r}")
-    limit = sys.maxsize
-    while True:  # lines carry whole feature matrices; the csv default (128 kB) is too small
+class _TsvLine:
+    """``path: line N`` in messages. N is counted only when a message is written: a worker whose
+    range starts inside a file would otherwise read everything before it."""
+
+    __slots__ = ("path", "start", "k")
+
+    def __init__(self, path, start, k):
+        self.path, self.start, self.k = path, start, k  # k-th line from byte ``start``
+
+    def __str__(self):
+        return f"{self.path}: line {_lines_before(self.path, self.start) + self.k}"
+
+
+@functools.lru_cache(maxsize=64)
+def _lines_before(path, offset, block=1 << 24):
+    n = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            chunk = f.read(min(block, offset))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            offset -= len(chunk)
+    return n
+
+
+class TsvLines:
+    def __init__(self, paths, num_classes, tsv_fields=TSV_FIELDS, **unused):
+        self.fields = [f.strip() for f in tsv_fields.split(",")]
+        for need in ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features"):
+            if need not in self.fields:
+                raise DetectorInputError(f"--tsv-fields lacks {need!r}")
+        limit = sys.maxsize
+        while True:  # lines carry whole feature matrices; the csv default (128 kB) is too small
+            try:
+                csv.field_size_limit(limit)
+                break
+            except OverflowError:
+                limit //= 2
+        for path in paths:
+            if not os.path.isfile(path):
+                raise DetectorInputError(f"{path}: no such file")
+        self.files = [(path, os.path.getsize(path)) for path in paths]
+        self.units, self.num_classes = sum(size for _, size in self.files), num_classes
+
+    def count(self, lo, hi):
+        return None  # lines per byte are unknown without reading them
+
+    def images(self, lo, hi):
+        for path, a, b in _ranges_in_files(self.files, lo, hi):
+            yield from self._lines(path, a, b)
+
+    def _lines(self, path, a, b):
+        with open(path, "rb") as f:
+            if a > 0:
+                f.seek(a - 1)
+                if f.read(1) != b"\n":
+                    f.readline()  # a line that started before ``a`` is the previous range's
+            start = pos = f.tell()
+            k = 0
+            while pos < b:
+                raw = f.readline()
+                if not raw:
+                    break
+                pos += len(raw)
+                k += 1
+                row = next(csv.reader([raw.decode("utf-8")], delimiter="\t"), [])
+                if row:
+                    yield self._image(_TsvLine(path, start, k), row)
+
+    def _image(self, where, row):
+        if len(row) != len(self.fields):
+            raise DetectorInputError(f"{where}: {len(row)} fields, --tsv-fields names {len(self.fields)}")
+        r = dict(zip(self.fields, row))
+        image_id = r["image_id"]
         try:
-            csv.field_size_limit(limit)
-            break
-        except OverflowError:
-            limit //= 2
-    yield None  # size unknown without reading every file
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DetectorInputError(f"{path}: no such file")
-        with open(path, newline="", encoding="utf-8") as f:
-            for line_no, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-                if not row:
-                    continue
-                if len(row) != len(fields):
-                    raise DetectorInputError(f"{path}: line {line_no}: {len(row)} fields, --tsv-fields names {len(fields)}")
-                r = dict(zip(fields, row))
-                image_id = r["image_id"]
-                where = f"{path}: line {line_no}"
-                try:
-                    n, w, h = int(r["num_boxes"]), float(r["image_w"]), float(r["image_h"])
-                except ValueError:
-                    raise DetectorInputError(f"{where}: image {image_id!r}: num_boxes/image_w/image_h are not numbers")
-                if n < 1:
-                    raise DetectorInputError(f"{where}: image {image_id!r}: zero regions, expected at least 1")
-                boxes = _b64(where, image_id, "boxes", r["boxes"], np.float32, n)
-                features = _b64(where, image_id, "features", r["features"], np.float32, n)
-                objects = _b64(where, image_id, "objects_id", r["objects_id"], (), n).reshape(-1) \
-                    if "objects_id" in r else None
-                cls_prob = _b64(where, image_id, "cls_prob", r["cls_prob"], np.float32, n) if "cls_prob" in r else None
-                classes, probs = classes_from(where, image_id, objects, cls_prob, num_classes)
-                yield Image(where, image_id, features, boxes, classes, w, h, probs)
+            n, w, h = int(r["num_boxes"]), float(r["image_w"]), float(r["image_h"])
+        except ValueError:
+            raise DetectorInputError(f"{where}: image {image_id!r}: num_boxes/image_w/image_h are not numbers")
+        if n < 1:
+            raise DetectorInputError(f"{where}: image {image_id!r}: zero regions, expected at least 1")
+        boxes = _b64(where, image_id, "boxes", r["boxes"], np.float32, n)
+        features = _b64(where, image_id, "features", r["features"], np.float32, n)
+        objects = _b64(where, image_id, "objects_id", r["objects_id"], (), n).reshape(-1) if "objects_id" in r else None
+        cls_prob = _b64(where, image_id, "cls_prob", r["cls_prob"], np.float32, n) if "cls_prob" in r else None
+        classes, probs = classes_from(where, image_id, objects, cls_prob, self.num_classes)
+        return Image(where, image_id, features, boxes, classes, w, h, probs)
+
+
+def _ranges_in_files(files, lo, hi):
+    """(path, a, b) for the part of units [lo, hi) in each of ``files`` ((path, units) in order)."""
+    base = 0
+    for path, size in files:
+        a, b = max(lo, base) - base, min(hi, base + size) - base
+        if a < b:
+            yield path, a, b
+        base += size
 
 
 def _first(npz, names):
@@ -237,77 +311,103 @@ def _first(npz, names):
     return None
 
 
-def read_npz(paths, num_classes, feat_dim=None, **unused):
-    files = []
-    for p in paths:
-        files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [p]
-    if not files:
-        raise DetectorInputError(f"{', '.join(paths)}: no .npz files")
-    yield len(files)
-    for path in files:
-        image_id = os.path.splitext(os.path.basename(path))[0]
-        try:
-            npz = np.load(path, allow_pickle=False)
-            features = _first(npz, ("features", "x"))
-            boxes = _first(npz, ("boxes", "bbox"))
-            objects = _first(npz, ("objects", "classes", "objects_id"))
-            cls_prob = _first(npz, ("cls_prob",))
-            w, h = _first(npz, ("image_w", "image_width", "width")), _first(npz, ("image_h", "image_height", "height"))
-        except (ValueError, OSError) as e:  # a pickled entry, or not a zip file
-            raise DetectorInputError(f"{path}: image {image_id!r}: unreadable npz ({str(e).splitlines()[0][:160]})")
-        missing = [name for name, v in (("features|x", features), ("boxes|bbox", boxes),
-                                         ("image_w", w), ("image_h", h)) if v is None]
-        if missing:
-            raise DetectorInputError(f"{path}: image {image_id!r}: no {missing[0]!r} array (has {', '.join(npz.files)})")
-        if features.ndim == 2 and feat_dim and features.shape[0] == feat_dim and features.shape[1] != feat_dim:
-            features = features.T  # some extractors store D x N
-        classes, probs = classes_from(path, image_id, objects, cls_prob, num_classes)
-        yield Image(path, image_id, features, boxes.astype(np.float32), classes, float(w), float(h), probs)
+class NpzFiles(MmfFiles):
+    def __init__(self, paths, num_classes, feat_dim=None, **unused):
+        files = []
+        for p in paths:
+            files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [p]
+        if not files:
+            raise DetectorInputError(f"{', '.join(paths)}: no .npz files")
+        self.files, self.units, self.num_classes, self.feat_dim = files, len(files), num_classes, feat_dim
+
+    def images(self, lo, hi):
+        for path in self.files[lo:hi]:
+            image_id = os.path.splitext(os.path.basename(path))[0]
+            try:
+                npz = np.load(path, allow_pickle=False)
+                features = _first(npz, ("features", "x"))
+                boxes = _first(npz, ("boxes", "bbox"))
+                objects = _first(npz, ("objects", "classes", "objects_id"))
+                cls_prob = _first(npz, ("cls_prob",))
+                w, h = _first(npz, ("image_w", "image_width", "width")), _first(npz, ("image_h", "image_height", "height"))
+            except (ValueError, OSError) as e:  # a pickled entry, or not a zip file
+                raise DetectorInputError(f"{path}: image {image_id!r}: unreadable npz ({str(e).splitlines()[0][:160]})")
+            missing = [name for name, v in (("features|x", features), ("boxes|bbox", boxes),
+                                             ("image_w", w), ("image_h", h)) if v is None]
+            if missing:
+                raise DetectorInputError(f"{path}: image {image_id!r}: no {missing[0]!r} array (has {', '.join(npz.files)})")
+            if features.ndim == 2 and self.feat_dim and features.shape[0] == self.feat_dim \
+                    and features.shape[1] != self.feat_dim:
+                features = features.T  # some extractors store D x N
+            classes, probs = classes_from(path, image_id, objects, cls_prob, self.num_classes)
+            yield Image(path, image_id, features, boxes.astype(np.float32), classes, float(w), float(h), probs)
 
 
-def read_hdf5(paths, num_classes, **unused):
-    import h5py
+class ReferenceHdf5:
+    BLOCK_BYTES = 32 << 20  # images are read in blocks of about this size: one h5py read each costs ~0.1 ms
 
-    files = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DetectorInputError(f"{path}: no such file")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
-        need = [k for k in ("image_id", "wh", "features") if k not in f]
-        if "bbox" not in f and "boxes" not in f:
-            need.append("bbox")
-        if not any(k in f for k in ("objects", "object", "distribution")):
-            need.append("objects")
-        if need:
-            f.close()
-            raise DetectorInputError(f"{path}: not the reference feature layout (no {', '.join(need)}; has {', '.join(f.keys()) if f else ''})")
-        files.append((path, f))
-    yield sum(len(f["image_id"]) for _, f in files)
-    for path, f in files:
-        with f:
-            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in f["image_id"][:]]
-            wh = f["wh"][:].astype(np.float64)
-            counts = f["num_boxes"][:] if "num_boxes" in f else np.full(len(ids), f["features"].shape[1])
-            boxes_ds = f["bbox"] if "bbox" in f else f["boxes"]
-            hw = _reference_wh_order(path, f, boxes_ds, wh, counts)
-            obj_ds = f["objects"] if "objects" in f else f.get("object")
+    def __init__(self, paths, num_classes, **unused):
+        import h5py
+
+        self.files = []  # (path, images, wh rows are height, width)
+        for path in paths:
+            if not os.path.isfile(path):
+                raise DetectorInputError(f"{path}: no such file")
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
+            with f:  # closed before any worker forks: an HDF5 handle does not survive fork
+                need = [k for k in ("image_id", "wh", "features") if k not in f]
+                if "bbox" not in f and "boxes" not in f:
+                    need.append("bbox")
+                if not any(k in f for k in ("objects", "object", "distribution")):
+                    need.append("objects")
+                if need:
+                    raise DetectorInputError(f"{path}: not the reference feature layout (no {', '.join(need)}; has {', '.join(f.keys()) if f else ''})")
+                n = len(f["image_id"])
+                counts = f["num_boxes"][:] if "num_boxes" in f else np.full(n, f["features"].shape[1])
+                hw = _reference_wh_order(path, f["bbox"] if "bbox" in f else f["boxes"], f["wh"][:].astype(np.float64), counts)
+            self.files.append((path, n, hw))
+        self.units, self.num_classes = sum(n for _, n, _ in self.files), num_classes
+
+    def count(self, lo, hi):
+        return hi - lo
+
+    def images(self, lo, hi):
+        import h5py
+
+        hw_of = {path: hw for path, _, hw in self.files}
+        for path, a, b in _ranges_in_files([(p, n) for p, n, _ in self.files], lo, hi):
+            with h5py.File(path, "r") as f:
+                yield from self._images(path, f, hw_of[path], a, b)
+
+    def _images(self, path, f, hw, a, b):
+        feats, boxes_ds = f["features"], f["bbox"] if "bbox" in f else f["boxes"]
+        obj_ds = f["objects"] if "objects" in f else f.get("object")
+        per_image = int(np.prod(feats.shape[1:], dtype=np.int64)) * feats.dtype.itemsize
+        step = max(1, min(4096, self.BLOCK_BYTES // max(per_image, 1)))
+        for s in range(a, b, step):
+            e = min(b, s + step)
+            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in f["image_id"][s:e]]
+            wh = f["wh"][s:e].astype(np.float64)
+            counts = f["num_boxes"][s:e] if "num_boxes" in f else np.full(e - s, feats.shape[1])
+            rows = max(1, int(counts.max()))  # padding rows past every image's count are not read
+            block_feats, block_boxes = feats[s:e, :rows], boxes_ds[s:e, :rows].astype(np.float32)
+            block_objs = obj_ds[s:e, :rows] if obj_ds is not None else f["distribution"][s:e, :rows]
             for i, image_id in enumerate(ids):
                 n = int(counts[i])
                 if n < 1:
                     raise DetectorInputError(f"{path}: image {image_id!r}: zero regions, expected at least 1")
                 if obj_ds is not None:
-                    classes, probs = obj_ds[i, :n].astype(np.int64), None
+                    classes, probs = block_objs[i, :n].astype(np.int64), None
                 else:
-                    classes, probs = classes_from(path, image_id, None, f["distribution"][i, :n], num_classes)
+                    classes, probs = classes_from(path, image_id, None, block_objs[i, :n], self.num_classes)
                 h, w = wh[i] if hw else wh[i][::-1]
-                yield Image(path, image_id, f["features"][i, :n], boxes_ds[i, :n].astype(np.float32), classes,
-                            float(w), float(h), probs)
+                yield Image(path, image_id, block_feats[i, :n], block_boxes[i, :n], classes, float(w), float(h), probs)
 
 
-def _reference_wh_order(path, f, boxes_ds, wh, counts, sample=256):
+def _reference_wh_order(path, boxes_ds, wh, counts, sample=256):
     """True if ``wh`` rows are (height, width), as the reference reads them; checked on the boxes."""
     def fits(hw):
         for i in range(min(sample, len(wh))):
@@ -325,67 +425,186 @@ def _reference_wh_order(path, f, boxes_ds, wh, counts, sample=256):
     return True  # neither: validation names the first image that does not fit
 
 
-READERS = {"mmf": read_mmf, "tsv": read_tsv, "npz": read_npz, "hdf5": read_hdf5}
+SOURCES = {"mmf": MmfFiles, "tsv": TsvLines, "npz": NpzFiles, "hdf5": ReferenceHdf5}
 
 
-# ---- writer ----------------------------------------------------------------------------------------
+# ---- converting ------------------------------------------------------------------------------------
+
+def parse_slice(text):
+    """``K/N`` -> (K, N), 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise DetectorInputError(f"--slice {text!r}: expected K/N, e.g. 0/4 for the first of four slices")
+    if not (n >= 1 and 0 <= k < n):
+        raise DetectorInputError(f"--slice {text!r}: expected 0 <= K < N")
+    return k, n
+
+
+def _part(lo, hi, k, n):
+    """The k-th of n near-equal contiguous parts of [lo, hi)."""
+    return lo + (hi - lo) * k // n, lo + (hi - lo) * (k + 1) // n
+
 
 def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_classes=1600, max_regions=100,
-            with_class_probs=False, tsv_fields=TSV_FIELDS, progress=True):
-    """Read ``sources`` in format ``fmt`` and write ``manifest`` (+ its shards); returns the image count."""
+            with_class_probs=False, tsv_fields=TSV_FIELDS, progress=True, workers=1, part=(0, 1)):
+    """Read ``sources`` in format ``fmt`` and write ``manifest`` (+ its shards and index); returns the
+    image count. ``workers``: processes converting contiguous ranges of the input side by side (the
+    store is the one a single process writes: same ids, rows and arrays; shard boundaries may
+    differ). ``part`` (K, N): convert only the K-th of N slices of the input, to merge later with
+    ``merge_manifests`` (m3p-merge-manifests)."""
     from tqdm import tqdm
 
-    if fmt not in READERS:
+    if fmt not in SOURCES:
         raise DetectorInputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if images_per_shard < 1:
         raise DetectorInputError("--images-per-shard must be at least 1")
+    if workers < 1:
+        raise DetectorInputError("--workers must be at least 1")
+    k, n = part
     out_dir = os.path.dirname(os.path.abspath(manifest))
     stem = os.path.basename(manifest)
     stem = stem[:-len(".json")] if stem.endswith(".json") else stem
     os.makedirs(out_dir, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".{stem}-regions-", dir=out_dir)
-    writer, shard_names, seen, count = None, [], set(), 0
+    source = SOURCES[fmt](sources, num_classes=num_classes, feat_dim=feat_dim, tsv_fields=tsv_fields)
+    if feat_dim is None:
+        feat_dim = _first_feat_dim(source, sources)  # of the whole input: every slice and worker agree
+    lo, hi = _part(0, source.units, k, n)
+    ranges = [r for r in (_part(lo, hi, w, workers) for w in range(workers)) if r[0] < r[1]]
+    job = {"images_per_shard": images_per_shard, "feat_dim": feat_dim, "num_classes": num_classes,
+           "max_regions": max_regions, "with_class_probs": with_class_probs}
+    job["stage"] = stage = tempfile.mkdtemp(prefix=f".{stem}-regions-", dir=out_dir)
     try:
-        images = READERS[fmt](sources, num_classes=num_classes, feat_dim=feat_dim, tsv_fields=tsv_fields)
-        total = next(images)
-        for img in tqdm(images, total=total, disable=not progress, unit="img", desc=stem):
-            features = np.asarray(img.features)
-            if feat_dim is None:
-                feat_dim = int(features.shape[1]) if features.ndim == 2 else -1
-            if img.image_id in seen:
-                raise DetectorInputError(f"{img.source}: image {img.image_id!r} appears twice")
-            check_image(img.source, img.image_id, features.astype(np.float32, copy=False), img.boxes,
-                        np.asarray(img.classes), img.width, img.height, feat_dim, num_classes, max_regions)
-            if with_class_probs and img.probs is None:
-                raise DetectorInputError(f"{img.source}: image {img.image_id!r}: no class distribution "
-                                         f"(cls_prob / distribution) for --with-class-probs")
-            if writer is None or len(writer) >= images_per_shard:
-                if writer is not None:
-                    writer.close()
-                shard_names.append(f"{stem}.{len(shard_names)}.h5")
-                writer = RegionShardWriter(os.path.join(stage, shard_names[-1]), feat_dim, num_classes,
-                                           with_class_probs=with_class_probs, max_regions=max_regions)
-            writer.add(img.image_id, features, img.boxes, img.classes, img.width, img.height,
-                       img.probs if with_class_probs else None)
-            seen.add(img.image_id)
-            count += 1
-        if writer is None:
+        counts = [source.count(a, b) for a, b in ranges]
+        with tqdm(total=None if None in counts else sum(counts), disable=not progress, unit="img", desc=stem) as bar:
+            if len(ranges) > 1:
+                results = _in_workers(source, ranges, job, bar)
+            else:
+                results = [_convert_range(source, a, b, job, "w0.", bar.update) for a, b in ranges]
+        names = [name for shard_names, _ in results for name in shard_names]
+        count = sum(c for _, c in results)
+        if count == 0 and n == 1:
             raise DetectorInputError(f"{', '.join(sources)}: no images")
-        writer.close()
-        writer = None
+        staged = [os.path.join(stage, name) for name in names]
+        # ids across workers are checked here, before anything is moved next to the manifest
+        index = RegionIndex.build(staged, ", ".join(sources))
         finals = []
-        for name in shard_names:
-            final = os.path.join(out_dir, name)
-            os.replace(os.path.join(stage, name), final)
-            finals.append(final)
-        write_manifest(manifest, finals, feat_dim, num_classes)
+        for j, path in enumerate(staged):
+            finals.append(os.path.join(out_dir, f"{stem}.{j}.h5"))
+            os.replace(path, finals[-1])
+        extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
+        write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra)
     except RegionDataError as e:
         raise DetectorInputError(str(e))
     finally:
-        if writer is not None:
-            writer.abort()
         shutil.rmtree(stage, ignore_errors=True)
     return count
+
+
+def _first_feat_dim(source, sources):
+    images = source.images(0, source.units)
+    try:
+        img = next(images, None)
+    finally:
+        images.close()  # its file is closed before workers fork
+    if img is None:
+        raise DetectorInputError(f"{', '.join(sources)}: no images")
+    features = np.asarray(img.features)
+    return int(features.shape[1]) if features.ndim == 2 else -1
+
+
+def _convert_range(source, lo, hi, job, prefix, tick):
+    """Write the images of units [lo, hi) into shards ``{prefix}{j}.h5`` in the stage folder;
+    returns (shard names, image count)."""
+    writer, names, seen, count = None, [], set(), 0
+    try:
+        for img in source.images(lo, hi):
+            if img.image_id in seen:
+                raise DetectorInputError(f"{img.source}: image {img.image_id!r} appears twice")
+            if job["with_class_probs"] and img.probs is None:
+                raise DetectorInputError(f"{img.source}: image {img.image_id!r}: no class distribution "
+                                         f"(cls_prob / distribution) for --with-class-probs")
+            if writer is None or len(writer) >= job["images_per_shard"]:
+                if writer is not None:
+                    writer.close()
+                names.append(f"{prefix}{len(names)}.h5")
+                writer = RegionShardWriter(os.path.join(job["stage"], names[-1]), job["feat_dim"], job["num_classes"],
+                                           with_class_probs=job["with_class_probs"], max_regions=job["max_regions"])
+            writer.add(img.image_id, img.features, img.boxes, img.classes, img.width, img.height,
+                       img.probs if job["with_class_probs"] else None, source=img.source)
+            seen.add(img.image_id)
+            count += 1
+            tick(1)
+        if writer is not None:
+            writer.close()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return names, count
+
+
+def _in_workers(source, ranges, job, bar):
+    """_convert_range of each range in its own (forked) process. When one fails, the ranges after it
+    stop (their input is never needed) and those before it finish: the error raised is the one a
+    single process would have met first."""
+    ctx = multiprocessing.get_context("fork")  # the source (file lists, reader state) is inherited, not pickled
+    done = ctx.Value("q", 0)
+    procs, conns = [], []
+    try:
+        for w, (a, b) in enumerate(ranges):
+            recv, send = ctx.Pipe(duplex=False)
+            procs.append(ctx.Process(target=_worker, args=(source, a, b, job, f"w{w}.", done, send), daemon=True))
+            procs[-1].start()
+            send.close()
+            conns.append(recv)
+        results = [None] * len(ranges)
+        waiting = dict(enumerate(conns))
+        while waiting:
+            ready = multiprocessing.connection.wait(list(waiting.values()), timeout=0.5)
+            bar.update(done.value - bar.n)
+            for conn in ready:
+                w = conns.index(conn)
+                try:
+                    results[w] = conn.recv()
+                except EOFError:
+                    results[w] = ("crash", f"exited with code {procs[w].exitcode} and no result")
+                del waiting[w]
+                if results[w][0] != "ok":
+                    for later in [v for v in waiting if v > w]:
+                        procs[later].terminate()
+                        del waiting[later]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    for w, result in enumerate(results):
+        if result is not None and result[0] == "input":
+            raise DetectorInputError(result[1])
+        if result is not None and result[0] == "crash":
+            raise RuntimeError(f"conversion worker {w} failed: {result[1]}")
+    return [result[1] for result in results]
+
+
+def _worker(source, lo, hi, job, prefix, done, conn):
+    pending = [0]
+
+    def tick(k):
+        pending[0] += k
+        if pending[0] >= 256:
+            with done.get_lock():
+                done.value += pending[0]
+            pending[0] = 0
+
+    try:
+        result = ("ok", _convert_range(source, lo, hi, job, prefix, tick))
+    except M3PInputError as e:
+        result = ("input", str(e))
+    except BaseException:
+        result = ("crash", traceback.format_exc())
+    conn.send(result)
+    conn.close()
 
 
 def main(argv=None):
@@ -399,14 +618,34 @@ def main(argv=None):
     p.add_argument("--max-regions", type=int, default=100, help="most regions an image may have")
     p.add_argument("--with-class-probs", action="store_true", help="also store the class distribution (needs cls_prob)")
     p.add_argument("--tsv-fields", default=TSV_FIELDS, help="tsv: the column names, in order")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes converting side by side, each a contiguous part of the input into its own shards")
+    p.add_argument("--slice", default="0/1", metavar="K/N",
+                   help="convert only the K-th of N equal slices of the input (K = 0..N-1), e.g. one per machine; "
+                        "then m3p-merge-manifests OUT.json SLICE.json ... (every machine must see the same input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try:
         n = convert(a.format, a.sources, a.manifest, a.images_per_shard, a.feat_dim, a.num_classes, a.max_regions,
-                    a.with_class_probs, a.tsv_fields, progress=not a.quiet)
+                    a.with_class_probs, a.tsv_fields, progress=not a.quiet, workers=a.workers,
+                    part=parse_slice(a.slice))
     except M3PInputError as e:
         sys.exit(f"m3p-import-regions: {e}")
     print(f"{a.manifest}: {n} images", file=sys.stderr)
+
+
+def merge_main(argv=None):
+    p = argparse.ArgumentParser(description="Merge region manifests into one, with its index: the slices of "
+                                            "m3p-import-regions --slice K/N (all of them, put in slice order), or any "
+                                            "stores of one corpus. Shards stay where they are.")
+    p.add_argument("out", help="the merged manifest, e.g. DATA/regions/train.json")
+    p.add_argument("manifests", nargs="+", help="the manifests to merge (one: rewrite its index)")
+    a = p.parse_args(argv)
+    try:
+        n = merge_manifests(a.out, a.manifests)
+    except M3PInputError as e:
+        sys.exit(f"m3p-merge-manifests: {e}")
+    print(f"{a.out}: {n} images", file=sys.stderr)
 
 
 if __name__ == "__main__":

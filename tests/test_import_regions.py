@@ -43,7 +43,7 @@ def _check_round_trip(manifest, images=IMAGES, probs=False):
 
 
 def _no_leftovers(folder):
-    return [n for n in os.listdir(folder) if n.endswith(".h5") or n.endswith(".json") or "-regions-" in n]
+    return [n for n in os.listdir(folder) if n.endswith((".h5", ".json", ".index")) or "-regions-" in n]
 
 
 def write_mmf(folder, images=IMAGES):
@@ -63,7 +63,8 @@ def test_mmf_round_trip_with_shards(tmp_path):
                    num_classes=K, progress=False) == 3
     store = _check_round_trip(manifest, probs=True)
     assert len(store.shard_paths) == 2 and store.feat_dim == D and store.num_classes == K
-    assert sorted(os.listdir(tmp_path / "regions")) == ["train.0.h5", "train.1.h5", "train.json"]
+    assert sorted(os.listdir(tmp_path / "regions")) == ["train.0.h5", "train.1.h5", "train.index", "train.json"]
+    assert store.index.source == str(tmp_path / "regions" / "train.index")  # mapped, not rebuilt
 
 
 def test_crafted_info_pickle_is_refused_and_runs_nothing(tmp_path):

@@ -98,19 +98,21 @@ class Dims(argparse.Namespace):
     """Sizes of the understanding model to build (filled from the source)."""
 
     def __init__(self, layers, embed_dim, ffn_dim, heads, max_positions, activation_fn="gelu", dropout=0.1,
-                 attention_dropout=0.1, normalize_before=False, region_feat_dim=2048, num_region_classes=1600):
+                 attention_dropout=0.1, normalize_before=False, region_feat_dim=2048, num_region_classes=1600,
+                 arch="m3p_base", langs=None):
         super().__init__(layers=layers, embed_dim=embed_dim, ffn_dim=ffn_dim, heads=heads,
                          max_positions=max_positions, activation_fn=activation_fn, dropout=dropout,
                          attention_dropout=attention_dropout, normalize_before=normalize_before,
-                         region_feat_dim=region_feat_dim, num_region_classes=num_region_classes)
+                         region_feat_dim=region_feat_dim, num_region_classes=num_region_classes,
+                         arch=arch, langs=langs)
 
 
 def model_args(data_dir, dims: Dims):
-    """The argparse args fairseq-train would have for this model (arch m3p_base, sizes given)."""
+    """The argparse args fairseq-train would have for this model (``dims.arch``, sizes given)."""
     import m3p_fairseq  # noqa: F401  (registers the task, model and criterion)
     from fairseq import options
 
-    argv = [data_dir, "--task", "multitask_multimodal", "--arch", "m3p_base", "--criterion", "m3p_pretrain",
+    argv = [data_dir, "--task", "multitask_multimodal", "--arch", dims.arch, "--criterion", "m3p_pretrain",
             "--encoder-layers", str(dims.layers), "--encoder-embed-dim", str(dims.embed_dim),
             "--encoder-ffn-embed-dim", str(dims.ffn_dim), "--encoder-attention-heads", str(dims.heads),
             "--max-positions", str(dims.max_positions), "--activation-fn", dims.activation_fn,
@@ -118,6 +120,8 @@ def model_args(data_dir, dims: Dims):
             "--region-feat-dim", str(dims.region_feat_dim), "--num-region-classes", str(dims.num_region_classes)]
     if dims.normalize_before:
         argv.append("--encoder-normalize-before")
+    if dims.langs:
+        argv += ["--langs", dims.langs]
     parser = options.get_training_parser()
     return options.parse_args_and_arch(parser, argv)
 

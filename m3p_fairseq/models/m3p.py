@@ -2,12 +2,31 @@
 
 The text side is fairseq's RoBERTa encoder unchanged (parameter names are XLM-R's, so XLM-R
 weights load as they are). Regions enter through ``RegionEmbedding`` (FC of the L2-normalized
-feature + FC of the L2-normalized 5-d box, summed, layer-normed) and are appended after the
-text: the joint sequence is ``<s> text </s> [regions]``, so the first position is the [CLS] the
-VLM head reads. Regions get no position embedding (their order carries no meaning; their boxes
-say where they are). Heads: masked LM tied to the token embeddings (RoBERTa's), MRM regression
-to the raw feature, MRM classification over the detector's K classes, VLM match / no match.
+feature + FC of the L2-normalized 5-d box, summed, layer-normed). Heads: masked LM tied to the
+token embeddings, MRM regression to the raw feature, MRM classification over the detector's K
+classes, VLM match / no match on the first position of the joint sequence.
+
+How text and regions are joined (``--joint-layout``), and the details that differ between
+XLM-R's layout and the reference code's (microsoft/M3P), are model options kept in the
+checkpoint, so a checkpoint selects the function it was trained as:
+
+* ``text-first`` (default, XLM-R's): ``<s> text </s> [regions]``; regions get no position
+  embedding (their boxes say where they are) and skip the embedding LayerNorm, so the text part
+  is embedded exactly as XLM-R embeds a sentence;
+* ``regions-first`` (the reference's ``jointfwd``): ``[regions] <s> text </s>``; positions run
+  over the whole joint sequence, regions included, and the embedding LayerNorm is applied to the
+  joint sequence (after the region embedding's own LayerNorm). The VLM head pools position 0,
+  the first region, as the reference's matching head does.
+
+Also per checkpoint: the LayerNorm epsilon (``--layernorm-eps``; the reference uses 1e-12), the
+masked-LM head (``--lm-head transform``: RoBERTa's dense + LayerNorm before the tied projection;
+``linear``: the tied projection plus bias alone, as XLM's ``pred_layer``), the MRM regression head
+(``--mrm-feat-head mlp`` or ``linear``, the reference's ``mrfr_dense``) and a language embedding
+(``--langs``: one learned vector per language, added to every token of a text-only pass when the
+batch says its language, as the reference's text stream adds ``cross_lang_embeddings``; joint
+passes add none, as the reference's ``jointfwd``). ``m3p_reference_base`` sets the reference's.
 """
+import contextlib
 import logging
 
 import torch
@@ -17,7 +36,7 @@ from fairseq import utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import RobertaEncoder, RobertaModel, base_architecture
 from fairseq.models.transformer import TransformerEncoder
-from fairseq.modules import LayerNorm
+from fairseq.modules import LayerNorm, LearnedPositionalEmbedding
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
@@ -26,6 +45,59 @@ from ..errors import M3PInputError
 logger = logging.getLogger(__name__)
 
 VLM_HEAD = "vlm"
+JOINT_LAYOUTS = ("text-first", "regions-first")
+HEAD_KINDS = {"lm_head": ("transform", "linear"), "mrm_feat_head": ("mlp", "linear")}
+
+
+def split_langs(value):
+    """``"en,de"`` -> ``["en", "de"]`` (the form of --langs)."""
+    return [x.strip() for x in (value or "").split(",") if x.strip()]
+
+
+class LanguagePositionalEmbedding(LearnedPositionalEmbedding):
+    """Learned positions plus a learned language vector.
+
+    fairseq's Transformer adds ``embed_positions(tokens)`` to every token embedding before the
+    embedding LayerNorm; adding the language vector there puts it on every token without
+    touching the encoder's or decoder's forward. The caller says which language each row (B ids)
+    or each token (B x T ids) is in with ``with module.languages(ids):``. Without ids the
+    generation model fails (every pass of it has a language); the understanding model adds
+    nothing (its joint passes carry no language). Position weights keep their name
+    (``embed_positions.weight``).
+    """
+
+    def __init__(self, positions: LearnedPositionalEmbedding, num_langs, required=True):
+        super().__init__(positions.num_embeddings, positions.embedding_dim, positions.padding_idx)
+        self.weight = positions.weight
+        self.embed_langs = nn.Embedding(num_langs, positions.embedding_dim)
+        self.required = required
+        self._langs = None
+
+    @contextlib.contextmanager
+    def languages(self, lang_ids):
+        if lang_ids is None and self.required:
+            raise ValueError("language ids are required (src_lang / tgt_lang)")
+        self._langs = lang_ids
+        try:
+            yield
+        finally:
+            self._langs = None
+
+    def forward(self, input, incremental_state=None, positions=None):
+        pos = super().forward(input, incremental_state=incremental_state, positions=positions)
+        if self._langs is None:
+            if self.required:
+                raise RuntimeError("language ids not set: call the encoder or decoder through its model")
+            return pos
+        langs = self._langs if self._langs.dim() == 2 else self._langs.unsqueeze(1)
+        return pos + self.embed_langs(langs).type_as(pos)
+
+
+def set_layernorm_eps(module, eps):
+    """Every LayerNorm under ``module`` (torch's or apex's fused one) gets epsilon ``eps``."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm) or type(m).__name__ == "FusedLayerNorm":
+            m.eps = eps
 
 
 class RegionEmbedding(nn.Module):
@@ -46,33 +118,64 @@ class RegionEmbedding(nn.Module):
 
 
 class RegionHead(nn.Module):
-    """dense -> activation -> LayerNorm -> projection, as RoBERTa's LM head, for region targets."""
+    """dense -> activation -> LayerNorm -> projection, as RoBERTa's LM head, for region targets;
+    with ``transform=False`` the projection alone (the reference's ``mrfr_dense``)."""
 
-    def __init__(self, embed_dim, output_dim, activation_fn):
+    def __init__(self, embed_dim, output_dim, activation_fn, transform=True):
         super().__init__()
-        self.dense = nn.Linear(embed_dim, embed_dim)
-        self.activation_fn = utils.get_activation_fn(activation_fn)
-        self.layer_norm = LayerNorm(embed_dim)
+        if transform:
+            self.dense = nn.Linear(embed_dim, embed_dim)
+            self.activation_fn = utils.get_activation_fn(activation_fn)
+            self.layer_norm = LayerNorm(embed_dim)
+        self.transform = transform
         self.out_proj = nn.Linear(embed_dim, output_dim)
 
     def forward(self, x):
-        return self.out_proj(self.layer_norm(self.activation_fn(self.dense(x))))
+        if self.transform:
+            x = self.layer_norm(self.activation_fn(self.dense(x)))
+        return self.out_proj(x)
+
+
+class TiedProjectionHead(nn.Module):
+    """Masked-LM logits as XLM's ``pred_layer``: hidden state x token embeddings + bias, no transform."""
+
+    def __init__(self, weight, output_dim):
+        super().__init__()
+        self.weight = weight
+        self.bias = nn.Parameter(torch.zeros(output_dim))
+
+    def forward(self, features, masked_tokens=None, **unused):
+        if masked_tokens is not None:
+            features = features[masked_tokens, :]
+        return F.linear(features, self.weight) + self.bias
 
 
 class JointTransformerEncoder(TransformerEncoder):
     """fairseq's TransformerEncoder over the joint text + region sequence.
 
-    ``src_tokens`` is the joint sequence: the text, then one placeholder per region (pad where the
-    image has fewer regions, so the padding mask covers them). ``token_embeddings``, when given,
-    holds the already-embedded regions (B x R x C): the text part is embedded the stock way
-    (tokens + learned positions + embedding LayerNorm) and the regions are appended after it.
-    Without ``token_embeddings`` this is exactly the text encoder of XLM-R.
+    ``src_tokens`` is the joint sequence: the text and one placeholder per region (pad where the
+    image has fewer regions, so the padding mask covers them), in the order of
+    ``args.joint_layout``. ``token_embeddings``, when given, holds the already-embedded regions
+    (B x R x C). Text first: the text part is embedded the stock way (tokens + learned positions
+    + embedding LayerNorm) and the regions are appended after it. Regions first: the regions and
+    the text's token embeddings go through the stock embedding together (positions counted over
+    both, one LayerNorm). Without ``token_embeddings`` this is exactly the text encoder of XLM-R.
     """
+
+    def __init__(self, args, dictionary, embed_tokens, return_fc=False):
+        super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
+        self.regions_first = safe_getattr(args, "joint_layout", "text-first") == "regions-first"
 
     def forward_embedding(self, src_tokens, token_embedding=None):
         if token_embedding is None:
             return super().forward_embedding(src_tokens)
-        num_text = src_tokens.size(1) - token_embedding.size(1)
+        num_regions = token_embedding.size(1)
+        if self.regions_first:
+            # (the reference's image embedding has a dropout of its own before the joint one)
+            text = self.embed_tokens(src_tokens[:, num_regions:])
+            regions = self.dropout_module(token_embedding.type_as(text)) / self.embed_scale  # scaled back below
+            return super().forward_embedding(src_tokens, token_embedding=torch.cat([regions, text], dim=1))
+        num_text = src_tokens.size(1) - num_regions
         x_text, embed_text = super().forward_embedding(src_tokens[:, :num_text])
         x = torch.cat([x_text, self.dropout_module(token_embedding.type_as(x_text))], dim=1)
         return x, torch.cat([embed_text, token_embedding.type_as(embed_text)], dim=1)
@@ -83,10 +186,19 @@ class M3PEncoder(RobertaEncoder):
         super().__init__(args, dictionary)
         dim = args.encoder_embed_dim
         self.region_embed = RegionEmbedding(args.region_feat_dim, dim)
-        self.mrm_feat_head = RegionHead(dim, args.region_feat_dim, args.activation_fn)
+        self.mrm_feat_head = RegionHead(dim, args.region_feat_dim, args.activation_fn,
+                                        transform=args.mrm_feat_head == "mlp")
         self.mrm_cls_head = RegionHead(dim, args.num_region_classes, args.activation_fn)
         for m in (self.region_embed, self.mrm_feat_head, self.mrm_cls_head):
             m.apply(init_bert_params)
+        langs = split_langs(args.langs)
+        if langs:
+            if not isinstance(self.sentence_encoder.embed_positions, LearnedPositionalEmbedding):
+                raise M3PInputError("--langs needs learned positions (the understanding model's, XLM-R's)")
+            self.sentence_encoder.embed_positions = LanguagePositionalEmbedding(
+                self.sentence_encoder.embed_positions, len(langs), required=False)
+            nn.init.zeros_(self.sentence_encoder.embed_positions.embed_langs.weight)
+        self.regions_first = self.sentence_encoder.regions_first
         # a non-pad id marks real region slots in the joint token sequence; its embedding is never read
         self.region_slot = dictionary.unk()
 
@@ -95,18 +207,41 @@ class M3PEncoder(RobertaEncoder):
         encoder.apply(init_bert_params)
         return encoder
 
+    def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
+        if self.args.lm_head == "linear":
+            if weight is None:
+                raise M3PInputError("--lm-head linear projects onto the token embeddings: it needs tied weights")
+            return TiedProjectionHead(weight, output_dim)
+        return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
+
     def extract_features(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None,
-                         return_all_hiddens=False, **unused):
-        """Returns (B x (T + R) x C features, extra). Text only when ``regions`` is None."""
+                         src_lang=None, return_all_hiddens=False, **unused):
+        """Returns (B x (T + R) x C features in the joint layout's order, extra); text only when
+        ``regions`` is None. ``src_lang`` (B or B x T language ids) is added in text-only passes
+        of a model with --langs."""
         if regions is None:
-            return super().extract_features(src_tokens, return_all_hiddens=return_all_hiddens)
+            positions = self.sentence_encoder.embed_positions
+            languages = positions.languages(src_lang) if isinstance(positions, LanguagePositionalEmbedding) \
+                else contextlib.nullcontext()
+            with languages:
+                return super().extract_features(src_tokens, return_all_hiddens=return_all_hiddens)
         bsz, num_regions = regions.shape[:2]
         slots = src_tokens.new_full((bsz, num_regions), self.region_slot)
         if region_padding_mask is not None:
             slots = slots.masked_fill(region_padding_mask, self.dictionary.pad())
-        joint = torch.cat([src_tokens, slots], dim=1)
+        joint = torch.cat([slots, src_tokens] if self.regions_first else [src_tokens, slots], dim=1)
+        if self.regions_first and joint.size(1) > self.max_positions():
+            raise M3PInputError(f"{num_regions} regions + {src_tokens.size(1)} tokens: more than the model's "
+                                f"{self.max_positions()} positions (regions-first layout numbers regions too)")
         region_emb = self.region_embed(regions, region_boxes)
         return super().extract_features(joint, return_all_hiddens=return_all_hiddens, token_embeddings=region_emb)
+
+    def split_joint(self, features, num_text):
+        """(text part, region part) of joint features (B x (T + R) x C) for T text tokens."""
+        if self.regions_first:
+            num_regions = features.size(1) - num_text
+            return features[:, num_regions:], features[:, :num_regions]
+        return features[:, :num_text], features[:, num_text:]
 
 
 @register_model("m3p")
@@ -121,6 +256,20 @@ class M3PModel(RobertaModel):
         parser.add_argument("--num-region-classes", type=int, metavar="K",
                             help="detector classes for MRM classification (default: the region store's)")
         parser.add_argument("--vlm-inner-dim", type=int, metavar="D", help="hidden size of the VLM head")
+        parser.add_argument("--joint-layout", choices=JOINT_LAYOUTS,
+                            help="text-first (XLM-R's embedding for the text, regions appended without positions; "
+                                 "default) or regions-first (the reference code's: positions and the embedding "
+                                 "LayerNorm over the joint sequence)")
+        parser.add_argument("--layernorm-eps", type=float, metavar="EPS",
+                            help="epsilon of every LayerNorm (default 1e-5, fairseq's; the reference code's 1e-12)")
+        parser.add_argument("--lm-head", choices=HEAD_KINDS["lm_head"],
+                            help="masked-LM head: transform (RoBERTa's dense + LayerNorm, default) or linear "
+                                 "(tied projection + bias, the reference code's)")
+        parser.add_argument("--mrm-feat-head", choices=HEAD_KINDS["mrm_feat_head"],
+                            help="MRM regression head: mlp (default) or linear (the reference code's)")
+        parser.add_argument("--langs", type=str, metavar="L1,L2,...",
+                            help="languages of a language embedding, in id order, added in text-only passes "
+                                 "(default: none)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -137,32 +286,41 @@ class M3PModel(RobertaModel):
             args.max_positions = args.tokens_per_sample
         model = cls(args, M3PEncoder(args, task.source_dictionary))
         model.register_classification_head(VLM_HEAD, num_classes=1, inner_dim=args.vlm_inner_dim)
+        if args.layernorm_eps is not None:
+            set_layernorm_eps(model, args.layernorm_eps)
         return model
 
-    def forward(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None,
+    @property
+    def langs(self):
+        return split_langs(self.args.langs)
+
+    def forward(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None, src_lang=None,
                 masked_tokens=None, masked_regions=None, vlm=False, features_only=False,
                 return_all_hiddens=False, classification_head_name=None, **unused):
         """
         Args:
             src_tokens: B x T text (``<s> ... </s>``, right-padded)
             regions, region_boxes, region_padding_mask: B x R x D, B x R x 5, B x R (True = pad)
+            src_lang: B (or B x T) language ids, in --langs order; used by text-only passes of a
+                model with a language embedding, ignored otherwise
             masked_tokens: B x T bool, positions whose token the LM head predicts
             masked_regions: B x R bool, regions the MRM heads reconstruct
             vlm: also return the match logit of each pair (B,)
         Returns:
-            dict with ``features`` (B x (T+R) x C) and, as asked, ``lm_logits`` (n x V),
-            ``mrm_feat`` (n x D), ``mrm_cls`` (n x K), ``vlm_logits`` (B,), ``classification``.
+            dict with ``features`` (B x (T+R) x C, in the --joint-layout's order) and, as asked,
+            ``lm_logits`` (n x V), ``mrm_feat`` (n x D), ``mrm_cls`` (n x K), ``vlm_logits`` (B,),
+            ``classification``.
         """
         x, extra = self.encoder.extract_features(src_tokens, regions, region_boxes, region_padding_mask,
-                                                 return_all_hiddens=return_all_hiddens)
+                                                 src_lang=src_lang, return_all_hiddens=return_all_hiddens)
         out = {"features": x, "inner_states": extra.get("inner_states")}
         if features_only:
             return out
-        num_text = src_tokens.size(1)
+        text, region_part = self.encoder.split_joint(x, src_tokens.size(1))
         if masked_tokens is not None:
-            out["lm_logits"] = self.encoder.output_layer(x[:, :num_text], masked_tokens=masked_tokens)
+            out["lm_logits"] = self.encoder.output_layer(text, masked_tokens=masked_tokens)
         if masked_regions is not None:
-            h = x[:, num_text:][masked_regions]
+            h = region_part[masked_regions]
             out["mrm_feat"] = self.encoder.mrm_feat_head(h)
             out["mrm_cls"] = self.encoder.mrm_cls_head(h)
         if vlm:
@@ -180,6 +338,7 @@ class M3PModel(RobertaModel):
             raise M3PInputError("the checkpoint holds an M3P generation model (m3p_seq2seq_*, it has a decoder); "
                                 "this task needs an understanding model (m3p_*): give an understanding checkpoint")
         super().upgrade_state_dict_named(state_dict, name)
+        self._check_head_kinds(state_dict, prefix)
         # An XLM-R checkpoint has no region stream: start those modules from their initialization.
         for module_name in ("region_embed", "mrm_feat_head", "mrm_cls_head"):
             for k, v in getattr(self.encoder, module_name).state_dict().items():
@@ -187,17 +346,53 @@ class M3PModel(RobertaModel):
                 if key not in state_dict:
                     state_dict[key] = v
 
+    def _check_head_kinds(self, state_dict, prefix):
+        """Weights of another head kind or language table would load half-initialized (or not at all):
+        name the options the checkpoint was built with instead."""
+        wrong = []
+        for option, kinds in HEAD_KINDS.items():
+            keys = [k for k in state_dict if k.startswith(f"{prefix}encoder.{option}.")]
+            if keys:
+                theirs = kinds[0] if any(k.startswith(f"{prefix}encoder.{option}.dense.") for k in keys) else kinds[1]
+                if theirs != getattr(self.args, option):
+                    wrong.append(f"--{option.replace('_', '-')} {theirs}")
+        table = state_dict.get(f"{prefix}encoder.sentence_encoder.embed_positions.embed_langs.weight")
+        if (table.size(0) if table is not None else 0) != len(self.langs):
+            wrong.append(f"--langs with {table.size(0)} languages (the ones it was trained with, in order)"
+                         if table is not None else "no --langs")
+        if wrong:
+            raise M3PInputError(f"the checkpoint's model was built with {', '.join(wrong)}; this one is not "
+                                f"(for an imported M3P release: --arch m3p_reference_base and the --langs the "
+                                f"import printed)")
+
 
 def m3p_base_architecture(args):
-    """The paper's understanding model: XLM-R base (12 x 768, 12 heads, GELU, dropout 0.1)."""
+    """The paper's understanding model: XLM-R base (12 x 768, 12 heads, GELU, dropout 0.1), in XLM-R's layout."""
     args.max_positions = safe_getattr(args, "max_positions", 512)  # XLM-R's table; inputs stay <= 128
     args.vlm_inner_dim = safe_getattr(args, "vlm_inner_dim", None)
     args.pooler_dropout = safe_getattr(args, "pooler_dropout", 0.1)
+    args.joint_layout = safe_getattr(args, "joint_layout", "text-first")
+    args.layernorm_eps = safe_getattr(args, "layernorm_eps", None)  # None: each LayerNorm's own (fairseq: 1e-5)
+    args.lm_head = safe_getattr(args, "lm_head", "transform")
+    args.mrm_feat_head = safe_getattr(args, "mrm_feat_head", "mlp")
+    args.langs = safe_getattr(args, "langs", None)
     base_architecture(args)
 
 
 @register_model_architecture("m3p", "m3p_base")
 def m3p_base(args):
+    m3p_base_architecture(args)
+
+
+@register_model_architecture("m3p", "m3p_reference_base")
+def m3p_reference_base(args):
+    """m3p_base computing the reference code's function (microsoft/M3P, what ``m3p-import-m3p``
+    writes): regions first with positions and the embedding LayerNorm over the joint sequence,
+    LayerNorm epsilon 1e-12, XLM's masked-LM projection, a linear MRM regression head."""
+    args.joint_layout = safe_getattr(args, "joint_layout", "regions-first")
+    args.layernorm_eps = safe_getattr(args, "layernorm_eps", 1e-12)
+    args.lm_head = safe_getattr(args, "lm_head", "linear")
+    args.mrm_feat_head = safe_getattr(args, "mrm_feat_head", "linear")
     m3p_base_architecture(args)
 
 

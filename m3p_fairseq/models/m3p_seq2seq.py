@@ -20,7 +20,6 @@ calls the decoder with ``encoder_out`` only, so that is where the decoder finds 
 the attention caches fairseq's ``MultiheadAttention`` reorders itself, so fairseq's
 ``reorder_incremental_state`` is used unchanged.
 """
-import contextlib
 import logging
 
 import torch
@@ -32,7 +31,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
-from .m3p import JointTransformerEncoder, RegionEmbedding
+from .m3p import JointTransformerEncoder, LanguagePositionalEmbedding, RegionEmbedding, split_langs
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +39,6 @@ logger = logging.getLogger(__name__)
 SHARED_LAYER_PARTS = ("self_attn", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm")
 # parts the decoder keeps for itself
 DECODER_ONLY_PARTS = ("encoder_attn", "encoder_attn_layer_norm")
-
-
-def split_langs(value):
-    return [x.strip() for x in (value or "").split(",") if x.strip()]
-
-
-class LanguagePositionalEmbedding(LearnedPositionalEmbedding):
-    """Learned positions plus a learned language vector, one module for encoder and decoder.
-
-    fairseq's Transformer adds ``embed_positions(tokens)`` to every token embedding before the
-    embedding LayerNorm; adding the language vector there puts it on every token without
-    touching the encoder's or decoder's forward. The caller says which language each row is in
-    with ``with module.languages(ids):``. Position weights keep their name (``embed_positions.weight``).
-    """
-
-    def __init__(self, positions: LearnedPositionalEmbedding, num_langs):
-        super().__init__(positions.num_embeddings, positions.embedding_dim, positions.padding_idx)
-        self.weight = positions.weight
-        self.embed_langs = nn.Embedding(num_langs, positions.embedding_dim)
-        self._langs = None
-
-    @contextlib.contextmanager
-    def languages(self, lang_ids):
-        if lang_ids is None:
-            raise ValueError("language ids are required (src_lang / tgt_lang)")
-        self._langs = lang_ids
-        try:
-            yield
-        finally:
-            self._langs = None
-
-    def forward(self, input, incremental_state=None, positions=None):
-        pos = super().forward(input, incremental_state=incremental_state, positions=positions)
-        if self._langs is None:
-            raise RuntimeError("language ids not set: call the encoder or decoder through M3PSeq2SeqModel")
-        return pos + self.embed_langs(self._langs).unsqueeze(1).type_as(pos)
 
 
 class M3PSeq2SeqEncoder(FairseqEncoder):

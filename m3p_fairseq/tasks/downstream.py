@@ -36,7 +36,11 @@ class PretrainedConfig(FairseqDataclass):
 
 
 KINDS = {"understanding": (M3PModel, UNDERSTANDING_ARCHS), "generation": (M3PSeq2SeqModel, GENERATION_ARCHS)}
-INHERITED = {"understanding": ("region_feat_dim", "num_region_classes"), "generation": ("region_feat_dim", "langs")}
+# what a fine-tuned model takes from its pre-trained checkpoint: the sizes the weights fix, and the options that
+# select the function it computes (an imported M3P release: the reference code's, see models/m3p.py)
+INHERITED = {"understanding": ("region_feat_dim", "num_region_classes", "joint_layout", "layernorm_eps", "lm_head",
+                               "mrm_feat_head", "langs"),
+             "generation": ("region_feat_dim", "langs")}
 
 
 def split_and_langs(split, default_langs):
@@ -90,7 +94,9 @@ def inherit_model_args(cfg, model_cfg, kind, path):
         if ours is None or (name == "langs" and not split_langs(ours)):
             setattr(cfg, name, theirs)
         elif ours != theirs:
-            raise M3PInputError(f"--{name.replace('_', '-')} {ours} differs from the pre-trained checkpoint {path} ({theirs})")
+            arch = getattr(model_cfg, "arch", None) or getattr(model_cfg, "_name", None)
+            raise M3PInputError(f"--{name.replace('_', '-')} {ours} differs from the pre-trained checkpoint {path} "
+                                f"({theirs}; it is an --arch {arch} model)")
 
 
 def load_pretrained_weights(model, state, path):
@@ -98,7 +104,7 @@ def load_pretrained_weights(model, state, path):
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
-        raise M3PInputError(f"{path}: its weights do not fit the model built from --arch and its flags ({first})")
+        raise M3PInputError(f"{path}: its weights do not fit the model built from --arch and its flags ({first[:300]})")
     logger.info(f"initialised from {path}")
 
 

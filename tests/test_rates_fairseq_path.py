@@ -1,0 +1,588 @@
+"""Every rate of pre-training, measured in the batches fairseq-train draws, and moved by its flag.
+
+Each test builds the task from a command line as ``fairseq-train`` does (``parse_args_and_arch``,
+``setup_task``, ``build_model``, ``load_dataset``, ``get_batch_iterator``, ``next_epoch_itr``) and
+reads the collated batches, what the criterion gets. The expected numbers come from the paper
+(xMLM/MMLM: 15% of tokens, 80/10/10; languages ~ n_l^alpha; MRM: 15% of regions, 90% of them
+zeroed; VLM: 50% negatives, half text, half image; xDAE: drop 0.3, shuffle U(0, 3), Poisson(3)
+spans; DIC: Poisson(3) spans of zeroed regions) and from the flags' documented meaning. Every test
+runs once with the defaults and once with its flags changed, so a flag that stops reaching the
+datasets fairseq-train uses fails here. Items are told apart by the data folder itself (caption
+lines and their image ids, the text corpus of each language, the region store), read back with
+fairseq's readers, never through the task's own helpers.
+"""
+import math
+import os
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import torch
+from fairseq import options, tasks, utils
+from fairseq.data import data_utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from scipy import stats
+
+from m3p_fairseq.data.region_store import RegionStore
+
+UNDERSTANDING = ["--arch", "m3p_tiny", "--criterion", "m3p_pretrain"]
+GENERATION = ["--arch", "m3p_seq2seq_tiny", "--criterion", "m3p_generation"]
+CHI2_P = 1e-3  # a correct implementation fails a chi-square test one time in a thousand
+
+
+class TrainRun:
+    """Task, model and training batches built from a fairseq-train command line, in the order
+    fairseq_cli/train.py builds them; batches as Trainer.get_train_iterator draws them."""
+
+    def __init__(self, data, *argv, task="multitask_multimodal"):
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(parser, [
+            data, "--user-dir", "m3p_fairseq", "--task", task, "--batch-size", "32", "--cpu", "--num-workers", "0",
+            "--seed", "1", "--region-cache-mb", "64", *argv])  # the cache: each image read from disk once
+        self.cfg = cfg = convert_namespace_to_omegaconf(args)
+        self.task = tasks.setup_task(cfg.task)
+        self.model = self.task.build_model(cfg.model)
+        self.criterion = self.task.build_criterion(cfg.criterion)
+        self.task.load_dataset(cfg.dataset.train_subset, epoch=1, combine=True)
+        self.dictionary = self.task.source_dictionary
+
+    def batches(self, epochs=1):
+        cfg, task = self.cfg, self.task
+        for epoch in range(1, epochs + 1):
+            itr = task.get_batch_iterator(
+                dataset=task.dataset(cfg.dataset.train_subset), max_tokens=cfg.dataset.max_tokens,
+                max_sentences=cfg.dataset.batch_size,
+                max_positions=utils.resolve_max_positions(task.max_positions(), self.model.max_positions(),
+                                                          cfg.dataset.max_tokens),
+                ignore_invalid_inputs=True, required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+                seed=cfg.common.seed + epoch if cfg.dataset.update_ordered_indices_seed else cfg.common.seed,
+                num_shards=1, shard_id=0, num_workers=cfg.dataset.num_workers, epoch=epoch,
+                data_buffer_size=cfg.dataset.data_buffer_size, disable_iterator_cache=False,
+                skip_remainder_batch=cfg.optimization.skip_remainder_batch,
+                grouped_shuffling=cfg.dataset.grouped_shuffling,
+                update_epoch_batch_itr=cfg.dataset.update_epoch_batch_itr)
+            for batch in itr.next_epoch_itr(shuffle=True, fix_batches_to_gpus=False):
+                if batch:
+                    yield batch
+
+
+# ---- the data folder, read back with fairseq's readers -----------------------------------------------
+
+def corpus_lines(data, dictionary, *parts):
+    """Token lines (each ending in </s>) of DATA/parts/.../{split}.bin as tuples."""
+    ds = data_utils.load_indexed_dataset(os.path.join(data, *parts), dictionary, combine=False)
+    assert ds is not None, os.path.join(data, *parts)
+    return [tuple(ds[i].tolist()) for i in range(len(ds))]
+
+
+class Captions:
+    """English training captions, their image ids and the region store's arrays of those images."""
+
+    def __init__(self, data, dictionary, lang="en", split="train", folder="captions"):
+        self.lines = corpus_lines(data, dictionary, folder, lang, split)
+        with open(os.path.join(data, folder, lang, f"{split}.ids")) as f:
+            self.image_ids = [line.strip() for line in f]
+        self.store = RegionStore(os.path.join(data, "regions", f"{split}.json"))
+        self.bos = dictionary.bos()
+        self.images_of_text = defaultdict(set)  # caption text -> the images it describes
+        for line, image in zip(self.lines, self.image_ids):
+            self.images_of_text[line].add(image)
+        self._features = {}
+        self.image_of_features = {}
+        for row in range(len(self.store)):
+            feats = self.features(self.store.image_ids[row])
+            self.image_of_features[feats.numpy().tobytes()] = self.store.image_ids[row]
+
+    def features(self, image_id):
+        if image_id not in self._features:
+            self._features[image_id] = torch.from_numpy(self.store.get(self.store.index_of(image_id))["features"])
+        return self._features[image_id]
+
+    def text(self, index):
+        """Caption ``index`` as the model reads it: <s> ... </s>."""
+        return (self.bos,) + self.lines[index]
+
+
+def rows(tokens, lengths):
+    """The unpadded rows of a right-padded batch tensor, as lists."""
+    return [tokens[i, : int(n)].tolist() for i, n in enumerate(lengths)]
+
+
+def regions_of(batch, i):
+    n = int((~batch["net_input"]["region_padding_mask"][i]).sum())
+    return batch["net_input"]["regions"][i, :n]
+
+
+# ---- masked LM: xMLM and MMLM ------------------------------------------------------------------------
+
+def masking_counts(batches, dictionary, mask_idx, originals=None):
+    """Selected / [MASK] / random / kept counts over every token of the masked-LM batches, and the
+    original rows (target where selected, else the input). ``originals`` collects those rows."""
+    pad = dictionary.pad()
+    c = Counter()
+    for b in batches:
+        src, tgt = b["net_input"]["src_tokens"], b["target"]
+        real = src.ne(pad)
+        sel = tgt.ne(pad)
+        assert not (sel & ~real).any(), "a target outside the text"
+        c["tokens"] += int(real.sum())
+        c["selected"] += int(sel.sum())
+        c["mask"] += int((src.eq(mask_idx) & sel).sum())
+        c["kept"] += int((src.eq(tgt) & sel).sum())
+        c["random"] += int((src.ne(mask_idx) & src.ne(tgt) & sel).sum())
+        if originals is not None:
+            orig = torch.where(sel, tgt, src)
+            originals.extend((int(i), row) for i, row in zip(b["id"], rows(orig, b["net_input"]["src_lengths"])))
+    return c
+
+
+def check_masking(c, mask_prob, leave_unmasked_prob, random_token_prob, vocab, tol, flags):
+    """Rates within ``tol``: selected share, then [MASK] / random / kept shares of the selected.
+    fairseq draws a random token over the vocabulary without its special symbols, <mask> included,
+    so a random draw lands on the original token or on <mask> with probability 1 / vocab each."""
+    rand = random_token_prob * (1 - 2.0 / vocab)
+    expected = {"selected": mask_prob, "mask": 1 - leave_unmasked_prob - random_token_prob + random_token_prob / vocab,
+                "random": rand, "kept": leave_unmasked_prob + random_token_prob / vocab}
+    seen = {"selected": c["selected"] / c["tokens"], **{k: c[k] / c["selected"] for k in ("mask", "random", "kept")}}
+    for k, v in expected.items():
+        assert abs(seen[k] - v) < tol, (f"{k} share {seen[k]:.4f}, expected {v:.4f} (flags {flags or 'defaults'}; "
+                                        f"{c['selected']} of {c['tokens']} tokens selected)")
+    return seen
+
+
+MASK_FLAGS = [([], (0.15, 0.1, 0.1)),
+              (["--mask-prob", "0.3", "--leave-unmasked-prob", "0.25", "--random-token-prob", "0.15"], (0.3, 0.25, 0.15))]
+
+
+@pytest.mark.parametrize("flags,rates", MASK_FLAGS, ids=["paper", "flags"])
+def test_xmlm_masking_rates(tiny_world, flags, rates):
+    """xMLM: 15% of the tokens selected, of those 80% [MASK], 10% random, 10% kept (within 1%);
+    the masked text is the corpus' text."""
+    run = TrainRun(tiny_world["data"], *UNDERSTANDING, "--objectives", "xmlm", *flags)
+    d = run.dictionary
+    originals = []
+    c = masking_counts(run.batches(), d, d.index("<mask>"), originals)
+    assert c["selected"] > 5000, c
+    check_masking(c, *rates, vocab=len(d) - d.nspecial, tol=0.01, flags=flags)
+    # blocks of whole corpus lines: every line of every block is a line of the text corpus
+    langs = sorted(os.listdir(os.path.join(tiny_world["data"], "text")))
+    known = {line for lang in langs for line in corpus_lines(tiny_world["data"], d, "text", lang, "train")}
+    for _, row in originals[:200]:
+        assert row[0] == d.bos()
+        for line in split_at_eos(row[1:], d.eos()):
+            assert line in known, "an xMLM block holds text that is not a corpus line"
+
+
+def split_at_eos(tokens, eos):
+    lines, cur = [], []
+    for t in tokens:
+        cur.append(t)
+        if t == eos:
+            lines.append(tuple(cur))
+            cur = []
+    assert not cur, "a block does not end with </s>"
+    return lines
+
+
+def language_of_lines(data, dictionary, langs):
+    owner = defaultdict(set)
+    for lang in langs:
+        for line in corpus_lines(data, dictionary, "text", lang, "train"):
+            owner[line].add(lang)
+    return owner
+
+
+def alpha_shares(sizes, alpha):
+    q = np.asarray(sizes, dtype=float) / np.sum(sizes)
+    return q ** alpha / np.sum(q ** alpha)
+
+
+def xmlm_language_counts(run, data, langs):
+    """Per language, the xMLM samples of one epoch (a sample's lines name its language)."""
+    d = run.dictionary
+    owner = language_of_lines(data, d, langs)
+    originals = []
+    masking_counts(run.batches(), d, d.index("<mask>"), originals)
+    counts = Counter()
+    for _, row in originals:
+        found = set(langs)
+        for line in split_at_eos(row[1:], d.eos()):
+            found &= owner[line]
+        assert len(found) == 1, f"cannot tell the language of an xMLM sample ({sorted(found)})"
+        counts[found.pop()] += 1
+    return np.array([counts[l] for l in langs], dtype=float)
+
+
+@pytest.mark.parametrize("alpha", [None, "0.7"], ids=["paper", "flag"])
+def test_xmlm_language_shares_follow_alpha(tiny_world, alpha):
+    """One line per sample (--sample-break-mode eos): language l makes up n_l^alpha / sum n^alpha
+    of an epoch (within 1%), n_l its corpus lines; alpha 0.3 unless --alpha says otherwise."""
+    data = tiny_world["data"]
+    langs = sorted(os.listdir(os.path.join(data, "text")))
+    flags = ["--alpha", alpha] if alpha else []
+    run = TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--sample-break-mode", "eos", *flags)
+    sizes = [len(corpus_lines(data, run.dictionary, "text", l, "train")) for l in langs]
+    counts = xmlm_language_counts(run, data, langs)
+    expected = alpha_shares(sizes, float(alpha or 0.3))
+    seen = counts / counts.sum()
+    assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
+    # and far from the natural shares (alpha 1): the test can tell
+    assert np.abs(seen - alpha_shares(sizes, 1.0)).max() > 0.05
+
+
+def test_xmlm_language_shares_of_blocks(tiny_world):
+    """The default blocks of lines: at --alpha 1 an epoch holds every language's n_l blocks as they
+    are; at the paper's 0.3 their shares are n_l^0.3 / sum n^0.3 (within 1%)."""
+    data = tiny_world["data"]
+    langs = sorted(os.listdir(os.path.join(data, "text")))
+    natural = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--alpha", "1"), data, langs)
+    counts = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm"), data, langs)
+    seen, expected = counts / counts.sum(), alpha_shares(natural, 0.3)
+    assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
+    assert np.abs(seen - natural / natural.sum()).max() > 0.05
+
+
+@pytest.mark.parametrize("flags,rates", MASK_FLAGS, ids=["paper", "flags"])
+def test_mmlm_masks_caption_tokens_and_leaves_regions(tiny_world, flags, rates):
+    """MMLM: the English caption masked at the xMLM rates (within 1.5%: fewer tokens), its
+    image's regions exactly the store's arrays."""
+    data = tiny_world["data"]
+    run = TrainRun(data, *UNDERSTANDING, "--objectives", "mmlm", *flags)
+    d = run.dictionary
+    caps = Captions(data, d)
+    originals, batches = [], []
+
+    def checked():
+        for b in run.batches(epochs=6):
+            assert b["objective"] == "mmlm"
+            for i, index in enumerate(b["id"].tolist()):
+                assert torch.equal(regions_of(b, i), caps.features(caps.image_ids[index])), \
+                    "MMLM changed an image's regions"
+            yield b
+
+    c = masking_counts(checked(), d, d.index("<mask>"), originals)
+    assert c["selected"] > 4000, c
+    check_masking(c, *rates, vocab=len(d) - d.nspecial, tol=0.015, flags=flags)
+    assert all(tuple(row) == caps.text(i) for i, row in originals), "the masked text is not the item's caption"
+
+
+# ---- MRM -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,mrm_prob,zero_prob", [([], 0.15, 0.9), (["--mrm-prob", "0.4", "--mrm-zero-prob", "0.5"], 0.4, 0.5)],
+                         ids=["paper", "flags"])
+def test_mrm_masks_regions_at_the_rate(tiny_world, flags, mrm_prob, zero_prob):
+    """MRM: 15% of the regions masked (within 1%); 90% of the masked ones zero in net_input (within
+    1.5%), the others and every unmasked region equal to the store's feature; regression targets
+    the raw features; the caption untouched."""
+    data = tiny_world["data"]
+    run = TrainRun(data, *UNDERSTANDING, "--objectives", "mrm", *flags)
+    caps = Captions(data, run.dictionary)
+    regions = masked = zeroed = 0
+    for b in run.batches(epochs=8):
+        assert b["objective"] == "mrm"
+        m = b["masked_regions"]
+        assert not (m & b["net_input"]["region_padding_mask"]).any(), "a masked region is padding"
+        targets = []
+        for i, (index, text) in enumerate(zip(b["id"].tolist(), rows(b["net_input"]["src_tokens"],
+                                                                         b["net_input"]["src_lengths"]))):
+            assert tuple(text) == caps.text(index), "MRM changed the caption"
+            raw, fed = caps.features(caps.image_ids[index]), regions_of(b, i)
+            mi = m[i, : len(raw)]
+            is_zero = fed.eq(0).all(-1)
+            assert torch.equal(fed[~is_zero], raw[~is_zero]), "a region fed to the model is neither zero nor raw"
+            assert not (is_zero & ~mi).any(), "an unmasked region was zeroed"
+            regions += len(raw)
+            masked += int(mi.sum())
+            zeroed += int((is_zero & mi).sum())
+            targets.append(raw[mi])
+        assert torch.equal(b["mrm_feat_target"], torch.cat(targets)), "MRM regresses something else than the raw features"
+    assert masked > 3000, masked
+    assert abs(masked / regions - mrm_prob) < 0.01, f"{masked / regions:.4f} of regions masked, expected {mrm_prob} (flags {flags})"
+    assert abs(zeroed / masked - zero_prob) < 0.015, f"{zeroed / masked:.4f} of masked regions zeroed, expected {zero_prob} (flags {flags})"
+
+
+# ---- VLM -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,negative,text_share", [([], 0.5, 0.5),
+                                                       (["--vlm-negative-prob", "0.3", "--vlm-text-negative-prob", "0.8"], 0.3, 0.8)],
+                         ids=["paper", "flags"])
+def test_vlm_negatives(tiny_world, flags, negative, text_share):
+    """VLM over >= 2,000 draws: 50% negatives (within 2%), half of them replacing the text (within
+    3%); a positive is the item's own caption and image; a negative replaces exactly one side, by
+    another image's caption or another image's regions, and says so in its label."""
+    data = tiny_world["data"]
+    run = TrainRun(data, *UNDERSTANDING, "--objectives", "vlm", *flags)
+    caps = Captions(data, run.dictionary)
+    kinds = Counter()
+    for b in run.batches(epochs=10):
+        assert b["objective"] == "vlm"
+        texts = rows(b["net_input"]["src_tokens"], b["net_input"]["src_lengths"])
+        for i, (index, label) in enumerate(zip(b["id"].tolist(), b["vlm_target"].tolist())):
+            own_image = caps.image_ids[index]
+            text, fed = tuple(texts[i]), regions_of(b, i)
+            same_text, same_image = text == caps.text(index), torch.equal(fed, caps.features(own_image))
+            if label == 1.0:
+                assert same_text and same_image, "a positive pair is not the item's caption and image"
+                kinds["positive"] += 1
+            elif same_image:  # the text replaced: by a caption of another image
+                assert text[0] == caps.bos and any(im != own_image for im in caps.images_of_text[text[1:]]), \
+                    "a text negative's caption is not another image's"
+                kinds["text"] += 1
+            else:  # the image replaced: by another image's regions, the caption kept
+                other = caps.image_of_features.get(fed.numpy().tobytes())
+                assert same_text and other is not None and other != own_image, "an image negative is not another image"
+                kinds["image"] += 1
+    draws = sum(kinds.values())
+    neg = kinds["text"] + kinds["image"]
+    assert draws >= 2000, kinds
+    assert abs(neg / draws - negative) < 0.02, f"{neg / draws:.4f} negatives, expected {negative} (flags {flags}): {kinds}"
+    assert abs(kinds["text"] / neg - text_share) < 0.03, \
+        f"{kinds['text'] / neg:.4f} of negatives replace the text, expected {text_share} (flags {flags}): {kinds}"
+
+
+# ---- xDAE ----------------------------------------------------------------------------------------------
+
+class Words:
+    """Sentencepiece words, as the paper's word noise sees them: a word starts at a piece with a
+    leading '▁', at the first token and after a special symbol; special symbols (<mask>) stand alone."""
+
+    def __init__(self, dictionary):
+        self.starts = np.array([s.startswith("\u2581") for s in dictionary.symbols], dtype=bool)
+        self.special = np.zeros(len(dictionary), dtype=bool)
+        self.special[: dictionary.nspecial] = True
+        self.mask = dictionary.index("<mask>")
+        self.special[self.mask] = True
+
+    def split(self, tokens):
+        out = []
+        for i, t in enumerate(tokens):
+            if i == 0 or self.starts[t] or self.special[t] or self.special[tokens[i - 1]]:
+                out.append([t])
+            else:
+                out[-1].append(t)
+        return [tuple(w) for w in out]
+
+
+def xdae_pairs(run, epochs=1):
+    """(source words, target words, source language) of every xDAE item: source without <s> </s>,
+    target without </s>."""
+    words = Words(run.dictionary)
+    bos, eos = run.dictionary.bos(), run.dictionary.eos()
+    for b in run.batches(epochs):
+        assert b["objective"] == "xdae"
+        src = rows(b["net_input"]["src_tokens"], b["net_input"]["src_lengths"])
+        tgt = rows(b["target"], b["target"].ne(run.dictionary.pad()).sum(1))
+        for s, t, lang in zip(src, tgt, b["net_input"]["src_lang"].tolist()):
+            assert s[0] == bos and s[-1] == eos and t[-1] == eos and eos not in s[1:-1] + t[:-1]
+            yield words.split(s[1:-1]), words.split(t[:-1]), lang
+
+
+def xdae_run(data, *flags):
+    return TrainRun(data, *GENERATION, "--objectives", "xdae", *flags)
+
+
+@pytest.mark.parametrize("drop", [None, "0.5"], ids=["paper", "flag"])
+def test_xdae_drops_words_at_the_rate(tiny_world, drop):
+    """Word dropout alone (no shuffle, no spans): each word of the source dropped with p = 0.3
+    (within 1%), the rest in order. Sentences of 6+ words, where fairseq's WordDropout (which gives
+    a sentence that lost every word one piece back) changes the rate by less than 0.3%."""
+    p = float(drop or 0.3)
+    run = xdae_run(tiny_world["data"], "--xdae-shuffle-distance", "0", "--xdae-mask-ratio", "0",
+                   *(["--xdae-drop-prob", drop] if drop else []))
+    total = kept = expected_kept = 0
+    for src, tgt, _ in xdae_pairs(run):
+        if len(tgt) < 6:
+            continue
+        total += len(tgt)
+        kept += len(src)
+        expected_kept += (1 - p) * len(tgt) + p ** len(tgt)
+        if len(src) > 1:
+            it = iter(tgt)
+            assert all(w in it for w in src), "the kept words are not the sentence's words in order"
+    assert total > 10000, total
+    assert abs((1 - kept / total) - (1 - expected_kept / total)) < 0.01, \
+        f"drop rate {1 - kept / total:.4f}, expected {1 - expected_kept / total:.4f} (--xdae-drop-prob {drop})"
+
+
+def displacements(src, tgt):
+    """How far each word moved, matching repeated words in order (the matching with the least movement)."""
+    where = defaultdict(list)
+    for j, w in enumerate(src):
+        where[w].append(j)
+    seen = Counter()
+    out = []
+    for i, w in enumerate(tgt):
+        out.append(abs(where[w][seen[w]] - i))
+        seen[w] += 1
+    return out
+
+
+@pytest.mark.parametrize("k", [None, "4"], ids=["paper", "flag"])
+def test_xdae_shuffle_distance(tiny_world, k):
+    """Shuffle alone: positions + U(0, k) noise, sorted. Words i < j swap only if j - i < k, so a
+    word moves at most ceil(k) - 1 positions: 2 for the paper's k = 3 (and some words move exactly
+    2), 3 for k = 4. Words stay whole."""
+    dist = float(k or 3)
+    run = xdae_run(tiny_world["data"], "--xdae-drop-prob", "0", "--xdae-mask-ratio", "0",
+                   *(["--xdae-shuffle-distance", k] if k else []))
+    moves = Counter()
+    for src, tgt, _ in xdae_pairs(run):
+        assert Counter(src) == Counter(tgt), "shuffling changed the words"
+        moves.update(displacements(src, tgt))
+    allowed = math.ceil(dist) - 1
+    assert max(moves) == allowed and moves[allowed] >= 20, \
+        f"word moves {dict(sorted(moves.items()))}; k = {dist} allows {allowed} (--xdae-shuffle-distance {k})"
+    assert sum(v for m, v in moves.items() if m > 0) / sum(moves.values()) > 0.2
+
+
+def poisson_pmf(lam, upto):
+    return np.array([math.exp(-lam) * lam ** k / math.factorial(k) for k in range(upto + 1)])
+
+
+def one_span_expectation(sizes, ratio, lam, first):
+    """The documented span rule (ratio * n / lambda spans, rounded up or down at random; Poisson(lambda)
+    lengths; a span that does not fit dropped whole) where it draws at most one span (ratio * n <= lambda):
+    a span of length k <= n with probability (ratio * n / lambda) * Poisson(k). Returns, summed over the
+    sequences of ``sizes`` items, the expected count of spans of each length from ``first`` on, and the
+    mean and variance of the items they cover."""
+    sizes = np.asarray(sizes)
+    assert (ratio * sizes <= lam).all(), "more than one span: the closed form does not apply"
+    top = int(sizes.max())
+    pmf = poisson_pmf(lam, top)
+    k = np.arange(top + 1)
+    hist = np.zeros(top + 1)
+    mean = var = 0.0
+    for n, count in Counter(sizes.tolist()).items():
+        p = ratio * n / lam * pmf[: n + 1]
+        hist[: n + 1] += count * p
+        m1, m2 = (p * k[: n + 1]).sum(), (p * k[: n + 1] ** 2).sum()
+        mean += count * m1
+        var += count * (m2 - m1 ** 2)
+    hist[:first] = 0
+    return hist, mean, var
+
+
+def chi_square_lengths(lengths, expected_hist, first):
+    """Pearson's chi-square of observed span lengths against expected counts; cells from ``first``,
+    the tail pooled so that every cell expects at least 5."""
+    observed = np.bincount(np.asarray(lengths, dtype=int), minlength=len(expected_hist))[: len(expected_hist)]
+    exp = expected_hist[first:]
+    obs = observed[first:].astype(float)
+    cut = len(exp)
+    while cut > 1 and exp[cut - 1:].sum() < 5:
+        cut -= 1
+    exp = np.append(exp[: cut - 1], exp[cut - 1:].sum())
+    obs = np.append(obs[: cut - 1], obs[cut - 1:].sum())
+    exp *= obs.sum() / exp.sum()  # the span count is tested on its own
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    return stat, stats.chi2.ppf(1 - CHI2_P, len(exp) - 1), obs, exp
+
+
+SPAN_FLAGS = [([], 0.3, 3.0), (["--xdae-poisson-lambda", "6"], 0.3, 6.0), (["--xdae-mask-ratio", "0.15"], 0.15, 3.0)]
+
+
+@pytest.mark.parametrize("flags,ratio,lam", SPAN_FLAGS, ids=["paper", "lambda", "ratio"])
+def test_xdae_mask_spans(tiny_world, flags, ratio, lam):
+    """Span infilling alone: spans of words, Poisson(3) lengths (0-length spans insert a <mask>),
+    each replaced by one <mask>. Sentences with ratio * words <= lambda draw at most one span, so
+    every <mask> stands for the words missing around it; lengths pass a chi-square test against
+    Poisson(lambda) (capped at the sentence), span count and covered words within 4 sigma."""
+    run = xdae_run(tiny_world["data"], "--xdae-shuffle-distance", "0", "--xdae-drop-prob", "0", *flags)
+    mask = Words(run.dictionary).mask
+    sizes, lengths, covered = [], [], 0
+    for src, tgt, _ in xdae_pairs(run):
+        n = len(tgt)
+        if ratio * n > lam:
+            continue
+        sizes.append(n)
+        masks = [j for j, w in enumerate(src) if w == (mask,)]
+        assert len(masks) <= 1, "two spans where the rule draws at most one"
+        if masks:
+            j = masks[0]
+            length = n - (len(src) - 1)
+            assert src[:j] == tgt[:j] and src[j + 1:] == tgt[j + length:], "a <mask> does not replace one span"
+            lengths.append(length)
+            covered += length
+        else:
+            assert src == tgt, "words vanished without a <mask>"
+    hist, mean, var = one_span_expectation(sizes, ratio, lam, first=0)
+    assert len(lengths) > 500, len(lengths)
+    spans_expected = hist.sum()
+    spans_sd = math.sqrt(sum(r * (1 - r) for r in (ratio * np.asarray(sizes) / lam * stats.poisson.cdf(sizes, lam))))
+    assert abs(len(lengths) - spans_expected) < 4 * spans_sd, \
+        f"{len(lengths)} spans, expected {spans_expected:.0f} +- {spans_sd:.0f} (flags {flags or 'defaults'})"
+    assert abs(covered - mean) < 4 * math.sqrt(var), \
+        f"{covered} words in spans, expected {mean:.0f} +- {math.sqrt(var):.0f} (flags {flags or 'defaults'})"
+    stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=0)
+    assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
+
+
+@pytest.mark.parametrize("alpha", [None, "0.7"], ids=["paper", "flag"])
+def test_xdae_language_shares_follow_alpha(tiny_world, alpha):
+    """xDAE samples sentences of every language as xMLM does: shares n_l^alpha / sum n^alpha (within
+    1%), read off the batches' language ids (the model's --langs order)."""
+    data = tiny_world["data"]
+    run = xdae_run(data, *(["--alpha", alpha] if alpha else []))
+    model_langs = run.cfg.model.langs.split(",")
+    langs = sorted(os.listdir(os.path.join(data, "text")))
+    sizes = [len(corpus_lines(data, run.dictionary, "text", l, "train")) for l in langs]
+    counts = Counter(model_langs[lang] for _, _, lang in xdae_pairs(run))
+    seen = np.array([counts[l] for l in langs], dtype=float)
+    seen /= seen.sum()
+    expected = alpha_shares(sizes, float(alpha or 0.3))
+    assert sum(counts.values()) == sum(counts[l] for l in langs)
+    assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
+
+
+# ---- IC and DIC ----------------------------------------------------------------------------------------
+
+DIC_FLAGS = [([], 0.3, 3.0), (["--dic-mask-ratio", "0.15"], 0.15, 3.0), (["--dic-poisson-lambda", "6"], 0.3, 6.0)]
+
+
+@pytest.mark.parametrize("flags,ratio,lam", DIC_FLAGS, ids=["paper", "ratio", "lambda"])
+def test_dic_zeroes_region_spans(tiny_world, flags, ratio, lam):
+    """DIC: runs of regions (the store's order) replaced by zero vectors, Poisson(3) lengths, the rest
+    of each image the store's arrays, the caption the target. These images have at most 10 regions:
+    at most one span each (ratio * regions <= lambda), so the runs are the spans; their lengths pass a
+    chi-square test against Poisson(lambda) (capped at the image, 0 invisible) and the zeroed regions
+    are within 4 sigma of the expected count."""
+    data = tiny_world["data"]
+    run = TrainRun(data, *GENERATION, "--objectives", "dic", *flags)
+    caps = Captions(data, run.dictionary)
+    sizes, lengths, zeroed = [], [], 0
+    for b in run.batches(epochs=6):
+        assert b["objective"] == "dic"
+        targets = rows(b["target"], b["target"].ne(run.dictionary.pad()).sum(1))
+        for i, index in enumerate(b["id"].tolist()):
+            assert tuple(targets[i]) == caps.lines[index], "the target is not the image's caption"
+            raw, fed = caps.features(caps.image_ids[index]), regions_of(b, i)
+            assert not raw.eq(0).all(-1).any()
+            is_zero = fed.eq(0).all(-1)
+            assert torch.equal(fed[~is_zero], raw[~is_zero]), "a region is neither zeroed nor the store's"
+            z = np.flatnonzero(is_zero.numpy())
+            if len(z):
+                assert z[-1] - z[0] + 1 == len(z), "zeroed regions do not form one span"
+                lengths.append(len(z))
+            sizes.append(len(raw))
+            zeroed += len(z)
+    hist, mean, var = one_span_expectation(sizes, ratio, lam, first=1)
+    assert len(lengths) > 500, len(lengths)
+    assert abs(zeroed - mean) < 4 * math.sqrt(var), \
+        f"{zeroed} regions zeroed, expected {mean:.0f} +- {math.sqrt(var):.0f} (flags {flags or 'defaults'})"
+    stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=1)
+    assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
+
+
+def test_ic_feeds_the_store_regions(tiny_world):
+    """IC: every region as stored, the caption the target."""
+    data = tiny_world["data"]
+    run = TrainRun(data, *GENERATION, "--objectives", "ic")
+    caps = Captions(data, run.dictionary)
+    n = 0
+    for b in run.batches():
+        targets = rows(b["target"], b["target"].ne(run.dictionary.pad()).sum(1))
+        for i, index in enumerate(b["id"].tolist()):
+            assert tuple(targets[i]) == caps.lines[index]
+            assert torch.equal(regions_of(b, i), caps.features(caps.image_ids[index]))
+            n += 1
+    assert n == len(caps.lines)

@@ -586,3 +586,57 @@ def test_ic_feeds_the_store_regions(tiny_world):
             assert torch.equal(regions_of(b, i), caps.features(caps.image_ids[index]))
             n += 1
     assert n == len(caps.lines)
+
+
+# ---- MILD: retrieval with the image's context ------------------------------------------------------------
+
+def test_mild_context_travels_with_its_image(tiny_world):
+    """m3p_retrieval --context (MILD): every pair's text is the query, then the context of the pair's
+    image: a positive and a text negative the item's own image's context, an image negative the context
+    of the image it brings. The model's scores of the same pairs change when the context is left out."""
+    data = os.path.join(tiny_world["data"], "mild_corpus")
+    argv = ["--arch", "m3p_tiny", "--criterion", "m3p_retrieval", "--caption-langs", "en"]
+    run = TrainRun(data, *argv, "--context", task="m3p_retrieval")
+    plain = TrainRun(data, *argv, task="m3p_retrieval")
+    d = run.dictionary
+    queries = Captions(data, d)
+    context_of = {}
+    for line, image in zip(corpus_lines(data, d, "mild", "en", "context", "train"), queries.image_ids):
+        context_of.setdefault(image, line)  # an image's context: that of its first query line
+    group = run.cfg.task.num_negatives + 1
+    model = run.model.eval()
+
+    def scored(r):
+        """(item id, pair) -> (text, image id, label, score)"""
+        out = {}
+        with torch.no_grad():
+            for b in r.batches():
+                scores = model(**b["net_input"], vlm=True)["vlm_logits"].tolist()
+                texts = rows(b["net_input"]["src_tokens"], b["net_input"]["src_lengths"])
+                for p, (text, label, score) in enumerate(zip(texts, b["vlm_target"].tolist(), scores)):
+                    image = queries.image_of_features[regions_of(b, p).numpy().tobytes()]
+                    out[int(b["id"][p // group]), p % group] = (tuple(text), image, label, score)
+        return out
+
+    with_context, without = scored(run), scored(plain)
+    assert with_context.keys() == without.keys() and len(with_context) == group * len(queries.lines)
+    kinds, changed = Counter(), 0
+    for (index, p), (text, image, label, score) in with_context.items():
+        own = queries.image_ids[index]
+        end = text.index(d.eos()) + 1
+        query, context = text[:end], text[end:]
+        assert context == (d.eos(),) + context_of[image], "a pair's context is not its image's"
+        if label == 1.0:
+            assert query == queries.text(index) and image == own
+            kinds["positive"] += 1
+        elif image == own:
+            assert any(im != own for im in queries.images_of_text[query[1:]]), "a text negative's query is its own"
+            kinds["text"] += 1
+        else:
+            assert query == queries.text(index), "an image negative changed the query"
+            kinds["image"] += 1
+        plain_text, plain_image, plain_label, plain_score = without[index, p]
+        assert (plain_text, plain_image, plain_label) == (query, image, label), "the two runs drew other pairs"
+        changed += abs(score - plain_score) > 1e-4
+    assert kinds["image"] > 100 and kinds["text"] > 100, kinds
+    assert changed > 0.95 * len(with_context), f"the context changed {changed} of {len(with_context)} scores"

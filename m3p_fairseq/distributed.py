@@ -13,8 +13,8 @@ fairseq 0.12 assumes one GPU per worker when it sets up distributed training. Wi
 And on any machine, ``--bf16`` on the ``fairseq-train`` command line also switches on ``--tpu``
 (fairseq's option handling), which fails without torch_xla.
 
-``install()`` (run when the plugin is imported) replaces four module-level names of fairseq that
-fairseq looks up at call time, each by a wrapper that calls fairseq's own function. The wrappers
+``install()`` (run when the plugin is imported) replaces five module-level names of fairseq that
+fairseq looks up at call time, each by a wrapper that calls fairseq's own function (``patching.py``). The wrappers
 change something only when there is no CUDA device (or for ``--bf16`` when torch_xla is absent),
 so a GPU run behaves exactly as stock fairseq.
 """
@@ -165,23 +165,15 @@ def _device_aware_ddp(ddp_class):
     return build
 
 
-def _replace(module, name, make, *args):
-    current = getattr(module, name)
-    if getattr(current, "_m3p_patched", False):
-        return  # installed already (the plugin imported twice)
-    patched = make(current, *args)
-    patched._m3p_patched = True
-    patched._m3p_original = current
-    setattr(module, name, patched)
-
-
 def install():
     from fairseq.distributed import utils as du
     from fairseq.models import distributed_fairseq_model as dfm
 
-    _replace(du, "_infer_torch_distributed_launch_init", _cpu_torchrun_init)
-    _replace(du, "_infer_slurm_init", _cpu_slurm_init)
-    _replace(du, "infer_init_method", _cpu_infer_init_method)
+    from .patching import patch
+
+    patch(du, "_infer_torch_distributed_launch_init", _cpu_torchrun_init)
+    patch(du, "_infer_slurm_init", _cpu_slurm_init)
+    patch(du, "infer_init_method", _cpu_infer_init_method)
     # call_main calls infer_init_method through the module, so it gets the patched one too
-    _replace(du, "call_main", _checked_call_main)
-    _replace(dfm, "DistributedDataParallel", _device_aware_ddp)
+    patch(du, "call_main", _checked_call_main)
+    patch(dfm, "DistributedDataParallel", _device_aware_ddp)

@@ -3,9 +3,13 @@
 Every error about the user's data, flags or files is an ``M3PInputError``. The plugin installs a
 ``sys.excepthook`` so that when one escapes ``fairseq-train`` / ``fairseq-generate`` (which do not
 catch it), the user sees ``error: <message>`` instead of a deep traceback; set M3P_TRACEBACK=1
-to get the traceback as well. Other exceptions keep Python's default handling.
+to get the traceback as well. The process then ends as Python ends it after any uncaught
+exception: buffered output is flushed, atexit handlers run (tensorboard writers, loggers), exit
+status 1. Other exceptions keep Python's handling and read as without the plugin (the plugin's
+pass-through wrappers of fairseq functions are left out of their tracebacks).
 """
 import os
+import pickle
 import sys
 
 
@@ -13,10 +17,16 @@ class M3PInputError(ValueError):
     """Bad input from the user; the message names the file and the id or line."""
 
 
+class M3PDataError(M3PInputError):
+    """Bad input data; the message names the file and the line or id."""
+
+
+class RefusedCheckpointError(M3PInputError, pickle.UnpicklingError):
+    """A checkpoint whose unpickling would run code (still the UnpicklingError torch raises)."""
+
+
 def refused_checkpoint_message(exc):
     """One line for torch's weights_only refusal, or None if ``exc`` is something else."""
-    import pickle
-
     text = str(exc)
     if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
         return None
@@ -35,14 +45,24 @@ def _chain(exc):
     return seen
 
 
+def _plugin_model_names():
+    from fairseq.models import MODEL_REGISTRY
+
+    return {cls.__name__ for cls in MODEL_REGISTRY.values() if cls.__module__.startswith(__package__ + ".")}
+
+
 def checkpoint_load_message(exc):
     """One line for fairseq's "Cannot load model parameters from checkpoint X" (which hides its cause
-    behind a second traceback): the file and the first line of the cause that says what differs."""
+    behind a second traceback) into one of the plugin's models: the file and the first line of the
+    cause that says what differs. None for other models (a stock model keeps fairseq's traceback)."""
     import re
 
     m = re.match(r"Cannot load model parameters from checkpoint (.+?); please ensure", str(exc))
     cause = exc.__cause__ or exc.__context__
     if m is None or cause is None:
+        return None
+    into = re.search(r"loading state_dict for (\w+)", str(cause))
+    if into is None or into.group(1) not in _plugin_model_names():
         return None
     lines = [l.strip() for l in str(cause).splitlines() if l.strip()]
     detail = next((l for l in lines if re.match(r"(size mismatch|Missing key|Unexpected key)", l)), lines[0] if lines else "")
@@ -68,11 +88,15 @@ def one_line(exc):
 
 def _hook(previous):
     def hook(exc_type, exc, tb):
-        message = one_line(exc)
-        if message is not None and not os.environ.get("M3P_TRACEBACK"):
-            sys.stderr.write(f"error: {message}\n")
-            sys.stderr.flush()
-            os._exit(1)  # skip fairseq's atexit handlers: nothing is left half-written
+        if not os.environ.get("M3P_TRACEBACK"):
+            message = one_line(exc)
+            if message is not None:
+                # returning lets the interpreter end as usual: flush stdout, run atexit handlers, exit 1
+                sys.stderr.write(f"error: {message}\n")
+                return
+            from .patching import without_passthrough_frames
+
+            tb = without_passthrough_frames(exc, tb)
         previous(exc_type, exc, tb)
 
     return hook

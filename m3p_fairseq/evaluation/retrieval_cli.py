@@ -25,11 +25,15 @@ def load_checkpoint(path, data, overrides=None):
     import m3p_fairseq  # noqa: F401  (registers tasks/models and the checkpoint allowlist)
     from fairseq import checkpoint_utils
 
+    from ..errors import M3PInputError
+
     if not os.path.isfile(path):
         raise SystemExit(f"m3p-retrieval-eval: {path}: checkpoint not found")
     try:
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
             [path], arg_overrides={"data": data, **(overrides or {})})
+    except M3PInputError as e:  # a refused checkpoint: its one line names the file already
+        raise SystemExit(f"m3p-retrieval-eval: {e}")
     except Exception as e:  # truncated or foreign files raise many kinds of errors
         raise SystemExit(f"m3p-retrieval-eval: {path}: cannot load checkpoint ({e.__class__.__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})")

@@ -68,6 +68,8 @@ def load_checkpoint_of_kind(path, kind, needs, not_found="checkpoint not found")
         raise M3PInputError(f"{path}: {not_found}")
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except M3PInputError:  # a refused checkpoint: its one line names the file already
+        raise
     except Exception as e:  # truncated or foreign files raise many kinds of errors
         raise M3PInputError(f"{path}: cannot load checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     model_cfg = (state.get("cfg") or {}).get("model") if state.get("cfg") is not None else state.get("args")

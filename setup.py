@@ -45,6 +45,7 @@ setup(
             "m3p-import-xlmr = preprocess.import_xlmr:main",
             "m3p-import-m3p = preprocess.import_m3p:main",
             "m3p-import-regions = preprocess.detectors:main",
+            "m3p-merge-manifests = preprocess.detectors:merge_main",
             "m3p-import-dataset = preprocess.datasets:main",
             "m3p-caption-score = m3p_fairseq.evaluation.caption_score_cli:main",
             "m3p-downstream-eval = m3p_fairseq.evaluation.downstream_cli:main",

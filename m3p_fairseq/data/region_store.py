@@ -676,14 +676,24 @@ class RegionStore:
         self.feat_dim = index.feat_dim if meta is None else int(meta.get("feat_dim", index.feat_dim))
         self.num_classes = index.num_classes if meta is None else int(meta.get("num_classes", index.num_classes))
         self.has_class_probs = index.has_class_probs
-        self.image_ids = ImageIds(index.ids)
-        self.num_regions = index.count
-        self.image_wh = index.wh
         self._handles: Dict[int, object] = {}
         self._pid = None
 
     def __len__(self):
         return len(self.index)
+
+    # views of the table (properties, so that a pickled store carries the table once, as the index pickles)
+    @property
+    def image_ids(self) -> ImageIds:
+        return ImageIds(self.index.ids)
+
+    @property
+    def num_regions(self) -> np.ndarray:
+        return self.index.count
+
+    @property
+    def image_wh(self) -> np.ndarray:
+        return self.index.wh
 
     def index_of(self, image_id, source="") -> int:
         """Row of ``image_id``; a missing id raises an error naming ``source`` (the caption file)."""
@@ -752,7 +762,10 @@ class RegionStore:
             feats, boxes, classes = f["features"][a:b], f["boxes"][a:b], f["classes"][a:b]
             probs = f["class_probs"][a:b] if with_class_probs and "class_probs" in f else None
         except H5_READ_ERRORS as e:
-            raise RegionDataError(f"{where} cannot be read ({_first_line(e)})")
+            detail = _first_line(e)
+            if "filter returned failure" in detail:  # what HDF5 says when a chunk's Fletcher-32 sum differs
+                detail = f"its bytes fail their checksum: the file was damaged after writing; {detail}"
+            raise RegionDataError(f"{where} cannot be read ({detail})")
         if len(feats) != b - a or len(boxes) != b - a or len(classes) != b - a:
             raise RegionDataError(f"{where} cannot be read (the shard ends before its rows {a}:{b}: truncated?)")
         if not np.isfinite(feats).all():

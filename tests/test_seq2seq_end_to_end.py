@@ -143,3 +143,18 @@ def test_hub_caption_and_translate_match_fairseq_generate(trained, tiny_world):
         hub.caption(ids[0], "xx", store=store)
     with pytest.raises(M3PInputError, match="understanding model"):
         hub.score(ids[0], "a dog", store=store)
+
+
+def test_generate_with_the_papers_beam_of_10(trained, tiny_world):
+    """fairseq-generate --beam 10 (the paper's for captions): ten scored hypotheses per image, best first."""
+    ckpt, _ = trained
+    res = _generate(tiny_world["data"], ckpt, "--target-lang", "en", "--beam", "10", "--nbest", "10")
+    hyps = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("D-"):
+            sid, score, text = line.split("\t")
+            hyps.setdefault(int(sid[2:]), []).append((float(score), text))
+    assert sorted(hyps) == list(range(24)) and all(len(h) == 10 for h in hyps.values())
+    for h in hyps.values():
+        scores = [s for s, _ in h]
+        assert scores == sorted(scores, reverse=True) and len({t for _, t in h}) > 1

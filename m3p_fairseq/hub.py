@@ -29,6 +29,25 @@ from .errors import M3PInputError
 from .models.m3p_seq2seq import M3PSeq2SeqModel
 
 
+def _checkpoint_path(model_name_or_path, checkpoint_file):
+    path = model_name_or_path if os.path.isfile(model_name_or_path) else os.path.join(model_name_or_path, checkpoint_file)
+    if not os.path.isfile(path):
+        raise M3PInputError(f"{path}: checkpoint not found")
+    return path
+
+
+def from_pretrained(model_class, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
+    """``M3PModel.from_pretrained`` / ``M3PSeq2SeqModel.from_pretrained``: the hub around a checkpoint
+    that holds a ``model_class`` (as RoBERTa's returns RobertaHubInterface); arguments as
+    :meth:`M3PHub.from_pretrained`."""
+    hub = M3PHub.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
+    if not isinstance(hub.model, model_class):
+        found = type(hub.model).__name__
+        raise M3PInputError(f"{_checkpoint_path(model_name_or_path, checkpoint_file)}: holds a {found}, not a "
+                            f"{model_class.__name__}; load it with {found}.from_pretrained or M3PHub.from_pretrained")
+    return hub
+
+
 class M3PHub(nn.Module):
     """(cfg, task, model) plus the sentencepiece model; ``eval()`` mode after ``from_pretrained``."""
 
@@ -61,12 +80,7 @@ class M3PHub(nn.Module):
         """
         from fairseq import checkpoint_utils
 
-        if os.path.isfile(model_name_or_path):
-            path = model_name_or_path
-        else:
-            path = os.path.join(model_name_or_path, checkpoint_file)
-        if not os.path.isfile(path):
-            raise M3PInputError(f"{path}: checkpoint not found")
+        path = _checkpoint_path(model_name_or_path, checkpoint_file)
         data = data_name_or_path or os.path.dirname(os.path.abspath(path))
         if not os.path.isfile(os.path.join(data, "dict.txt")):
             raise M3PInputError(f"{data}: no dict.txt (pass data_name_or_path, the folder holding it)")
@@ -81,6 +95,12 @@ class M3PHub(nn.Module):
 
     def max_positions(self):
         return self.model.max_positions()
+
+    def _source_positions(self):
+        """The longest input the (encoder of the) model takes: a generation model's max_positions is
+        (source, target)."""
+        limit = self.max_positions()
+        return limit[0] if isinstance(limit, tuple) else limit
 
     def encode(self, text: str, lang: Optional[str] = None) -> torch.LongTensor:
         """``<s> pieces </s>`` as fairseq ids (1-D LongTensor).
@@ -105,8 +125,8 @@ class M3PHub(nn.Module):
 
     def extract_features(self, tokens: torch.LongTensor, regions: Optional[torch.Tensor] = None,
                          boxes: Optional[torch.Tensor] = None, region_padding_mask: Optional[torch.Tensor] = None,
-                         return_all_hiddens: bool = False):
-        """Last-layer features, B x T x C (B x (T + R) x C with regions: text first, then regions).
+                         return_all_hiddens: bool = False, lang: Optional[str] = None):
+        """Last-layer features, B x T x C (B x (T + R) x C with regions, in the model's --joint-layout order).
 
         Args:
             tokens: T or B x T ids (right-padded with <pad>)
@@ -114,14 +134,16 @@ class M3PHub(nn.Module):
             boxes: R x 5 or B x R x 5 spatial vectors, as ``region_store.spatial_features`` makes them
             region_padding_mask: B x R, True where a region slot is padding
             return_all_hiddens: also return every layer's output (list of B x L x C, embeddings first)
+            lang: the text's language: a generation model needs it; for an understanding model with a
+                language embedding (--langs), text only
 
         >>> m3p.extract_features(m3p.encode("a dog")).shape
         torch.Size([1, 4, 768])
         """
         if tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
-        if tokens.size(-1) > self.max_positions():
-            raise M3PInputError(f"{tokens.size(-1)} tokens, more than the model's {self.max_positions()} positions")
+        if tokens.size(-1) > self._source_positions():
+            raise M3PInputError(f"{tokens.size(-1)} tokens, more than the model's {self._source_positions()} positions")
         kwargs = {}
         if regions is not None:
             if boxes is None:
@@ -133,10 +155,31 @@ class M3PHub(nn.Module):
             kwargs = {"regions": regions.to(self.device, torch.float), "region_boxes": boxes.to(self.device, torch.float)}
             if region_padding_mask is not None:
                 kwargs["region_padding_mask"] = region_padding_mask.to(self.device)
+        if isinstance(self.model, M3PSeq2SeqModel):
+            return self._encoder_features(tokens, lang, return_all_hiddens, **kwargs)
+        if lang is not None and getattr(self.model, "langs", None) and regions is None:
+            # text-only passes of a model with a language embedding (an imported M3P release) add it
+            if lang not in self.model.langs:
+                raise M3PInputError(f"language {lang!r} is not one of the model's ({','.join(self.model.langs)})")
+            kwargs["src_lang"] = torch.full((tokens.size(0),), self.model.langs.index(lang), device=self.device)
         out = self.model(tokens.to(self.device), features_only=True, return_all_hiddens=return_all_hiddens, **kwargs)
         if return_all_hiddens:
             return out["features"], [h.transpose(0, 1) for h in out["inner_states"]]
         return out["features"]
+
+    def _encoder_features(self, tokens, lang, return_all_hiddens, **regions):
+        """extract_features of a generation model: its encoder's output, which reads the language."""
+        if lang is None:
+            raise M3PInputError("extract_features of a generation model (m3p_seq2seq_*) needs lang= "
+                                "(its encoder adds a language embedding)")
+        tokens = tokens.to(self.device)
+        out = self.model.encoder(tokens, src_lengths=tokens.ne(self.dictionary.pad()).sum(-1),
+                                 src_lang=torch.full((tokens.size(0),), self._lang_id(lang), device=self.device),
+                                 return_all_hiddens=return_all_hiddens, **regions)
+        features = out["encoder_out"][0].transpose(0, 1)  # fairseq's encoders are T x B x C
+        if return_all_hiddens:
+            return features, [h.transpose(0, 1) for h in out["encoder_states"]]
+        return features
 
     # ---- image-text matching (the VLM head) ---------------------------------------------------------
     def _regions(self, regions, boxes=None, width=None, height=None, store=None):
@@ -247,7 +290,7 @@ class M3PHub(nn.Module):
             raise M3PInputError(f"source and target language are both {src!r}")
         self._lang_id(src), self._lang_id(tgt)
         tokens = self.encode(text, src)
-        limit = self.max_positions()[0]  # (encoder, decoder) positions
+        limit = self._source_positions()
         if tokens.size(0) > limit:
             raise M3PInputError(f"{tokens.size(0)} tokens, more than the model's {limit} positions")
         feats = spatial = None

@@ -41,6 +41,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
+from .attention import use_fused_attention
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class JointTransformerEncoder(TransformerEncoder):
     def __init__(self, args, dictionary, embed_tokens, return_fc=False):
         super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
         self.regions_first = safe_getattr(args, "joint_layout", "text-first") == "regions-first"
+        use_fused_attention(self)  # the same function, one fused self-attention call (models/attention.py)
 
     def forward_embedding(self, src_tokens, token_embedding=None):
         if token_embedding is None:
@@ -247,6 +249,14 @@ class M3PEncoder(RobertaEncoder):
 @register_model("m3p")
 class M3PModel(RobertaModel):
     """The understanding model. ``forward`` returns a dict with the outputs the caller asks for."""
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
+        """The plugin's hub (encode, extract_features, score, rank) around a checkpoint of
+        this model, as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
+        from ..hub import from_pretrained
+
+        return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
 
     @staticmethod
     def add_args(parser):

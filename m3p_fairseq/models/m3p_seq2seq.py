@@ -129,6 +129,14 @@ class M3PSeq2SeqModel(TransformerModel):
     """The generation model (xDAE, IC, DIC pre-training; captioning, MMT, NTG)."""
 
     @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
+        """The plugin's hub (encode, extract_features, caption, translate) around a checkpoint of
+        this model, as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
+        from ..hub import from_pretrained
+
+        return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
+
+    @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
         parser.add_argument("--region-feat-dim", type=int, metavar="D",

@@ -51,22 +51,29 @@ def _plugin_model_names():
     return {cls.__name__ for cls in MODEL_REGISTRY.values() if cls.__module__.startswith(__package__ + ".")}
 
 
-def checkpoint_load_message(exc):
-    """One line for fairseq's "Cannot load model parameters from checkpoint X" (which hides its cause
-    behind a second traceback) into one of the plugin's models: the file and the first line of the
-    cause that says what differs. None for other models (a stock model keeps fairseq's traceback)."""
+def _unloadable_checkpoint(exc):
+    """The file of fairseq's "Cannot load model parameters from checkpoint X" (which hides its cause
+    behind a second traceback), and that cause; (None, None) for other exceptions."""
     import re
 
     m = re.match(r"Cannot load model parameters from checkpoint (.+?); please ensure", str(exc))
     cause = exc.__cause__ or exc.__context__
-    if m is None or cause is None:
-        return None
+    return (m.group(1), cause) if m is not None and cause is not None else (None, None)
+
+
+def checkpoint_load_message(exc):
+    """One line for a checkpoint whose weights do not fit one of the plugin's models: the file and the
+    first line of the cause that says what differs. None for other models (a stock model keeps
+    fairseq's traceback)."""
+    import re
+
+    path, cause = _unloadable_checkpoint(exc)
     into = re.search(r"loading state_dict for (\w+)", str(cause))
-    if into is None or into.group(1) not in _plugin_model_names():
+    if path is None or into is None or into.group(1) not in _plugin_model_names():
         return None
     lines = [l.strip() for l in str(cause).splitlines() if l.strip()]
     detail = next((l for l in lines if re.match(r"(size mismatch|Missing key|Unexpected key)", l)), lines[0] if lines else "")
-    return f"{m.group(1)}: cannot load its weights into this model (another architecture?): {detail[:300]}"
+    return f"{path}: cannot load its weights into this model (another architecture?): {detail[:300]}"
 
 
 def one_line(exc):
@@ -75,8 +82,7 @@ def one_line(exc):
     inner = next((e for e in chain if isinstance(e, M3PInputError)), None)
     if inner is not None:
         if inner is not exc:  # raised under fairseq's checkpoint loading: keep the file it names
-            m = checkpoint_load_message(exc)
-            file = m.split(": cannot load", 1)[0] if m else None
+            file, _ = _unloadable_checkpoint(exc)
             return f"{file}: {inner}" if file and file not in str(inner) else str(inner)
         return str(inner)
     for e in chain:

@@ -1,0 +1,91 @@
+"""Self-attention of the joint encoder through one fused projection and torch's
+``scaled_dot_product_attention``.
+
+fairseq's ``MultiheadAttention`` (0.12) hands self-attention to ``F.multi_head_attention_forward``:
+three input projections, the padding mask turned into an additive float mask repeated per head,
+and, with attention dropout in training on a CPU, torch's composite SDPA path (q and k each
+scaled, a "safe" softmax, dropout, two matrix products, every step kept for backward).
+``SDPAMultiheadAttention`` computes the same function with one projection of the three weights
+stacked, a boolean padding mask broadcast over heads, and one ``scaled_dot_product_attention``
+call; where torch's kernels allow (no attention dropout on a CPU; flash / memory-efficient
+attention on a GPU, dropout included) that call is fused. The dropout case on a CPU is written
+out (scaled ``baddbmm``, softmax, dropout, ``bmm``): the same maths in fewer passes.
+
+Everything else (incremental decoding, static keys, attention weights asked for, an
+``attn_mask``, quantization noise, key/value biases, ONNX or TorchScript) goes to fairseq's own
+forward unchanged. The class only replaces ``forward``: parameters, their names and the module
+objects stay those fairseq built, so checkpoints, weight ties and ``upgrade_state_dict`` are
+untouched. ``use_fused_attention(module)`` switches every self-attention module below ``module``
+(the decoder of the generation model shares the encoder's, and keeps its causal mask through the
+fallback); ``use_fused_attention(module, False)`` switches back.
+"""
+import torch
+import torch.nn.functional as F
+from fairseq.modules.multihead_attention import MultiheadAttention
+
+
+class SDPAMultiheadAttention(MultiheadAttention):
+    def _fused_applies(self, query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
+                       attn_mask, before_softmax, need_head_weights):
+        return (
+            self.self_attention and key is query and value is query
+            and incremental_state is None and attn_mask is None
+            and not (need_weights or need_head_weights or static_kv or before_softmax)
+            and self.bias_k is None and not self.add_zero_attn and self.qkv_same_dim
+            and not (self.onnx_trace or self.use_xformers or self.skip_embed_dim_check)
+            and not torch.jit.is_scripting() and query.device.type != "xla"
+            # quantization noise acts through forward pre-hooks of the projections
+            and not any(p._forward_pre_hooks or p._forward_hooks for p in (self.q_proj, self.k_proj, self.v_proj))
+            and (key_padding_mask is None or key_padding_mask.dim() == 2)
+        )
+
+    def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
+                static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
+        if not self._fused_applies(query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
+                                   attn_mask, before_softmax, need_head_weights):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   incremental_state=incremental_state, need_weights=need_weights,
+                                   static_kv=static_kv, attn_mask=attn_mask, before_softmax=before_softmax,
+                                   need_head_weights=need_head_weights)
+        tgt_len, bsz, dim = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        # T x B x 3C -> 3 x B x H x T x D: views, no copy
+        q, k, v = F.linear(query, weight, bias).view(tgt_len, bsz, 3, heads, head_dim).permute(2, 1, 3, 0, 4)
+        keep = None if key_padding_mask is None else ~key_padding_mask.bool().view(bsz, 1, 1, tgt_len)
+        p = self.dropout_module.p if (self.training or self.dropout_module.apply_during_inference) else 0.0
+        if p > 0 and query.device.type == "cpu":
+            out = _attention_with_dropout(q, k, v, keep, p, self.scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=self.scaling)
+        # B x H x T x D -> T x B x C, the layout fairseq's encoder layer works in
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, dim)
+        return self.out_proj(out), None
+
+
+def _attention_with_dropout(q, k, v, keep, p, scale):
+    """softmax(scale * q k^T, over kept keys) with dropout, times v (B x H x T x D each): what torch's
+    CPU SDPA does when dropout is on, with the scaling and the mask folded into one ``baddbmm``."""
+    bsz, heads, tgt_len, head_dim = q.shape
+    q3, k3, v3 = (t.reshape(bsz * heads, tgt_len, head_dim) for t in (q, k, v))
+    if keep is None:
+        bias, beta = q3.new_zeros(1, 1, 1), 0.0
+    else:  # B*H x 1 x S, broadcast over the query positions by baddbmm itself
+        bias = q3.new_zeros(keep.shape).masked_fill_(~keep, float("-inf"))
+        bias, beta = bias.expand(bsz, heads, 1, tgt_len).reshape(bsz * heads, 1, tgt_len), 1.0
+    scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), beta=beta, alpha=scale)
+    probs = F.dropout(torch.softmax(scores, dim=-1), p=p, training=True)
+    return torch.bmm(probs, v3).view(bsz, heads, tgt_len, head_dim)
+
+
+def use_fused_attention(module, fused=True):
+    """Switches every self-attention ``MultiheadAttention`` below ``module`` to the fused forward (or
+    back); returns how many were switched."""
+    src, dst = (MultiheadAttention, SDPAMultiheadAttention) if fused else (SDPAMultiheadAttention, MultiheadAttention)
+    n = 0
+    for m in module.modules():
+        if type(m) is src and m.self_attention:
+            m.__class__ = dst  # same object, parameters and hooks: only forward changes
+            n += 1
+    return n

@@ -39,7 +39,7 @@ setup(
             "m3p-build-spm = preprocess.build_spm:main",
             "m3p-binarize = preprocess.binarize:main",
             "m3p-prepare-world = preprocess.prepare_world:main",
-            "m3p-retrieval-eval = m3p_fairseq.evaluation.retrieval_cli:main",
+            "m3p-retrieval-eval = m3p_fairseq.evaluation.downstream_cli:retrieval_main",
             "m3p-results-table = m3p_fairseq.evaluation.tables:main",
             "m3p-plots = m3p_fairseq.evaluation.plots:main",
             "m3p-import-xlmr = preprocess.import_xlmr:main",

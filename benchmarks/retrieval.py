@@ -34,11 +34,11 @@ def main():
     threads = set_threads(a.threads)
 
     import m3p_fairseq  # noqa: F401
-    from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
-    from m3p_fairseq.evaluation.retrieval_cli import language_split, load_checkpoint
+    from m3p_fairseq.checkpoints import UNDERSTANDING, load_model_of_kind
+    from m3p_fairseq.evaluation.retrieval import language_split, recall_at_k, score_pairs
 
     if a.checkpoint:
-        model, task = load_checkpoint(a.checkpoint, a.data)
+        model, task = load_model_of_kind(a.checkpoint, a.data, UNDERSTANDING, "the retrieval benchmark")
     else:
         from data_pipeline import build_task
 

@@ -89,7 +89,7 @@ def write_dict_from_spm(spm_path, out_path):
 
 def load_dictionary(path):
     """The dictionary the tasks use: dict.txt plus <mask> last."""
-    from m3p_fairseq.tasks.multitask_multimodal import M3PTaskBase
+    from m3p_fairseq.tasks.base import M3PTaskBase
 
     return M3PTaskBase.load_dictionary(path)
 

@@ -123,7 +123,7 @@ def _tiny_model(task, cfg):
 def test_two_stage_sharded_equals_unsharded(retrieval_task):
     task, cfg = retrieval_task
     model = _tiny_model(task, cfg)
-    from m3p_fairseq.evaluation.retrieval_cli import language_split
+    from m3p_fairseq.evaluation.retrieval import language_split
 
     captions, caption_image, images = language_split(task, "en", "test")
     pad, bos = task.dictionary.pad(), task.dictionary.bos()

@@ -192,7 +192,7 @@ def test_bad_input_checkpoint_of_the_wrong_model(tiny_world, pretrained, tmp_pat
                     "m3p_mmt fine-tunes an M3P generation model")
     res = run([os.path.join(BIN, "m3p-downstream-eval"), "retrieval", tiny_world["data"], "--path", pretrained["gen"]],
               check=False)
-    _one_line_error(res, "arch m3p_seq2seq_tiny (an M3P generation model)", "evaluates an M3P understanding model")
+    _one_line_error(res, "arch m3p_seq2seq_tiny (an M3P generation model)", "'retrieval' needs an M3P understanding model")
 
 
 @pytest.mark.parametrize("flags", [["--restore-file", "{ck}", "--reset-optimizer", "--reset-dataloader",

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from m3p_fairseq.criterions.m3p_pretrain import mrm_losses, vlm_loss
+from m3p_fairseq.objectives import mrm_losses, vlm_loss
 from m3p_fairseq.evaluation.retrieval import chance_recall, merge_shards, recall_at_k, score_pairs
 
 

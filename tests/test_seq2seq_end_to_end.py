@@ -106,7 +106,7 @@ def test_bad_input_understanding_checkpoint(tiny_world, tmp_path):
          "--save-dir", save, "--no-epoch-checkpoints", "--disable-validation", "--log-format", "json",
          "--data-buffer-size", "0"])
     _one_line_error(_generate(tiny_world["data"], os.path.join(save, "checkpoint_last.pt"), "--target-lang", "de",
-                              check=False), "arch m3p_tiny", "not an M3P generation model")
+                              check=False), "arch m3p_tiny", "m3p_captioning needs an M3P generation model")
 
 
 def _hypotheses(stdout):

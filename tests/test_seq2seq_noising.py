@@ -177,8 +177,8 @@ def test_dic_items_zero_whole_regions_and_keep_boxes(tiny_world):
     d = Dictionary()
     caps = ListDataset([torch.tensor([d.bos(), 5, 6, d.eos()])] * len(store), np.full(len(store), 4))
     rows, langs = np.arange(len(store)), np.zeros(len(store), dtype=np.int64)
-    ic = CaptionGenerationDataset(caps, rows, langs, regions, d, objective="ic")
-    dic = CaptionGenerationDataset(caps, rows, langs, regions, d, objective="dic", seed=3)
+    ic = CaptionGenerationDataset(caps, rows, langs, regions, d)
+    dic = CaptionGenerationDataset(caps, rows, langs, regions, d, zero_spans=True, seed=3)
     zeroed_any = 0
     for i in range(len(store)):
         a, b = ic[i]["image"], dic[i]["image"]

@@ -15,8 +15,8 @@ from fairseq.dataclass import FairseqDataclass
 
 from ..errors import M3PInputError
 from ..models.dual_encoder import contrastive_loss, embed_images, embed_text, has_dual_heads
-from .m3p_pretrain import vlm_loss
-from .summed import log_loss_and_accuracy, log_loss_bits, summer
+from ..objectives import reduce_loss_and_accuracy, vlm_loss
+from .summed import log_loss_bits, summer
 
 
 @dataclass
@@ -74,7 +74,7 @@ class M3PRetrievalCriterion(FairseqCriterion):
         loss = vlm_loss(out["vlm_logits"], labels)
         n = labels.numel()
         with torch.no_grad():
-            ncorrect = int(((out["vlm_logits"] > 0).float() == labels).sum())
+            ncorrect = ((out["vlm_logits"] > 0).float() == labels).sum()
         log.update({"vlm_loss": loss.data, "vlm_n": n, "vlm_ncorrect": ncorrect})
         if nce is not None:
             loss = loss + self.contrastive_weight * (n / len(dual["pair_index"])) * nce
@@ -116,8 +116,8 @@ class M3PRetrievalCriterion(FairseqCriterion):
     def reduce_metrics(logging_outputs) -> None:
         total = summer(logging_outputs)
         log_loss_bits(total)
-        log_loss_and_accuracy(total, "vlm")
-        log_loss_and_accuracy(total, "nce")
+        reduce_loss_and_accuracy("vlm", total)
+        reduce_loss_and_accuracy("nce", total)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
@@ -144,7 +144,7 @@ class M3PClassificationCriterion(FairseqCriterion):
         target = sample["target"].view(-1)
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()
-        ncorrect = int((logits.argmax(-1) == target).sum())
+        ncorrect = (logits.argmax(-1) == target).sum()
         return loss, n, {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": n, "sample_size": n,
                          "ncorrect": ncorrect}
 

@@ -1,33 +1,24 @@
-"""Loss of the generation objectives (xDAE, IC, DIC) and of caption fine-tuning: token cross-entropy.
+"""The generation model's criterion: token cross-entropy under teacher forcing, for the generation
+objectives (xDAE, IC, DIC; their specs in objectives.py) and the generation fine-tuning tasks
+(captioning, MMT, NTG), whose batches carry no objective.
 
-Every objective decodes a target sentence with teacher forcing, so one loss serves all: fairseq's
-``label_smoothed_nll_loss`` over the target tokens. Metrics are flat sums, also prefixed by the
-batch's objective (``xdae_nll_loss``, ``ic_ntokens``, ...), so ``logging_outputs_can_be_summed``
-stays True and each objective's perplexity and accuracy show separately.
+Every batch decodes a target sentence, so one loss serves all: fairseq's ``label_smoothed_nll_loss``
+over the target tokens. Metrics are flat sums, also prefixed by a pre-training batch's objective
+(``xdae_loss``, ``ic_acc``, ...), so ``logging_outputs_can_be_summed`` stays True and each
+objective's loss (bits per token), perplexity and accuracy show separately.
 """
 import math
 from dataclasses import dataclass, field
 
-import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from ..checkpoints import GENERATION
+from ..errors import M3PInputError
+from ..objectives import OBJECTIVES, generation_step, of_kind
 from .summed import log_loss_bits, summer
-
-OBJECTIVES = ("xdae", "ic", "dic", "caption")
-
-
-def generation_loss(lprobs, target, epsilon, pad_idx):
-    """Summed label-smoothed NLL over non-pad target tokens: (loss, nll_loss, ncorrect)."""
-    lprobs, target = lprobs.view(-1, lprobs.size(-1)), target.view(-1)
-    loss, nll_loss = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=pad_idx, reduce=True)
-    with torch.no_grad():
-        keep = target.ne(pad_idx)
-        ncorrect = int((lprobs.argmax(-1)[keep] == target[keep]).sum())
-    return loss, nll_loss, ncorrect
 
 
 @dataclass
@@ -45,21 +36,13 @@ class M3PGenerationCriterion(FairseqCriterion):
         self.pad_idx = task.target_dictionary.pad()
 
     def forward(self, model, sample, reduce=True):
-        # batches of the captioning task carry no objective tag: they are captions
-        objective = sample.get("objective", "caption")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"m3p_generation got a {objective!r} batch; it scores {', '.join(OBJECTIVES[:3])} "
-                             f"(use --criterion m3p_pretrain for understanding objectives)")
-        net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        loss, nll_loss, ncorrect = generation_loss(lprobs, target, self.eps, self.pad_idx)
-        ntokens = sample["ntokens"]
-        sample_size = sample["nsentences"] if self.sentence_avg else ntokens
-        log = {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": ntokens, "nsentences": sample["nsentences"],
-               "sample_size": sample_size, "ncorrect": ncorrect,
-               f"{objective}_loss": loss.data, f"{objective}_nll_loss": nll_loss.data,
-               f"{objective}_ntokens": ntokens, f"{objective}_ncorrect": ncorrect}
+        name = sample.get("objective")
+        if name is not None and (name not in OBJECTIVES or OBJECTIVES[name].kind != GENERATION):
+            raise M3PInputError(f"m3p_generation got a {name!r} batch; it trains {', '.join(of_kind(GENERATION))} "
+                                f"(use --criterion m3p_pretrain for understanding objectives)")
+        loss, sample_size, log = (OBJECTIVES[name].loss if name else generation_step)(self, model, sample)
+        log.update({"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": sample["nsentences"],
+                    "sample_size": sample_size})
         return loss, sample_size, log
 
     @staticmethod
@@ -71,12 +54,8 @@ class M3PGenerationCriterion(FairseqCriterion):
             metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
             metrics.log_scalar("acc", 100.0 * total("ncorrect") / ntokens, ntokens, round=2)
-        for obj in OBJECTIVES:
-            n = total(f"{obj}_ntokens")
-            if n > 0:
-                metrics.log_scalar(f"{obj}_loss", total(f"{obj}_nll_loss") / n / math.log(2), n, round=3)
-                metrics.log_derived(f"{obj}_ppl", lambda m, o=obj: utils.get_perplexity(m[f"{o}_loss"].avg))
-                metrics.log_scalar(f"{obj}_acc", 100.0 * total(f"{obj}_ncorrect") / n, n, round=2)
+        for name in of_kind(GENERATION):
+            OBJECTIVES[name].reduce(name, total)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -1,41 +1,23 @@
-"""Losses of the understanding objectives: xMLM / MMLM (masked LM), MRM (MSE + CE), VLM (BCE).
+"""The understanding objectives' criterion: each batch carries one objective (``sample["objective"]``),
+whose loss and metrics come from its spec in objectives.py (xMLM / MMLM masked LM, MRM MSE + CE,
+VLM BCE).
 
-Each batch carries one objective (``sample["objective"]``). Logged metrics are flat sums with the
-objective as prefix (xmlm_loss, mmlm_loss, mrm_mse, mrm_ce, vlm_loss, vlm_acc, with their counts),
-so ``logging_outputs_can_be_summed`` stays True across workers.
+Logged metrics are flat sums with the objective as prefix (xmlm_loss, mmlm_loss, mrm_mse, mrm_ce,
+vlm_loss, vlm_acc, with their counts), so ``logging_outputs_can_be_summed`` stays True across
+workers; cross-entropies are in bits, ``mrm_mse`` is a squared error. Counts stay tensors until
+fairseq reduces them: no host sync per batch.
 """
-import math
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-from fairseq import metrics, modules, utils
+from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from .summed import log_loss_and_accuracy, log_loss_bits, summer
-
-OBJECTIVES = ("xmlm", "mmlm", "mrm", "vlm")
-
-
-def masked_lm_loss(logits, targets, pad_idx):
-    """Summed cross-entropy over the masked positions."""
-    return modules.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), reduction="sum",
-                                 ignore_index=pad_idx)
-
-
-def mrm_losses(pred_feat, pred_cls, feat_target, cls_target):
-    """The paper's MRM: MSE(FC(h), raw feature) (mean over feature dims, summed over regions)
-    and CE(FC(h), the detector's top-1 class), both summed over masked regions."""
-    mse = F.mse_loss(pred_feat.float(), feat_target.float(), reduction="none").mean(-1).sum()
-    ce = F.cross_entropy(pred_cls.float(), cls_target, reduction="sum")
-    return mse, ce
-
-
-def vlm_loss(logits, labels):
-    """Binary cross-entropy of match / no match, summed."""
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+from ..checkpoints import UNDERSTANDING
+from ..errors import M3PInputError
+from ..objectives import OBJECTIVES, masked_lm_loss, mrm_losses, of_kind, vlm_loss  # noqa: F401 (losses live with their objectives)
+from .summed import log_loss_bits, summer
 
 
 @dataclass
@@ -53,68 +35,28 @@ class M3PPretrainCriterion(FairseqCriterion):
         self.pad_idx = task.source_dictionary.pad()
 
     def forward(self, model, sample, reduce=True):
-        objective = sample["objective"]
-        net_input = sample["net_input"]
+        name = sample["objective"]
+        spec = OBJECTIVES.get(name)
+        if spec is None or spec.kind != UNDERSTANDING:
+            raise M3PInputError(f"m3p_pretrain got a {name!r} batch; it trains {', '.join(of_kind(UNDERSTANDING))}")
         # every objective's count first, always present and in the same order (fairseq sums logs across workers
         # by position): per update they show which objective(s) all micro-batches of all workers trained
-        log = {f"{o}_batches": int(o == objective) for o in OBJECTIVES}
+        log = {f"{o}_batches": int(o == name) for o in of_kind(UNDERSTANDING)}
         log.update({"ntokens": sample["ntokens"], "nsentences": sample["nsentences"]})
-        if objective in ("xmlm", "mmlm"):
-            masked = sample["target"].ne(self.pad_idx)
-            n = int(masked.sum())
-            if n == 0:  # keep every parameter in the graph: fairseq's dummy batches and DDP need it
-                masked = None
-            out = model(**net_input, masked_tokens=masked)
-            if masked is None:
-                loss = out["features"].sum() * 0.0
-            else:
-                loss = masked_lm_loss(out["lm_logits"], sample["target"][masked], self.pad_idx)
-            sample_size = n
-            log.update({f"{objective}_loss": loss.data, f"{objective}_n": n})
-        elif objective == "mrm":
-            masked = sample["masked_regions"]
-            n = int(masked.sum())
-            out = model(**net_input, masked_regions=masked)
-            mse, ce = mrm_losses(out["mrm_feat"], out["mrm_cls"], sample["mrm_feat_target"], sample["mrm_cls_target"])
-            loss = self.mrm_feat_weight * mse + self.mrm_cls_weight * ce
-            if n == 0:
-                loss = loss + out["features"].sum() * 0.0
-            sample_size = n
-            with torch.no_grad():
-                ncorrect = int((out["mrm_cls"].argmax(-1) == sample["mrm_cls_target"]).sum()) if n else 0
-            log.update({"mrm_loss": loss.data, "mrm_mse": mse.data, "mrm_ce": ce.data, "mrm_n": n,
-                        "mrm_ncorrect": ncorrect})
-        elif objective == "vlm":
-            out = model(**net_input, vlm=True)
-            labels = sample["vlm_target"]
-            loss = vlm_loss(out["vlm_logits"], labels)
-            sample_size = labels.numel()
-            with torch.no_grad():
-                ncorrect = int(((out["vlm_logits"] > 0).float() == labels).sum())
-            log.update({"vlm_loss": loss.data, "vlm_n": sample_size, "vlm_ncorrect": ncorrect})
-        else:
-            raise ValueError(f"unknown objective {objective!r} in batch")
+        loss, sample_size, own = spec.loss(self, model, sample)
+        log.update(own)
         log.update({"loss": loss.data, "sample_size": sample_size})
         return loss, sample_size, log
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         total = summer(logging_outputs)
-        for obj in OBJECTIVES:
-            if total(f"{obj}_batches") > 0:
-                metrics.log_scalar_sum(f"{obj}_batches", total(f"{obj}_batches"))
+        for name in of_kind(UNDERSTANDING):
+            if total(f"{name}_batches") > 0:
+                metrics.log_scalar_sum(f"{name}_batches", total(f"{name}_batches"))
         log_loss_bits(total)
-        for obj in ("xmlm", "mmlm"):
-            n = total(f"{obj}_n")
-            if n > 0:
-                metrics.log_scalar(f"{obj}_loss", total(f"{obj}_loss") / n / math.log(2), n, round=3)
-                metrics.log_derived(f"{obj}_ppl", lambda m, o=obj: utils.get_perplexity(m[f"{o}_loss"].avg))
-        n = total("mrm_n")
-        if n > 0:
-            metrics.log_scalar("mrm_mse", total("mrm_mse") / n, n, round=4)
-            metrics.log_scalar("mrm_ce", total("mrm_ce") / n, n, round=3)
-            metrics.log_scalar("mrm_acc", 100.0 * total("mrm_ncorrect") / n, n, round=2)
-        log_loss_and_accuracy(total, "vlm")
+        for name in of_kind(UNDERSTANDING):
+            OBJECTIVES[name].reduce(name, total)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

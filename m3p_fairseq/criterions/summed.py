@@ -15,11 +15,3 @@ def log_loss_bits(total):
     n = total("sample_size")
     metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
     return n
-
-
-def log_loss_and_accuracy(total, prefix):
-    """``{prefix}_loss`` and ``{prefix}_acc`` over the ``{prefix}_n`` items that had the objective."""
-    n = total(f"{prefix}_n")
-    if n > 0:
-        metrics.log_scalar(f"{prefix}_loss", total(f"{prefix}_loss") / n, n, round=3)
-        metrics.log_scalar(f"{prefix}_acc", 100.0 * total(f"{prefix}_ncorrect") / n, n, round=2)

@@ -16,9 +16,6 @@ from .sized import SizeOrderedDataset
 from .seq2seq_collate import collate_seq2seq
 from .spans import sample_spans, span_mask
 
-OBJECTIVES = ("ic", "dic")
-
-
 def zero_region_spans(num_regions, ratio, poisson_lambda):
     """Which regions DIC zeroes, and the spans drawn. Call under a seeded numpy RNG."""
     starts, lengths = sample_spans(num_regions, ratio, poisson_lambda)
@@ -34,14 +31,12 @@ class CaptionGenerationDataset(SizeOrderedDataset):
         image_rows: per item, the image's row in ``regions.store``
         langs: per item, the caption's language id
         regions: RegionDataset over the store
-        objective: "ic" or "dic"
+        zero_spans: DIC's corruption (spans of regions zeroed); False: IC, the regions as they are
         caption_index: per item, its caption in ``captions`` (default: item i is caption i)
     """
 
-    def __init__(self, captions, image_rows, langs, regions: RegionDataset, dictionary, objective="ic", seed=1,
+    def __init__(self, captions, image_rows, langs, regions: RegionDataset, dictionary, zero_spans=False, seed=1,
                  dic_mask_ratio=0.3, dic_poisson_lambda=3.0, caption_index=None):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
         if not (0.0 < dic_mask_ratio < 1.0 and dic_poisson_lambda > 0):
             raise ValueError("need 0 < dic_mask_ratio < 1 and dic_poisson_lambda > 0")
         self.caption_index = np.arange(len(captions), dtype=np.int64) if caption_index is None \
@@ -51,7 +46,7 @@ class CaptionGenerationDataset(SizeOrderedDataset):
         if not (len(self.caption_index) == len(self.image_rows) == len(self.langs)):
             raise ValueError(f"{len(self.caption_index)} captions, {len(self.image_rows)} image rows and "
                              f"{len(self.langs)} language ids")
-        self.captions, self.regions, self.objective = captions, regions, objective
+        self.captions, self.regions, self.zero_spans = captions, regions, zero_spans
         self.pad, self.eos = dictionary.pad(), dictionary.eos()
         self.seed, self.epoch = seed, 1
         self.dic_mask_ratio, self.dic_poisson_lambda = dic_mask_ratio, dic_poisson_lambda
@@ -72,7 +67,7 @@ class CaptionGenerationDataset(SizeOrderedDataset):
     def __getitem__(self, index):
         caption = self.captions[int(self.caption_index[index])]
         image = self.regions.get_row(int(self.image_rows[index]))
-        if self.objective == "dic":
+        if self.zero_spans:
             with data_utils.numpy_seed(self.seed, self.epoch, index):
                 zeroed, _ = zero_region_spans(len(image["features"]), self.dic_mask_ratio, self.dic_poisson_lambda)
             image = dict(image, features=image["features"].clone())

@@ -158,19 +158,3 @@ class CodeSwitchDataset(BaseWrapperDataset):
 
     def __getitem__(self, index):
         return self.switch(index)[0]
-
-
-def maybe_code_switch(task, captions, lang, split, seed):
-    """The task's English training captions, code-switched when ``--code-switch`` is on; anything else unchanged."""
-    cfg = task.cfg
-    if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
-        return captions
-    if getattr(task, "_code_switch_table", None) is None:
-        langs = [l.strip() for l in (cfg.code_switch_langs or "").split(",") if l.strip()] or None
-        dicts = find_dictionaries(task.data_path(), cfg.code_switch_dicts, langs)
-        task._code_switch_table = build_table(dicts, task.dictionary,
-                                              os.path.join(task.data_path(), "sentencepiece.bpe.model"))
-        if not task._code_switch_table:
-            raise M3PInputError(f"{', '.join(dicts.values())}: no dictionary entry could be encoded")
-    return CodeSwitchDataset(captions, task.dictionary, task._code_switch_table, cfg.code_switch_sentence_ratio,
-                             cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample)

@@ -1,17 +1,23 @@
-"""m3p-downstream-eval: evaluate fine-tuned (or pre-trained) M3P checkpoints per language, one process
+"""m3p-downstream-eval: evaluate pre-trained or fine-tuned M3P checkpoints per language, one process
 for all languages, and merge the numbers into the results JSON.
 
-    m3p-downstream-eval retrieval DATA --path ckpt.pt --langs en,de,fr --results R --key retrieval.finetune_en
+    m3p-downstream-eval retrieval DATA --path ckpt.pt --langs en,de,fr --results R --key retrieval.zero_shot
     m3p-downstream-eval retrieval DATA --path ckpt.pt --langs en --two-stage --top-k 10 --key retrieval.two_stage
     m3p-downstream-eval retrieval DATA/mild_corpus --path ckpt.pt --langs en,de --context --key retrieval.mild.with_context
     m3p-downstream-eval xnli DATA --path ckpt.pt --results R --key xnli
     m3p-downstream-eval generate DATA --path ckpt.pt --targets en-de,de-en --beam 10 --results R --key mmt
 
+``m3p-retrieval-eval DATA ...`` is ``m3p-downstream-eval retrieval DATA ...`` with the key
+``retrieval.zero_shot`` by default. Retrieval scores every (image, caption) pair with the VLM head
+(zero-shot: the pre-trained model as it is; fine-tuned: after m3p_retrieval), prints R@1/5/10 both
+ways and mR per language with its chance level, and can be sharded over machines
+(``--num-shards N --shard-id K --scores-out F``) and merged exactly (``--merge F1 F2 ...``).
+
 The tasks themselves run under the stock commands (``fairseq-validate --valid-subset test.de``,
 ``fairseq-generate --gen-subset test.en-de``); this only saves a process start per language and
-writes the results JSON. Retrieval scoring is ``evaluation/retrieval.py``'s (batched, shardable,
-exact merge) and, with ``--two-stage``, ``evaluation/two_stage.py``'s; BLEU-4 and CIDEr are
-``caption_metrics``' (sacrebleu, pycocoevalcap).
+writes the results JSON. Retrieval scoring is ``evaluation/retrieval.py``'s and, with
+``--two-stage``, ``evaluation/two_stage.py``'s; BLEU-4 and CIDEr are ``caption_metrics``'
+(sacrebleu, pycocoevalcap).
 """
 import argparse
 import logging
@@ -22,10 +28,12 @@ import time
 import numpy as np
 import torch
 
+from ..checkpoints import GENERATION, UNDERSTANDING, load_model_of_kind
 from ..errors import M3PInputError
 from .results import update_results
 
-KIND_OF_COMMAND = {"retrieval": "understanding", "xnli": "understanding", "generate": "generation"}
+KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION}
+DEFAULT_KEY = {"retrieval": "retrieval.finetuned", "xnli": "xnli", "generate": "generation"}
 
 
 def bar(what):
@@ -35,46 +43,19 @@ def bar(what):
     return lambda items: tqdm(items, desc=what, file=sys.stderr, mininterval=2, leave=False, disable=None)
 
 
-def load(path, data, command):
-    """(model, task) from a checkpoint, refusing a model of the wrong kind with one line."""
-    import m3p_fairseq  # noqa: F401  (registers tasks/models and the checkpoint allowlist)
-    from fairseq import checkpoint_utils
-
-    from ..tasks.downstream import load_checkpoint_of_kind
-
-    state, _ = load_checkpoint_of_kind(path, KIND_OF_COMMAND[command],
-                                       f"'{command}' evaluates an M3P {KIND_OF_COMMAND[command]} model")
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data}, state=state)
-    return models[0], task
-
-
-# ---- retrieval --------------------------------------------------------------------------------------
-
-def image_contexts(task, lang, split, rows, limit):
-    """Per distinct image (np.unique order), the context of its first query line, as ``</s> ... </s>``,
-    cut so that any query of the split plus the context fits ``limit`` tokens."""
-    from ..tasks.retrieval import load_contexts
-
-    contexts = load_contexts(task, lang, split, len(rows))
-    _, first = np.unique(rows, return_index=True)
-    out = []
-    for i in first:
-        c = contexts[int(i)]
-        out.append(c if len(c) <= limit else torch.cat([c[: limit - 1], c[-1:]]))
-    return out
-
-
 def retrieval(a, model, task, device):
+    """Recall per language: every pair scored by the cross-encoder (zero-shot or fine-tuned), or two-stage;
+    sharded over machines and merged exactly. Returns {lang: metrics, with the language's chance_mR}."""
     from ..models.dual_encoder import has_dual_heads
-    from .retrieval import chance_recall, merge_shards, recall_at_k, recall_line, save_shard_scores, score_pairs
-    from .retrieval_cli import language_split
+    from .retrieval import (chance_recall, image_contexts, language_split, merge_shards, recall_at_k, recall_line,
+                            save_shard_scores, score_pairs)
     from .two_stage import merge_two_stage, two_stage_scores
 
     if a.two_stage and not has_dual_heads(model):
         raise M3PInputError(f"{a.path}: no dual-encoder heads; fine-tune it with --task m3p_retrieval (--dual-dim > 0) "
                             f"for two-stage retrieval")
     pad, bos = task.source_dictionary.pad(), task.source_dictionary.bos()
-    metrics, chance, shard_out = {}, None, {}
+    metrics, shard_out = {}, {}
     for lang in a.langs:
         captions, caption_image, images = language_split(task, lang, a.split)
         contexts = None
@@ -127,19 +108,19 @@ def retrieval(a, model, task, device):
             m["full_mR"] = recall_at_k(full, caption_image)["mR"]
         if a.two_stage and not a.merge:
             m["dual_mR"] = recall_at_k(dual, caption_image)["mR"]
+        m["chance_mR"] = chance_recall(caption_image, n_img)["mR"]
         metrics[lang] = m
-        chance = chance_recall(caption_image, n_img)["mR"]
         extra = f"  {n_pairs} of {n_img * n_cap} pairs cross-encoded" if a.two_stage else ""
         extra += "".join(f"  {k} {m[k]:.1f}" for k in ("dual_mR", "full_mR") if k in m)
-        print(recall_line(lang, m, chance, extra), flush=True)
+        print(recall_line(lang, m, m["chance_mR"], extra), flush=True)
     if shard_out:
         try:
             save_shard_scores(a.scores_out, shard_out)
         except ValueError as e:
             raise M3PInputError(str(e))
         print(a.scores_out)
-        return None, None
-    return metrics, chance
+        return None
+    return metrics
 
 
 # ---- XNLI -------------------------------------------------------------------------------------------
@@ -255,21 +236,32 @@ def main(argv=None):
         if hasattr(a, name):
             setattr(a, name, [x for x in getattr(a, name).split(",") if x])
     device = "cuda" if torch.cuda.is_available() and not a.cpu else "cpu"
-    model, task = load(a.path, a.data, a.command)
+    kind = KIND_OF_COMMAND[a.command]
+    model, task = load_model_of_kind(a.path, a.data, kind, f"'{a.command}'")
     model.to(device)
-    if a.command == "retrieval":
-        metrics, chance = retrieval(a, model, task, device)
-    elif a.command == "xnli":
-        metrics, chance = xnli(a, model, task, device), None
-    else:
-        metrics, chance = generate(a, model, task, device), None
+    metrics = {"retrieval": retrieval, "xnli": xnli, "generate": generate}[a.command](a, model, task, device)
     if metrics is None or not a.results:
         return
-    key = a.key or {"retrieval": "retrieval.finetuned", "xnli": "xnli", "generate": "generation"}[a.command]
-    update_results(a.results, key, metrics)
-    if chance is not None and "." in key:
-        update_results(a.results, key.rsplit(".", 1)[0] + ".chance_mR", chance)
+    key = a.key or DEFAULT_KEY[a.command]
+    save_metrics(a.results, key, metrics)
     print(f"{key} -> {a.results}", file=sys.stderr)
+
+
+def save_metrics(path, key, metrics):
+    """Merge ``{lang: metrics}`` under ``key``. Each language's chance level (``chance_mR``) stays beside its
+    own numbers; the section gets a chance line (``chance_mR`` next to ``key``) only when every language shares it."""
+    update_results(path, key, metrics)
+    chances = {m["chance_mR"] for m in metrics.values() if isinstance(m, dict) and "chance_mR" in m}
+    if len(chances) == 1 and "." in key:
+        update_results(path, key.rsplit(".", 1)[0] + ".chance_mR", chances.pop())
+
+
+def retrieval_main(argv=None):
+    """m3p-retrieval-eval: ``m3p-downstream-eval retrieval`` storing under retrieval.zero_shot unless --key says."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--key" not in argv and not any(x.startswith("--key=") for x in argv):
+        argv += ["--key", "retrieval.zero_shot"]
+    main(["retrieval"] + argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ import os
 import re
 import sys
 
+from ..objectives import plot_keys
 from .results import load_results
 
-LOSS_KEYS = ("xmlm_loss", "mmlm_loss", "mrm_mse", "mrm_ce", "vlm_loss", "vlm_acc", "xdae_loss", "ic_loss",
-             "dic_loss")
 _SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
 
 
@@ -56,7 +55,7 @@ def _plt():
 
 
 def plot_losses(series, out_png, title):
-    keys = [k for k in LOSS_KEYS if k in series]
+    keys = [k for k in plot_keys() if k in series]
     if not keys:
         return None
     plt = _plt()

@@ -137,3 +137,28 @@ def save_shard_scores(path, arrays):
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def language_split(task, lang, split):
+    """Captions (token tensors), their image index, and the distinct images (region dicts, in store order)."""
+    captions, rows = task.load_captions(lang, split)
+    regions = task.region_dataset(split)
+    uniq, caption_image = np.unique(rows, return_inverse=True)
+    images = [regions.get_row(int(r)) for r in uniq]
+    return [captions[i] for i in range(len(captions))], caption_image, images
+
+
+def image_contexts(task, lang, split, rows, limit):
+    """MILD: per distinct image (np.unique order), the context of its first query line, as ``</s> ... </s>``,
+    cut so that any query of the split plus the context fits ``limit`` tokens."""
+    import torch
+
+    from ..tasks.retrieval import load_contexts
+
+    contexts = load_contexts(task, lang, split, len(rows))
+    _, first = np.unique(rows, return_index=True)
+    out = []
+    for i in first:
+        c = contexts[int(i)]
+        out.append(c if len(c) <= limit else torch.cat([c[: limit - 1], c[-1:]]))
+    return out

@@ -54,5 +54,5 @@ def contrastive_loss(text_emb, image_emb, image_ids, temperature):
     target = torch.arange(len(image_ids), device=logits.device)
     loss = 0.5 * (F.cross_entropy(logits, target, reduction="sum") + F.cross_entropy(logits.t(), target, reduction="sum"))
     with torch.no_grad():
-        ncorrect = int((logits.argmax(1) == target).sum())
+        ncorrect = (logits.argmax(1) == target).sum()
     return loss, ncorrect

@@ -94,6 +94,28 @@ class LanguagePositionalEmbedding(LearnedPositionalEmbedding):
         return pos + self.embed_langs(langs).type_as(pos)
 
 
+REGION_SIZES = {"region_feat_dim": 2048, "num_region_classes": 1600}  # the usual Faster R-CNN's, if no store says
+
+
+def add_region_args(parser, names):
+    """--region-feat-dim / --num-region-classes, as each model that reads regions takes them."""
+    helps = {"region_feat_dim": ("D", "size of a region feature (default: the region store's)"),
+             "num_region_classes": ("K", "detector classes for MRM classification (default: the region store's)")}
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, metavar=helps[name][0], help=helps[name][1])
+
+
+def region_sizes_from_task(args, task, names):
+    """Region sizes not given come from the task's region store (else REGION_SIZES); given ones must match it."""
+    for name in names:
+        store = getattr(task, name, None)
+        current = safe_getattr(args, name, None)
+        if current is None:
+            setattr(args, name, store if store is not None else REGION_SIZES[name])
+        elif store is not None and current != store:
+            raise M3PInputError(f"--{name.replace('_', '-')} {current} does not match the region store ({store})")
+
+
 def set_layernorm_eps(module, eps):
     """Every LayerNorm under ``module`` (torch's or apex's fused one) gets epsilon ``eps``."""
     for m in module.modules():
@@ -261,10 +283,7 @@ class M3PModel(RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        parser.add_argument("--region-feat-dim", type=int, metavar="D",
-                            help="size of a region feature (default: the region store's)")
-        parser.add_argument("--num-region-classes", type=int, metavar="K",
-                            help="detector classes for MRM classification (default: the region store's)")
+        add_region_args(parser, REGION_SIZES)
         parser.add_argument("--vlm-inner-dim", type=int, metavar="D", help="hidden size of the VLM head")
         parser.add_argument("--joint-layout", choices=JOINT_LAYOUTS,
                             help="text-first (XLM-R's embedding for the text, regions appended without positions; "
@@ -284,14 +303,7 @@ class M3PModel(RobertaModel):
     @classmethod
     def build_model(cls, args, task):
         m3p_base_architecture(args)
-        for name, value in (("region_feat_dim", getattr(task, "region_feat_dim", None)),
-                            ("num_region_classes", getattr(task, "num_region_classes", None))):
-            current = safe_getattr(args, name, None)
-            if current is None:
-                setattr(args, name, value if value is not None else {"region_feat_dim": 2048,
-                                                                     "num_region_classes": 1600}[name])
-            elif value is not None and current != value:
-                raise M3PInputError(f"--{name.replace('_', '-')} {current} does not match the region store ({value})")
+        region_sizes_from_task(args, task, REGION_SIZES)
         if not hasattr(args, "max_positions"):
             args.max_positions = args.tokens_per_sample
         model = cls(args, M3PEncoder(args, task.source_dictionary))

@@ -31,7 +31,8 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
-from .m3p import JointTransformerEncoder, LanguagePositionalEmbedding, RegionEmbedding, split_langs
+from .m3p import (JointTransformerEncoder, LanguagePositionalEmbedding, RegionEmbedding, add_region_args,
+                  region_sizes_from_task, split_langs)
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,7 @@ class M3PSeq2SeqModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        parser.add_argument("--region-feat-dim", type=int, metavar="D",
-                            help="size of a region feature (default: the region store's)")
+        add_region_args(parser, ["region_feat_dim"])
         parser.add_argument("--langs", type=str, metavar="L1,L2,...",
                             help="languages of the language embedding, in id order "
                                  "(default: the languages of the pre-training data)")
@@ -148,11 +148,7 @@ class M3PSeq2SeqModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         m3p_seq2seq_base_architecture(args)
-        store_dim = getattr(task, "region_feat_dim", None)
-        if safe_getattr(args, "region_feat_dim", None) is None:
-            args.region_feat_dim = store_dim if store_dim is not None else 2048
-        elif store_dim is not None and args.region_feat_dim != store_dim:
-            raise M3PInputError(f"--region-feat-dim {args.region_feat_dim} does not match the region store ({store_dim})")
+        region_sizes_from_task(args, task, ["region_feat_dim"])
         if not split_langs(args.langs):
             raise M3PInputError("--langs: the generation model needs its list of languages")
         for enc, dec in (("encoder_embed_dim", "decoder_embed_dim"), ("encoder_layers", "decoder_layers"),

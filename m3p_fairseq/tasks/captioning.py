@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from fairseq.tasks import register_task
 
+from ..checkpoints import GENERATION
 from ..data.caption_generation_dataset import CaptionGenerationDataset
-from . import generation_objectives as gen
-from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase
+from ..errors import M3PDataError
+from .base import M3PDataConfig, M3PTaskBase
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +33,13 @@ class M3PCaptioningConfig(M3PDataConfig):
 
 @register_task("m3p_captioning", dataclass=M3PCaptioningConfig)
 class M3PCaptioningTask(M3PTaskBase):
+    model_kind = GENERATION
+
     def criterions(self):
         return ("m3p_generation",)
 
     def build_model(self, cfg, from_checkpoint=False):
-        gen.default_model_langs(self, cfg)
         model = super().build_model(cfg, from_checkpoint)
-        if not isinstance(model, gen.M3PSeq2SeqModel):
-            arch = getattr(cfg, "arch", None) or getattr(cfg, "_name", None) or model.__class__.__name__
-            raise M3PDataError(f"the model (arch {arch}) is not an M3P generation model: m3p_captioning needs a "
-                               f"checkpoint of {gen.GENERATION_ARCHS} (an understanding model has no decoder)")
-        self.model_langs = model.langs
         if self.cfg.target_lang not in model.langs:
             raise M3PDataError(f"--target-lang {self.cfg.target_lang!r} is not one of the model's languages "
                                f"({', '.join(model.langs)})")
@@ -50,7 +47,7 @@ class M3PCaptioningTask(M3PTaskBase):
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if split == "train":
-            self.datasets[split] = gen.build_caption_generation(self, "ic", split, self.cfg.seed)
+            self.datasets[split] = self.caption_generation(split, self.cfg.seed)
         else:
             self.datasets[split] = self.images_to_caption(self.cfg.target_lang, split)
         logger.info(f"{split}: {len(self.datasets[split])} items")
@@ -72,6 +69,6 @@ class M3PCaptioningTask(M3PTaskBase):
         captions, rows = self.load_captions(lang, split)
         _, first = np.unique(rows, return_index=True)
         first = np.sort(first)  # file order
-        return CaptionGenerationDataset(captions, rows[first], np.full(len(first), gen.lang_id(self, lang)),
-                                        self.region_dataset(split), self.dictionary, objective="ic",
+        return CaptionGenerationDataset(captions, rows[first], np.full(len(first), self.lang_id(lang)),
+                                        self.region_dataset(split), self.dictionary,
                                         seed=self.cfg.seed, caption_index=first)

@@ -20,9 +20,10 @@ from fairseq.data import ConcatDataset, StripTokenDataset
 from fairseq.tasks import register_task
 
 from ..data.text_generation_dataset import TextGenerationDataset
-from . import generation_objectives as gen
-from .downstream import PretrainedConfig, build_downstream_model, split_and_langs
-from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase, split_list
+from ..checkpoints import GENERATION
+from ..errors import M3PDataError
+from ..utils import split_list
+from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,10 @@ def parse_direction(direction):
 
 @register_task("m3p_mmt", dataclass=M3PMMTConfig)
 class M3PMMTTask(M3PTaskBase):
+    model_kind = GENERATION
+
     def criterions(self):
         return ("m3p_generation",)
-
-    def build_model(self, cfg, from_checkpoint=False):
-        return build_downstream_model(self, cfg, from_checkpoint, "generation", "m3p_mmt")
 
     def direction(self, direction, split):
         src, tgt = parse_direction(direction)
@@ -62,7 +62,7 @@ class M3PMMTTask(M3PTaskBase):
         n = len(src_rows)
         # the target without its <s> (a caption has <s> only in front): the decoder starts from </s>
         return source, StripTokenDataset(target, self.dictionary.bos()), src_rows, \
-            np.full(n, gen.lang_id(self, src)), np.full(n, gen.lang_id(self, tgt))
+            np.full(n, self.lang_id(src)), np.full(n, self.lang_id(tgt))
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base, directions = split_and_langs(split, split_list(self.cfg.directions))

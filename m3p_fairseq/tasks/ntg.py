@@ -18,9 +18,10 @@ from fairseq.data import AppendTokenDataset, ConcatDataset, PrependTokenDataset,
 from fairseq.tasks import register_task
 
 from ..data.text_generation_dataset import TextGenerationDataset
-from . import generation_objectives as gen
-from .downstream import PretrainedConfig, build_downstream_model, split_and_langs
-from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase, split_list
+from ..checkpoints import GENERATION
+from ..errors import M3PDataError
+from ..utils import split_list
+from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +36,13 @@ class M3PNTGConfig(M3PDataConfig, PretrainedConfig):
 
 @register_task("m3p_ntg", dataclass=M3PNTGConfig)
 class M3PNTGTask(M3PTaskBase):
+    model_kind = GENERATION
+
     def criterions(self):
         return ("m3p_generation",)
 
-    def build_model(self, cfg, from_checkpoint=False):
-        return build_downstream_model(self, cfg, from_checkpoint, "generation", "m3p_ntg")
-
     def eval_langs(self):
-        langs = split_list(self.cfg.eval_langs)
-        folder = os.path.join(self.data_path(), "ntg")
-        if not langs and os.path.isdir(folder):
-            langs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-        if not langs:
-            raise M3PDataError(f"{folder}: no NTG languages (m3p-import-dataset ntg writes them)")
-        return langs
+        return self.folder_langs(self.cfg.eval_langs, "ntg", "NTG data")
 
     def language(self, lang, split):
         folder = os.path.join(self.data_path(), "ntg", lang)
@@ -64,7 +58,7 @@ class M3PNTGTask(M3PTaskBase):
         body = PrependTokenDataset(AppendTokenDataset(TruncateDataset(
             StripTokenDataset(body, eos), self.cfg.tokens_per_sample - 2), eos), bos)
         title = AppendTokenDataset(TruncateDataset(StripTokenDataset(title, eos), self.cfg.max_title_tokens - 1), eos)
-        return body, title, np.full(len(body), gen.lang_id(self, lang))
+        return body, title, np.full(len(body), self.lang_id(lang))
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base = split.split(".", 1)[0]

@@ -24,11 +24,13 @@ import numpy as np
 from fairseq.data import ConcatDataset, PrependTokenDataset
 from fairseq.tasks import register_task
 
-from ..data.code_switch import CodeSwitchConfig, maybe_code_switch
+from ..checkpoints import UNDERSTANDING
+from ..data.code_switch import CodeSwitchConfig
 from ..data.retrieval_dataset import RetrievalDataset
+from ..errors import M3PDataError
 from ..models.dual_encoder import add_dual_heads
-from .downstream import PretrainedConfig, build_downstream_model, split_and_langs
-from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase, split_list
+from ..utils import split_list
+from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def load_contexts(task, lang, split, num_captions):
 
 @register_task("m3p_retrieval", dataclass=M3PRetrievalConfig)
 class M3PRetrievalTask(M3PTaskBase):
+    model_kind = UNDERSTANDING
+
     def criterions(self):
         return ("m3p_retrieval",)
 
@@ -67,7 +71,7 @@ class M3PRetrievalTask(M3PTaskBase):
             if self.cfg.dual_dim > 0:
                 add_dual_heads(model, self.cfg.dual_dim)
 
-        return build_downstream_model(self, cfg, from_checkpoint, "understanding", "m3p_retrieval", prepare)
+        return super().build_model(cfg, from_checkpoint, prepare)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base, langs = split_and_langs(split, split_list(self.cfg.caption_langs))
@@ -76,7 +80,7 @@ class M3PRetrievalTask(M3PTaskBase):
             c, r = self.load_captions(lang, base)
             if self.cfg.context:
                 ctxs.append(load_contexts(self, lang, base, len(c)))
-            caps.append(maybe_code_switch(self, c, lang, base, self.cfg.seed))
+            caps.append(self.code_switched(c, lang, base, self.cfg.seed))
             rows.append(r)
             groups.append(np.full(len(c), g))
         concat = (lambda ds: ConcatDataset(ds) if len(ds) > 1 else ds[0])

@@ -33,8 +33,10 @@ from fairseq.data import (
 )
 from fairseq.tasks import register_task
 
-from .downstream import PretrainedConfig, build_downstream_model, split_and_langs
-from .multitask_multimodal import M3PDataConfig, M3PDataError, M3PTaskBase, split_list
+from ..checkpoints import UNDERSTANDING
+from ..errors import M3PDataError
+from ..utils import split_list
+from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
 logger = logging.getLogger(__name__)
 
@@ -72,23 +74,17 @@ def read_labels(task, lang, split):
 
 @register_task("m3p_xnli", dataclass=M3PXNLIConfig)
 class M3PXNLITask(M3PTaskBase):
+    model_kind = UNDERSTANDING
+
     def criterions(self):
         return ("m3p_classification",)
 
     def build_model(self, cfg, from_checkpoint=False):
-        def prepare(model):
-            model.register_classification_head(XNLI_HEAD, num_classes=len(XNLI_LABELS))
-
-        return build_downstream_model(self, cfg, from_checkpoint, "understanding", "m3p_xnli", prepare)
+        return super().build_model(cfg, from_checkpoint, prepare=lambda model: model.register_classification_head(
+            XNLI_HEAD, num_classes=len(XNLI_LABELS)))
 
     def eval_langs(self):
-        langs = split_list(self.cfg.eval_langs)
-        folder = os.path.join(self.data_path(), "xnli")
-        if not langs and os.path.isdir(folder):
-            langs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-        if not langs:
-            raise M3PDataError(f"{folder}: no XNLI languages (m3p-import-dataset xnli writes them)")
-        return langs
+        return self.folder_langs(self.cfg.eval_langs, "xnli", "XNLI data")
 
     def pairs(self, lang, split):
         """(``<s> premise </s></s> hypothesis </s>``, class indices) of one language."""

@@ -1,0 +1,320 @@
+"""M3P's pre-training objectives, one spec each: the single list every module reads.
+
+A spec says which model kind it trains, which data it reads and how its dataset is built, its
+natural size (what an epoch holds when no ``--objective-ratios`` are given), how its loss is
+computed from a batch, and which metrics it logs. The pre-training task builds its datasets from
+the specs (tasks/multitask_multimodal.py), the criterions dispatch on them (criterions/), the plots
+draw their loss curves from them (evaluation/plots.py). A new objective is one spec here plus
+its dataset class under data/.
+
+Randomness: every objective draws from its own stream (``stream_seed``: ``--seed`` and the
+objective's name), for its masking or noising, its negatives and its language and ratio
+resampling, so adding or reordering objectives changes no other objective's draws.
+
+Units: every cross-entropy is logged in bits (fairseq's convention for ``loss``); MRM's regression
+term ``mrm_mse`` is a mean squared error. Losses are sums over the batch, so fairseq divides by
+the sample size the objective reports.
+"""
+import math
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fairseq import metrics, modules, utils
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.data import (
+    AppendTokenDataset,
+    ConcatDataset,
+    IdDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    NumSamplesDataset,
+    PrependTokenDataset,
+    RawLabelDataset,
+    ResamplingDataset,
+    RightPadDataset,
+    StripTokenDataset,
+    TokenBlockDataset,
+    TruncateDataset,
+)
+
+from .checkpoints import GENERATION, UNDERSTANDING
+from .data.caption_generation_dataset import CaptionGenerationDataset
+from .data.image_caption_dataset import ImageCaptionDataset
+from .data.multitask import alpha_sampling_probs, resample_to_probs
+from .data.xdae_dataset import XDAEDataset
+from .utils import split_list
+
+LN2 = math.log(2)
+TEXT, PAIRS = "text", "pairs"  # the multilingual corpus (language-sampled with --alpha); image-caption pairs
+
+
+def stream_seed(seed, name):
+    """The random stream of objective ``name`` under ``--seed``: stable across runs and objective lists."""
+    return seed + zlib.crc32(name.encode()) % 1_000_003
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    kind: str  # checkpoints.UNDERSTANDING / GENERATION: the model it trains
+    source: str  # TEXT / PAIRS
+    load: Callable  # (task, split, epoch, seed) -> per-language datasets (TEXT) or one dataset (PAIRS)
+    finish: Callable  # (task, loaded, split, epoch, seed, scale) -> the dataset fairseq batches
+    loss: Callable  # (criterion, model, sample) -> (loss, sample_size, logging output)
+    reduce: Callable  # (name, total) -> logs the objective's metrics (total: key -> summed value)
+    plot_keys: Tuple[str, ...]
+
+    def natural_size(self, loaded):
+        return sum(len(d) for d in loaded) if self.source == TEXT else len(loaded)
+
+
+# ---- datasets --------------------------------------------------------------------------------------
+
+def _text_blocks(task, split, epoch, seed):
+    """xMLM, per language: text cut into blocks of at most tokens_per_sample - 1 pieces, <s> in front."""
+    blocks = []
+    for lang in task.text_langs():
+        ds = task.load_tokens(os.path.join(task.data_path(epoch), "text", lang, split), f"{lang} {split} text")
+        if task.cfg.sample_break_mode == "eos":
+            # a line is a sample already (fairseq-preprocess ends each with </s>); TokenBlockDataset's
+            # eos mode uses np.compat, gone in numpy 2
+            ds = TruncateDataset(ds, task.cfg.tokens_per_sample - 1)
+        else:
+            ds = TokenBlockDataset(ds, ds.sizes, task.cfg.tokens_per_sample - 1, pad=task.dictionary.pad(),
+                                   eos=task.dictionary.eos(), break_mode=task.cfg.sample_break_mode)
+        blocks.append(PrependTokenDataset(ds, task.dictionary.bos()))
+    return blocks
+
+
+def _text_sentences(task, split, epoch, seed):
+    """xDAE, per language: one sentence (corpus line) per item, ``<s> ... </s>``, cut to
+    --tokens-per-sample. xDAE denoises sentences, as the reference's DAE does, not xMLM's blocks."""
+    out = []
+    for lang in task.text_langs():
+        ds = task.load_tokens(os.path.join(task.data_path(epoch), "text", lang, split), f"{lang} {split} text")
+        # cut the text, not its </s>: strip it, truncate, put it back, then <s> in front
+        ds = TruncateDataset(StripTokenDataset(ds, task.dictionary.eos()), task.cfg.tokens_per_sample - 2)
+        out.append(PrependTokenDataset(AppendTokenDataset(ds, task.dictionary.eos()), task.dictionary.bos()))
+    return out
+
+
+def _language_sampled(task, per_lang, split, epoch, seed, scale):
+    """Languages alpha-sampled (training only: p_l ∝ n_l^alpha), concatenated; with each item's language id."""
+    if split == "train":
+        per_lang = resample_to_probs(per_lang, alpha_sampling_probs([len(d) for d in per_lang], task.cfg.alpha),
+                                     seed, epoch, scale)
+    text = ConcatDataset(per_lang) if len(per_lang) > 1 else per_lang[0]
+    ids = np.repeat([task.lang_id(l) for l in task.text_langs()], [len(d) for d in per_lang])
+    return text, ids
+
+
+def _masked_text(task, per_lang, split, epoch, seed, scale):
+    """xMLM: language-sampled text masked as XLM-R (15%: 80% <mask>, 10% random, 10% kept)."""
+    text, ids = _language_sampled(task, per_lang, split, epoch, seed, scale)
+    src, tgt = task.apply_mask(text, seed)
+    return NestedDictionaryDataset(
+        {
+            "id": IdDataset(),
+            "net_input": {"src_tokens": RightPadDataset(src, pad_idx=task.dictionary.pad()),
+                          "src_lengths": NumelDataset(src, reduce=False),
+                          # the model adds a language embedding only if it has one (--langs)
+                          "src_lang": RawLabelDataset(ids.tolist())},
+            "target": RightPadDataset(tgt, pad_idx=task.dictionary.pad()),
+            "nsentences": NumSamplesDataset(),
+            "ntokens": NumelDataset(src, reduce=True),
+        },
+        sizes=[src.sizes],
+    )
+
+
+def _noised_text(task, per_lang, split, epoch, seed, scale):
+    """xDAE: language-sampled sentences, shuffled, words dropped, spans masked."""
+    text, ids = _language_sampled(task, per_lang, split, epoch, seed, scale)
+    cfg = task.cfg
+    return XDAEDataset(text, ids, task.dictionary, seed, shuffle_distance=cfg.xdae_shuffle_distance,
+                       drop_prob=cfg.xdae_drop_prob, mask_ratio=cfg.xdae_mask_ratio,
+                       poisson_lambda=cfg.xdae_poisson_lambda, mask_idx=task.mask_idx)
+
+
+def _pairs(name):
+    """MMLM / MRM / VLM over the captions of --caption-langs (code-switched with --code-switch)."""
+
+    def load(task, split, epoch, seed):
+        caps, rows = [], []
+        for lang in split_list(task.cfg.caption_langs):
+            c, r = task.load_captions(lang, split)
+            caps.append(task.code_switched(c, lang, split, seed))  # before MMLM masks it
+            rows.append(r)
+        captions = ConcatDataset(caps) if len(caps) > 1 else caps[0]
+        kw = {}
+        if name == "mmlm":
+            kw["masked_source"], kw["masked_target"] = task.apply_mask(captions, seed)
+        cfg = task.cfg
+        return ImageCaptionDataset(captions, np.concatenate(rows), task.region_dataset(split), task.dictionary.pad(),
+                                   name, seed=seed, mrm_prob=cfg.mrm_prob, mrm_zero_prob=cfg.mrm_zero_prob,
+                                   vlm_negative_prob=cfg.vlm_negative_prob,
+                                   vlm_text_negative_prob=cfg.vlm_text_negative_prob, **kw)
+
+    return load
+
+
+def _captions_to_generate(zero_spans):
+    """IC (regions as they are) / DIC (spans of regions zeroed) over the captions of --caption-langs."""
+
+    def load(task, split, epoch, seed):
+        return task.caption_generation(split, seed, zero_spans=zero_spans)
+
+    return load
+
+
+def _resampled(task, dataset, split, epoch, seed, scale):
+    """A dataset resampled to its share of the updates (--objective-ratios), else as it is."""
+    if scale == 1.0:
+        return dataset
+    return ResamplingDataset(dataset, size_ratio=scale, seed=seed, epoch=epoch, replace=scale >= 1.0)
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+
+def masked_lm_loss(logits, targets, pad_idx):
+    """Summed cross-entropy (nats) of the selected positions' logits against their targets (pads weigh nothing)."""
+    return modules.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), reduction="sum",
+                                 ignore_index=pad_idx)
+
+
+def mrm_losses(pred_feat, pred_cls, feat_target, cls_target):
+    """The paper's MRM: MSE(FC(h), raw feature) (mean over feature dims, summed over regions)
+    and CE(FC(h), the detector's top-1 class) in nats, both summed over masked regions."""
+    mse = F.mse_loss(pred_feat.float(), feat_target.float(), reduction="none").mean(-1).sum()
+    ce = F.cross_entropy(pred_cls.float(), cls_target, reduction="sum")
+    return mse, ce
+
+
+def vlm_loss(logits, labels):
+    """Binary cross-entropy (nats) of match / no match, summed."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+
+
+def _masked_lm_step(criterion, model, sample):
+    name = sample["objective"]
+    masked = sample["target"].ne(criterion.pad_idx)
+    n = masked.sum()
+    # nothing masked (a dummy batch): score every position instead, the pad targets weigh nothing, and every
+    # parameter stays in the graph (DDP needs it); torch.where decides on the device, without a host sync
+    selected = torch.where(masked.any(), masked, masked.new_ones(()))
+    out = model(**sample["net_input"], masked_tokens=selected)
+    loss = masked_lm_loss(out["lm_logits"], sample["target"][selected], criterion.pad_idx)
+    return loss, n, {f"{name}_loss": loss.data, f"{name}_n": n}
+
+
+def _mrm_step(criterion, model, sample):
+    masked = sample["masked_regions"]
+    n = masked.sum()
+    out = model(**sample["net_input"], masked_regions=masked)
+    mse, ce = mrm_losses(out["mrm_feat"], out["mrm_cls"], sample["mrm_feat_target"], sample["mrm_cls_target"])
+    loss = criterion.mrm_feat_weight * mse + criterion.mrm_cls_weight * ce + out["features"].sum() * 0.0
+    with torch.no_grad():
+        ncorrect = (out["mrm_cls"].argmax(-1) == sample["mrm_cls_target"]).sum()
+    return loss, n, {"mrm_loss": loss.data, "mrm_mse": mse.data, "mrm_ce": ce.data, "mrm_n": n,
+                     "mrm_ncorrect": ncorrect}
+
+
+def _vlm_step(criterion, model, sample):
+    out = model(**sample["net_input"], vlm=True)
+    labels = sample["vlm_target"]
+    loss = vlm_loss(out["vlm_logits"], labels)
+    with torch.no_grad():
+        ncorrect = ((out["vlm_logits"] > 0).float() == labels).sum()
+    return loss, labels.numel(), {"vlm_loss": loss.data, "vlm_n": labels.numel(), "vlm_ncorrect": ncorrect}
+
+
+def generation_loss(lprobs, target, epsilon, pad_idx):
+    """Summed label-smoothed NLL (nats) over non-pad target tokens: (loss, nll_loss, ncorrect)."""
+    lprobs, target = lprobs.view(-1, lprobs.size(-1)), target.view(-1)
+    loss, nll_loss = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=pad_idx, reduce=True)
+    with torch.no_grad():
+        keep = target.ne(pad_idx)
+        ncorrect = (lprobs.argmax(-1)[keep] == target[keep]).sum()
+    return loss, nll_loss, ncorrect
+
+
+def generation_step(criterion, model, sample):
+    """Teacher-forced decoding of the target: xDAE, IC, DIC and the generation fine-tuning tasks.
+    Returns (loss, sample_size, log): token counts and, for a pre-training batch, its objective's keys."""
+    net_output = model(**sample["net_input"])
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    target = model.get_targets(sample, net_output)
+    loss, nll_loss, ncorrect = generation_loss(lprobs, target, criterion.eps, criterion.pad_idx)
+    ntokens = sample["ntokens"]
+    log = {"nll_loss": nll_loss.data, "ncorrect": ncorrect}
+    name = sample.get("objective")
+    if name is not None:
+        log.update({f"{name}_nll_loss": nll_loss.data, f"{name}_ntokens": ntokens, f"{name}_ncorrect": ncorrect})
+    return loss, sample["nsentences"] if criterion.sentence_avg else ntokens, log
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+def _reduce_masked_lm(name, total):
+    n = total(f"{name}_n")
+    if n > 0:
+        metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n / LN2, n, round=3)
+        metrics.log_derived(f"{name}_ppl", lambda m: utils.get_perplexity(m[f"{name}_loss"].avg))
+
+
+def _reduce_mrm(name, total):
+    n = total("mrm_n")
+    if n > 0:
+        metrics.log_scalar("mrm_mse", total("mrm_mse") / n, n, round=4)
+        metrics.log_scalar("mrm_ce", total("mrm_ce") / n / LN2, n, round=3)
+        metrics.log_scalar("mrm_acc", 100.0 * total("mrm_ncorrect") / n, n, round=2)
+
+
+def reduce_loss_and_accuracy(prefix, total):
+    """``{prefix}_loss`` (bits) and ``{prefix}_acc`` over the ``{prefix}_n`` items that had the objective."""
+    n = total(f"{prefix}_n")
+    if n > 0:
+        metrics.log_scalar(f"{prefix}_loss", total(f"{prefix}_loss") / n / LN2, n, round=3)
+        metrics.log_scalar(f"{prefix}_acc", 100.0 * total(f"{prefix}_ncorrect") / n, n, round=2)
+
+
+def _reduce_generation(name, total):
+    """``{name}_loss``: NLL in bits per target token, with its perplexity and token accuracy."""
+    n = total(f"{name}_ntokens")
+    if n > 0:
+        metrics.log_scalar(f"{name}_loss", total(f"{name}_nll_loss") / n / LN2, n, round=3)
+        metrics.log_derived(f"{name}_ppl", lambda m: utils.get_perplexity(m[f"{name}_loss"].avg))
+        metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_ncorrect") / n, n, round=2)
+
+
+# ---- the objectives --------------------------------------------------------------------------------
+
+OBJECTIVES = {o.name: o for o in (
+    Objective("xmlm", UNDERSTANDING, TEXT, _text_blocks, _masked_text, _masked_lm_step, _reduce_masked_lm,
+              ("xmlm_loss",)),
+    Objective("mmlm", UNDERSTANDING, PAIRS, _pairs("mmlm"), _resampled, _masked_lm_step, _reduce_masked_lm,
+              ("mmlm_loss",)),
+    Objective("mrm", UNDERSTANDING, PAIRS, _pairs("mrm"), _resampled, _mrm_step, _reduce_mrm, ("mrm_mse", "mrm_ce")),
+    Objective("vlm", UNDERSTANDING, PAIRS, _pairs("vlm"), _resampled, _vlm_step, reduce_loss_and_accuracy,
+              ("vlm_loss", "vlm_acc")),
+    Objective("xdae", GENERATION, TEXT, _text_sentences, _noised_text, generation_step,
+              _reduce_generation, ("xdae_loss",)),
+    Objective("ic", GENERATION, PAIRS, _captions_to_generate(False), _resampled, generation_step,
+              _reduce_generation, ("ic_loss",)),
+    Objective("dic", GENERATION, PAIRS, _captions_to_generate(True), _resampled, generation_step,
+              _reduce_generation, ("dic_loss",)),
+)}
+
+
+def of_kind(kind):
+    """Names of the objectives that train ``kind``, in registry order."""
+    return [name for name, o in OBJECTIVES.items() if o.kind == kind]
+
+
+def plot_keys():
+    return [k for o in OBJECTIVES.values() for k in o.plot_keys]

@@ -1,0 +1,277 @@
+"""What M3P's tasks share: the data folder, captions and their regions, languages, masking,
+code-switching, and building a model of the kind a task trains (from a pre-trained checkpoint).
+
+    DATA/dict.txt                                  fairseq dictionary (XLM-R's for real runs)
+    DATA/text/{lang}/{split}.{bin,idx}             multilingual text (fairseq-preprocess)
+    DATA/captions/{lang}/{split}.{bin,idx}         captions (fairseq-preprocess)
+    DATA/captions/{lang}/{split}.ids               the image id of each caption line
+    DATA/regions/{split}.json                      region store manifest (+ its HDF5 shards)
+
+Fine-tuning starts from a pre-trained M3P checkpoint either through the task flag
+``--pretrained-checkpoint PATH`` (weights only; checked to be the right kind of model, and the
+model takes what the checkpoint fixes: region sizes, languages, the function it computes), or
+through fairseq's own ``--restore-file PATH --reset-optimizer --reset-dataloader --reset-meters`` /
+``--finetune-from-model PATH``. Evaluation reads one language at a time through split names with a
+language suffix: ``test.de`` is the German test set; a plain ``test`` means every evaluation language.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from fairseq import utils
+from fairseq.data import ConcatDataset, Dictionary, MaskTokensDataset, PrependTokenDataset, data_utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask
+from omegaconf import II
+
+from .. import checkpoints
+from ..data.caption_generation_dataset import CaptionGenerationDataset
+from ..data.code_switch import CodeSwitchDataset, build_table, find_dictionaries
+from ..data.region_dataset import RegionDataset
+from ..data.region_store import RegionDataError, RegionStore
+from ..errors import M3PDataError, M3PInputError
+from ..utils import split_list
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class M3PDataConfig(FairseqDataclass):
+    """Data settings shared by M3P's tasks."""
+
+    data: str = field(default="???", metadata={"help": "data folder: dict.txt, text/, captions/, regions/"})
+    regions_dir: Optional[str] = field(default=None, metadata={"help": "region stores (default: DATA/regions)"})
+    caption_langs: str = field(default="en", metadata={"help": "comma-separated caption languages to read"})
+    tokens_per_sample: int = field(default=128, metadata={"help": "max text length in tokens (paper: 128)"})
+    max_regions: int = field(default=100, metadata={"help": "regions per image kept (detector order)"})
+    region_cache_mb: float = field(default=0, metadata={
+        "help": "keep up to this many MB of the images read in memory, per region store and data-loading "
+                "process (float16 features: ~0.4 MB an image of 100 x 2048 regions); 0: read each time"})
+    seed: int = II("common.seed")
+
+
+@dataclass
+class PretrainedConfig(FairseqDataclass):
+    pretrained_checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "pre-trained M3P checkpoint to fine-tune from (weights only, checked to be the model kind the "
+                "task needs); a checkpoint in --save-dir still takes precedence, so an interrupted run resumes"})
+
+
+def split_and_langs(split, default_langs):
+    """"test.de" -> ("test", ["de"]); "test" -> ("test", default_langs)."""
+    if "." in split:
+        base, lang = split.split(".", 1)
+        return base, [l for l in lang.split("+") if l]
+    return split, list(default_langs)
+
+
+class M3PTaskBase(FairseqTask):
+    """Dictionary, region stores, captions, languages and model building shared by M3P's tasks."""
+
+    #: the model kind the task trains (checkpoints.UNDERSTANDING / GENERATION); None: decided by the task
+    model_kind = None
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.mask_idx = dictionary.index("<mask>")
+        self._stores = {}
+        self._code_switch_table = None
+        self.model_langs = None  # the languages of the model's language embedding, once it is built
+        self.region_feat_dim = self.num_region_classes = None
+        if os.path.exists(self.region_manifest("train")):
+            store = self.region_store("train")
+            self.region_feat_dim, self.num_region_classes = store.feat_dim, store.num_classes
+
+    @classmethod
+    def load_dictionary(cls, path):
+        if not os.path.exists(path):
+            raise M3PDataError(f"{path}: dictionary not found")
+        d = Dictionary.load(path)
+        d.add_symbol("<mask>")  # last, as in XLM-R (250,001 pieces + <mask>)
+        return d
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        paths = utils.split_paths(cfg.data)
+        if not os.path.isdir(paths[0]):
+            raise M3PDataError(f"{paths[0]}: data folder not found")
+        dictionary = cls.load_dictionary(os.path.join(paths[0], "dict.txt"))
+        logger.info(f"dictionary: {len(dictionary)} types")
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return self.cfg.tokens_per_sample
+
+    def criterions(self):
+        """The criterions that can train this task's batches (empty: any)."""
+        return ()
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        # a criterion of another task would fail at the first batch with a KeyError deep in its forward
+        name, fits = getattr(cfg, "_name", None), self.criterions()
+        if fits and name not in fits:
+            raise M3PDataError(f"--criterion {name}: the {self.cfg._name} task's batches are trained with "
+                               f"--criterion {' or '.join(fits)}")
+        return super().build_criterion(cfg, from_checkpoint)
+
+    # ---- models ------------------------------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False, prepare=None):
+        """The task's model, of ``self.model_kind``: a new generation model takes the data's languages
+        unless --langs says otherwise; with --pretrained-checkpoint (fine-tuning starts, not a fine-tuned
+        checkpoint loaded for evaluation) the model takes what the checkpoint fixes and its weights.
+        ``prepare(model)`` adds the task's heads before the weights load."""
+        kind, name = self.model_kind, self.cfg._name
+        path = getattr(self.cfg, "pretrained_checkpoint", None)
+        state = None
+        if path and not from_checkpoint:
+            state, model_cfg = checkpoints.load_checkpoint_of_kind(
+                path, kind, f"{name} fine-tunes {checkpoints.describe(kind)}",
+                "pre-trained checkpoint not found (--pretrained-checkpoint)")
+            checkpoints.inherit_model_args(cfg, model_cfg, kind, path)
+        if checkpoints.kind_of_cfg(cfg)[0] == checkpoints.GENERATION and not split_list(getattr(cfg, "langs", None)):
+            langs = self.data_languages()
+            if not langs:
+                raise M3PInputError(f"{self.data_path()}: no text/ or captions/ languages to build the language "
+                                    f"embedding from")
+            cfg.langs = ",".join(langs)
+        model = super().build_model(cfg, from_checkpoint)
+        checkpoints.require_kind(model, kind, cfg, name)
+        self.model_langs = checkpoints.model_langs(model) or None
+        if prepare is not None:
+            prepare(model)
+        if state is not None:
+            checkpoints.load_pretrained_weights(model, state, path)
+        return model
+
+    # ---- data --------------------------------------------------------------------------------------
+    def data_path(self, epoch=1):
+        paths = utils.split_paths(self.cfg.data)
+        return paths[(epoch - 1) % len(paths)]
+
+    def data_languages(self):
+        """Every language with text or captions in the data folder, sorted."""
+        langs = set()
+        for kind in ("text", "captions"):
+            folder = os.path.join(self.data_path(), kind)
+            if os.path.isdir(folder):
+                langs.update(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+        return sorted(langs)
+
+    def lang_id(self, lang):
+        """A language's id in the model's language embedding (a new model's: the data's languages)."""
+        langs = self.model_langs or self.data_languages()
+        if lang not in langs:
+            raise M3PInputError(f"language {lang!r} is not one of the model's languages (--langs {','.join(langs)})")
+        return langs.index(lang)
+
+    def folder_langs(self, option, folder, what):
+        """``option``'s languages (a comma-separated flag), else every language folder under DATA/``folder``."""
+        langs = split_list(option)
+        path = os.path.join(self.data_path(), folder)
+        if not langs and os.path.isdir(path):
+            langs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        if not langs:
+            raise M3PDataError(f"{path}: no {what} languages")
+        for lang in langs:
+            if not os.path.isdir(os.path.join(path, lang)):
+                raise M3PDataError(f"{os.path.join(path, lang)}: no {what} for language {lang!r}")
+        return langs
+
+    def region_manifest(self, split):
+        base = self.cfg.regions_dir or os.path.join(self.data_path(), "regions")
+        return os.path.join(base, f"{split}.json")
+
+    def region_store(self, split) -> RegionStore:
+        if split not in self._stores:
+            self._stores[split] = RegionStore(self.region_manifest(split), cache_mb=self.cfg.region_cache_mb)
+        return self._stores[split]
+
+    def load_tokens(self, prefix, what):
+        ds = data_utils.load_indexed_dataset(prefix, self.dictionary, combine=False)
+        if ds is None:
+            raise M3PDataError(f"{prefix}.bin: {what} not found")
+        return ds
+
+    def load_captions(self, lang, split):
+        """Captions of one language with their image rows; checks every line."""
+        folder = os.path.join(self.data_path(), "captions")
+        if not os.path.isdir(os.path.join(folder, lang)):
+            have = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            raise M3PDataError(f"{os.path.join(folder, lang)}: no captions for language {lang!r} "
+                               f"(have: {', '.join(have) or 'none'})")
+        prefix = os.path.join(folder, lang, split)
+        captions = self.load_tokens(prefix, f"{lang} {split} captions")
+        ids_path = prefix + ".ids"
+        if not os.path.exists(ids_path):
+            raise M3PDataError(f"{ids_path}: missing (the image id of each caption line)")
+        with open(ids_path, encoding="utf-8") as f:
+            ids = [line.strip() for line in f]
+        if len(ids) != len(captions):
+            raise M3PDataError(f"{ids_path}: {len(ids)} image ids for {len(captions)} captions in {prefix}.bin")
+        sizes = np.asarray(captions.sizes)
+        empty = np.nonzero(sizes <= 1)[0]  # </s> only
+        if len(empty):
+            raise M3PDataError(f"{prefix}.bin: line {empty[0] + 1} is an empty caption")
+        too_long = np.nonzero(sizes + 1 > self.cfg.tokens_per_sample)[0]
+        if len(too_long):
+            raise M3PDataError(f"{prefix}.bin: line {too_long[0] + 1} has {sizes[too_long[0]] + 1} tokens, "
+                               f"more than --tokens-per-sample {self.cfg.tokens_per_sample}")
+        try:
+            rows = self.region_store(split).indices_of(ids, source=ids_path)
+        except RegionDataError as e:
+            raise M3PDataError(str(e))
+        # <s> caption </s>, as XLM-R sees a sentence
+        return PrependTokenDataset(captions, self.dictionary.bos()), rows
+
+    def region_dataset(self, split):
+        try:
+            return RegionDataset(self.region_store(split), max_regions=self.cfg.max_regions)
+        except RegionDataError as e:
+            raise M3PDataError(str(e))
+
+    def apply_mask(self, dataset, seed):
+        return MaskTokensDataset.apply_mask(
+            dataset, self.dictionary, pad_idx=self.dictionary.pad(), mask_idx=self.mask_idx, seed=seed,
+            mask_prob=self.cfg.mask_prob, leave_unmasked_prob=self.cfg.leave_unmasked_prob,
+            random_token_prob=self.cfg.random_token_prob)
+
+    def caption_generation(self, split, seed, zero_spans=False, langs=None):
+        """Captions to decode from their images (IC; DIC with ``zero_spans``), every language in ``langs``
+        (default --caption-langs), each caption with its language id."""
+        caps, rows, ids = [], [], []
+        for lang in langs or split_list(self.cfg.caption_langs):
+            c, r = self.load_captions(lang, split)
+            caps.append(c)
+            rows.append(r)
+            ids.append(np.full(len(c), self.lang_id(lang)))
+        captions = caps[0] if len(caps) == 1 else ConcatDataset(caps)
+        return CaptionGenerationDataset(captions, np.concatenate(rows), np.concatenate(ids), self.region_dataset(split),
+                                        self.dictionary, zero_spans=zero_spans, seed=seed,
+                                        dic_mask_ratio=getattr(self.cfg, "dic_mask_ratio", 0.3),
+                                        dic_poisson_lambda=getattr(self.cfg, "dic_poisson_lambda", 3.0))
+
+    def code_switched(self, captions, lang, split, seed):
+        """English training captions code-switched when --code-switch is on (CodeSwitchConfig); else unchanged."""
+        cfg = self.cfg
+        if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
+            return captions
+        if self._code_switch_table is None:
+            dicts = find_dictionaries(self.data_path(), cfg.code_switch_dicts, split_list(cfg.code_switch_langs) or None)
+            self._code_switch_table = build_table(dicts, self.dictionary,
+                                                  os.path.join(self.data_path(), "sentencepiece.bpe.model"))
+            if not self._code_switch_table:
+                raise M3PInputError(f"{', '.join(dicts.values())}: no dictionary entry could be encoded")
+        return CodeSwitchDataset(captions, self.dictionary, self._code_switch_table, cfg.code_switch_sentence_ratio,
+                                 cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample)
+

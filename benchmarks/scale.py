@@ -108,13 +108,23 @@ def writer_rate(folder, n, regions, feat_dim, num_classes=1600):
             "images_per_s": round(n / seconds), "mb_per_s": round(size / seconds / 1e6, 1)}
 
 
+def cpu_seconds():
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def convert_rate(source, manifest, workers):
+    """m3p-import-regions' images/s, and its CPU time per image (its workers' included): on a machine
+    whose cores are busy, the wall time says how much CPU it was given, the CPU time what it needs."""
     from preprocess.detectors import convert
 
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     n = convert("hdf5", [source], manifest, progress=False, workers=workers)
-    seconds = time.perf_counter() - t0
-    return {"workers": workers, "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds)}
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {"workers": workers, "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds),
+            "cpu_s": round(cpu, 1), "cpu_us_per_image": round(cpu / n * 1e6, 1)}
 
 
 # ---- 2. index memory -------------------------------------------------------------------------------
@@ -195,9 +205,10 @@ def worker_memory(store, workers, object_ids=None):
         "shared_mb_per_worker": round(float(np.mean([r["after_index"]["shared"] for r in results])), 1),
         "worker_private_mb_before": round(float(np.mean([r["before"]["private"] for r in results])), 1),
     }
-    if object_ids is None:
-        summary["reads_private_mb_per_worker"] = round(max(r["after_reads"]["private"] - r["after_index"]["private"]
-                                                           for r in results), 1)
+    if object_ids is None:  # HDF5's own structures for each shard a worker has opened
+        reads = max(r["after_reads"]["private"] - r["after_index"]["private"] for r in results)
+        summary["reads_private_mb_per_worker"] = round(reads, 1)
+        summary["reads_private_mb_per_open_shard"] = round(reads / len(store.shard_paths), 2)
     if "index_file" in results[0]:
         summary["index_file_mapping_mb"] = results[0]["index_file"]
     return summary
@@ -401,6 +412,8 @@ def projection(r):
         "writer_hours_one_process_at_measured_mb_per_s": round(full_bytes / (r["writer_full_size"]["mb_per_s"] * 1e6) / 3600, 1),
         "converter_hours_one_process_small_images": round(CC_IMAGES / w1["images_per_s"] / 3600, 2),
         "converter_speedup_2_workers": round(w2["images_per_s"] / w1["images_per_s"], 2),
+        "converter_cpu_ratio_2_workers_vs_1": round(w2["cpu_us_per_image"] / w1["cpu_us_per_image"], 2),
+        "converter_images_per_s_per_free_core": round(1e6 / w2["cpu_us_per_image"]),
         "index_mb_at_3_3m": round(per_image * CC_IMAGES, 1),
     }
 

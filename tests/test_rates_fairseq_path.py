@@ -28,6 +28,20 @@ from m3p_fairseq.data.region_store import RegionStore
 UNDERSTANDING = ["--arch", "m3p_tiny", "--criterion", "m3p_pretrain"]
 GENERATION = ["--arch", "m3p_seq2seq_tiny", "--criterion", "m3p_generation"]
 CHI2_P = 1e-3  # a correct implementation fails a chi-square test one time in a thousand
+# fairseq drops an epoch's last batch when it is not a multiple of --required-batch-size-multiple
+# (default 8; fairseq issue 5036): with items ordered by size, up to 7 of the longest of each
+# objective. Counting samples per language needs every item of the epoch.
+EVERY_ITEM = ["--required-batch-size-multiple", "1"]
+
+
+def check_share(hits, draws, p, tol, what, sd=None):
+    """hits / draws within ``tol`` of ``p``. The draws must make ``tol`` at least 3.5 standard
+    deviations (binomial unless ``sd`` is given), so that the test holds for any seed; a rate that
+    misses by more than ``tol`` fails."""
+    sd = math.sqrt(p * (1 - p) / draws) if sd is None else sd
+    assert tol >= 3.5 * sd, f"{what}: {draws} draws are too few for +-{tol} (sd {sd:.4f})"
+    assert abs(hits / draws - p) < tol, f"{what}: {hits / draws:.4f}, expected {p:.4f} +- {tol} ({hits} of {draws})"
+    print(f"{what}: {hits / draws:.4f} (expected {p:.4f} +- {tol}, {draws} draws)")
 
 
 class TrainRun:
@@ -40,6 +54,8 @@ class TrainRun:
             data, "--user-dir", "m3p_fairseq", "--task", task, "--batch-size", "32", "--cpu", "--num-workers", "0",
             "--seed", "1", "--region-cache-mb", "64", *argv])  # the cache: each image read from disk once
         self.cfg = cfg = convert_namespace_to_omegaconf(args)
+        np.random.seed(cfg.common.seed)
+        utils.set_torch_seed(cfg.common.seed)
         self.task = tasks.setup_task(cfg.task)
         self.model = self.task.build_model(cfg.model)
         self.criterion = self.task.build_criterion(cfg.criterion)
@@ -126,6 +142,7 @@ def masking_counts(batches, dictionary, mask_idx, originals=None):
         sel = tgt.ne(pad)
         assert not (sel & ~real).any(), "a target outside the text"
         c["tokens"] += int(real.sum())
+        c["rows"] += len(src)
         c["selected"] += int(sel.sum())
         c["mask"] += int((src.eq(mask_idx) & sel).sum())
         c["kept"] += int((src.eq(tgt) & sel).sum())
@@ -139,15 +156,16 @@ def masking_counts(batches, dictionary, mask_idx, originals=None):
 def check_masking(c, mask_prob, leave_unmasked_prob, random_token_prob, vocab, tol, flags):
     """Rates within ``tol``: selected share, then [MASK] / random / kept shares of the selected.
     fairseq draws a random token over the vocabulary without its special symbols, <mask> included,
-    so a random draw lands on the original token or on <mask> with probability 1 / vocab each."""
-    rand = random_token_prob * (1 - 2.0 / vocab)
-    expected = {"selected": mask_prob, "mask": 1 - leave_unmasked_prob - random_token_prob + random_token_prob / vocab,
-                "random": rand, "kept": leave_unmasked_prob + random_token_prob / vocab}
-    seen = {"selected": c["selected"] / c["tokens"], **{k: c[k] / c["selected"] for k in ("mask", "random", "kept")}}
+    so a random draw lands on the original token or on <mask> with probability 1 / vocab each.
+    The count selected per sequence is mask_prob * length rounded up or down at random: its variance
+    is at most 1/4 a sequence."""
+    what = f"{{}} ({' '.join(flags) or 'defaults'})"
+    check_share(c["selected"], c["tokens"], mask_prob, tol, what.format("tokens selected"),
+                sd=math.sqrt(c["rows"] / 4) / c["tokens"])
+    expected = {"mask": 1 - leave_unmasked_prob - random_token_prob + random_token_prob / vocab,
+                "random": random_token_prob * (1 - 2.0 / vocab), "kept": leave_unmasked_prob + random_token_prob / vocab}
     for k, v in expected.items():
-        assert abs(seen[k] - v) < tol, (f"{k} share {seen[k]:.4f}, expected {v:.4f} (flags {flags or 'defaults'}; "
-                                        f"{c['selected']} of {c['tokens']} tokens selected)")
-    return seen
+        check_share(c[k], c["selected"], v, tol, what.format(f"selected tokens {k}"))
 
 
 MASK_FLAGS = [([], (0.15, 0.1, 0.1)),
@@ -161,8 +179,7 @@ def test_xmlm_masking_rates(tiny_world, flags, rates):
     run = TrainRun(tiny_world["data"], *UNDERSTANDING, "--objectives", "xmlm", *flags)
     d = run.dictionary
     originals = []
-    c = masking_counts(run.batches(), d, d.index("<mask>"), originals)
-    assert c["selected"] > 5000, c
+    c = masking_counts(run.batches(epochs=2), d, d.index("<mask>"), originals)
     check_masking(c, *rates, vocab=len(d) - d.nspecial, tol=0.01, flags=flags)
     # blocks of whole corpus lines: every line of every block is a line of the text corpus
     langs = sorted(os.listdir(os.path.join(tiny_world["data"], "text")))
@@ -190,6 +207,11 @@ def language_of_lines(data, dictionary, langs):
         for line in corpus_lines(data, dictionary, "text", lang, "train"):
             owner[line].add(lang)
     return owner
+
+
+def print_shares(what, langs, seen, expected, alpha):
+    print(f"{what} per language (--alpha {alpha or 'default'}): " + ", ".join(
+        f"{l} {s:.4f}/{e:.4f}" for l, s, e in zip(langs, seen, expected)) + " (seen/expected)")
 
 
 def alpha_shares(sizes, alpha):
@@ -220,11 +242,12 @@ def test_xmlm_language_shares_follow_alpha(tiny_world, alpha):
     data = tiny_world["data"]
     langs = sorted(os.listdir(os.path.join(data, "text")))
     flags = ["--alpha", alpha] if alpha else []
-    run = TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--sample-break-mode", "eos", *flags)
+    run = TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--sample-break-mode", "eos", *EVERY_ITEM, *flags)
     sizes = [len(corpus_lines(data, run.dictionary, "text", l, "train")) for l in langs]
     counts = xmlm_language_counts(run, data, langs)
     expected = alpha_shares(sizes, float(alpha or 0.3))
     seen = counts / counts.sum()
+    print_shares("xMLM lines", langs, seen, expected, alpha)
     assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
     # and far from the natural shares (alpha 1): the test can tell
     assert np.abs(seen - alpha_shares(sizes, 1.0)).max() > 0.05
@@ -235,9 +258,11 @@ def test_xmlm_language_shares_of_blocks(tiny_world):
     are; at the paper's 0.3 their shares are n_l^0.3 / sum n^0.3 (within 1%)."""
     data = tiny_world["data"]
     langs = sorted(os.listdir(os.path.join(data, "text")))
-    natural = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--alpha", "1"), data, langs)
-    counts = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm"), data, langs)
+    natural = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", "--alpha", "1", *EVERY_ITEM),
+                                   data, langs)
+    counts = xmlm_language_counts(TrainRun(data, *UNDERSTANDING, "--objectives", "xmlm", *EVERY_ITEM), data, langs)
     seen, expected = counts / counts.sum(), alpha_shares(natural, 0.3)
+    print_shares("xMLM blocks", langs, seen, expected, None)
     assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
     assert np.abs(seen - natural / natural.sum()).max() > 0.05
 
@@ -253,7 +278,7 @@ def test_mmlm_masks_caption_tokens_and_leaves_regions(tiny_world, flags, rates):
     originals, batches = [], []
 
     def checked():
-        for b in run.batches(epochs=6):
+        for b in run.batches(epochs=8):
             assert b["objective"] == "mmlm"
             for i, index in enumerate(b["id"].tolist()):
                 assert torch.equal(regions_of(b, i), caps.features(caps.image_ids[index])), \
@@ -261,7 +286,6 @@ def test_mmlm_masks_caption_tokens_and_leaves_regions(tiny_world, flags, rates):
             yield b
 
     c = masking_counts(checked(), d, d.index("<mask>"), originals)
-    assert c["selected"] > 4000, c
     check_masking(c, *rates, vocab=len(d) - d.nspecial, tol=0.015, flags=flags)
     assert all(tuple(row) == caps.text(i) for i, row in originals), "the masked text is not the item's caption"
 
@@ -272,12 +296,12 @@ def test_mmlm_masks_caption_tokens_and_leaves_regions(tiny_world, flags, rates):
                          ids=["paper", "flags"])
 def test_mrm_masks_regions_at_the_rate(tiny_world, flags, mrm_prob, zero_prob):
     """MRM: 15% of the regions masked (within 1%); 90% of the masked ones zero in net_input (within
-    1.5%), the others and every unmasked region equal to the store's feature; regression targets
+    2%), the others and every unmasked region equal to the store's feature; regression targets
     the raw features; the caption untouched."""
     data = tiny_world["data"]
     run = TrainRun(data, *UNDERSTANDING, "--objectives", "mrm", *flags)
     caps = Captions(data, run.dictionary)
-    regions = masked = zeroed = 0
+    regions = masked = zeroed = images = 0
     for b in run.batches(epochs=8):
         assert b["objective"] == "mrm"
         m = b["masked_regions"]
@@ -292,13 +316,15 @@ def test_mrm_masks_regions_at_the_rate(tiny_world, flags, mrm_prob, zero_prob):
             assert torch.equal(fed[~is_zero], raw[~is_zero]), "a region fed to the model is neither zero nor raw"
             assert not (is_zero & ~mi).any(), "an unmasked region was zeroed"
             regions += len(raw)
+            images += 1
             masked += int(mi.sum())
             zeroed += int((is_zero & mi).sum())
             targets.append(raw[mi])
         assert torch.equal(b["mrm_feat_target"], torch.cat(targets)), "MRM regresses something else than the raw features"
-    assert masked > 3000, masked
-    assert abs(masked / regions - mrm_prob) < 0.01, f"{masked / regions:.4f} of regions masked, expected {mrm_prob} (flags {flags})"
-    assert abs(zeroed / masked - zero_prob) < 0.015, f"{zeroed / masked:.4f} of masked regions zeroed, expected {zero_prob} (flags {flags})"
+    what = f"{{}} ({' '.join(flags) or 'defaults'})"
+    # per image, mrm_prob * regions rounded up or down at random, as tokens are: variance at most 1/4
+    check_share(masked, regions, mrm_prob, 0.01, what.format("regions masked"), sd=math.sqrt(images / 4) / regions)
+    check_share(zeroed, masked, zero_prob, 0.02, what.format("masked regions zeroed"))
 
 
 # ---- VLM -----------------------------------------------------------------------------------------------
@@ -314,7 +340,7 @@ def test_vlm_negatives(tiny_world, flags, negative, text_share):
     run = TrainRun(data, *UNDERSTANDING, "--objectives", "vlm", *flags)
     caps = Captions(data, run.dictionary)
     kinds = Counter()
-    for b in run.batches(epochs=10):
+    for b in run.batches(epochs=17):
         assert b["objective"] == "vlm"
         texts = rows(b["net_input"]["src_tokens"], b["net_input"]["src_lengths"])
         for i, (index, label) in enumerate(zip(b["id"].tolist(), b["vlm_target"].tolist())):
@@ -335,9 +361,9 @@ def test_vlm_negatives(tiny_world, flags, negative, text_share):
     draws = sum(kinds.values())
     neg = kinds["text"] + kinds["image"]
     assert draws >= 2000, kinds
-    assert abs(neg / draws - negative) < 0.02, f"{neg / draws:.4f} negatives, expected {negative} (flags {flags}): {kinds}"
-    assert abs(kinds["text"] / neg - text_share) < 0.03, \
-        f"{kinds['text'] / neg:.4f} of negatives replace the text, expected {text_share} (flags {flags}): {kinds}"
+    what = f"{{}} ({' '.join(flags) or 'defaults'})"
+    check_share(neg, draws, negative, 0.02, what.format("VLM pairs negative"))
+    check_share(kinds["text"], neg, text_share, 0.03, what.format("VLM negatives replacing the text"))
 
 
 # ---- xDAE ----------------------------------------------------------------------------------------------
@@ -383,25 +409,22 @@ def xdae_run(data, *flags):
 
 @pytest.mark.parametrize("drop", [None, "0.5"], ids=["paper", "flag"])
 def test_xdae_drops_words_at_the_rate(tiny_world, drop):
-    """Word dropout alone (no shuffle, no spans): each word of the source dropped with p = 0.3
-    (within 1%), the rest in order. Sentences of 6+ words, where fairseq's WordDropout (which gives
-    a sentence that lost every word one piece back) changes the rate by less than 0.3%."""
+    """Word dropout alone (no shuffle, no spans): each word dropped with p = 0.3 (within 1%), the
+    rest in order. A sentence that loses every word gets one of its tokens back (fairseq's
+    WordDropout; </s> drawn means none): w words keep (1 - p) w + p^w (1 - 1 / tokens) on average."""
     p = float(drop or 0.3)
     run = xdae_run(tiny_world["data"], "--xdae-shuffle-distance", "0", "--xdae-mask-ratio", "0",
                    *(["--xdae-drop-prob", drop] if drop else []))
     total = kept = expected_kept = 0
-    for src, tgt, _ in xdae_pairs(run):
-        if len(tgt) < 6:
-            continue
-        total += len(tgt)
+    for src, tgt, _ in xdae_pairs(run, epochs=2):
+        w, tokens = len(tgt), sum(map(len, tgt)) + 1
+        total += w
         kept += len(src)
-        expected_kept += (1 - p) * len(tgt) + p ** len(tgt)
+        expected_kept += (1 - p) * w + p ** w * (1 - 1 / tokens)
         if len(src) > 1:
             it = iter(tgt)
-            assert all(w in it for w in src), "the kept words are not the sentence's words in order"
-    assert total > 10000, total
-    assert abs((1 - kept / total) - (1 - expected_kept / total)) < 0.01, \
-        f"drop rate {1 - kept / total:.4f}, expected {1 - expected_kept / total:.4f} (--xdae-drop-prob {drop})"
+            assert all(word in it for word in src), "the kept words are not the sentence's words in order"
+    check_share(total - kept, total, 1 - expected_kept / total, 0.01, f"xDAE words dropped (--xdae-drop-prob {drop})")
 
 
 def displacements(src, tgt):
@@ -430,6 +453,7 @@ def test_xdae_shuffle_distance(tiny_world, k):
         assert Counter(src) == Counter(tgt), "shuffling changed the words"
         moves.update(displacements(src, tgt))
     allowed = math.ceil(dist) - 1
+    print(f"xDAE word moves, k = {dist}: {dict(sorted(moves.items()))}")
     assert max(moves) == allowed and moves[allowed] >= 20, \
         f"word moves {dict(sorted(moves.items()))}; k = {dist} allows {allowed} (--xdae-shuffle-distance {k})"
     assert sum(v for m, v in moves.items() if m > 0) / sum(moves.values()) > 0.2
@@ -514,6 +538,9 @@ def test_xdae_mask_spans(tiny_world, flags, ratio, lam):
     assert abs(covered - mean) < 4 * math.sqrt(var), \
         f"{covered} words in spans, expected {mean:.0f} +- {math.sqrt(var):.0f} (flags {flags or 'defaults'})"
     stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=0)
+    print(f"xDAE spans ({' '.join(flags) or 'defaults'}): {len(lengths)} (expected {spans_expected:.0f} +- {spans_sd:.0f}), "
+          f"{covered} words in them (expected {mean:.0f} +- {math.sqrt(var):.0f}), lengths {obs.astype(int).tolist()} "
+          f"vs {exp.round(1).tolist()}, chi-square {stat:.1f} < {critical:.1f}")
     assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
 
 
@@ -522,7 +549,7 @@ def test_xdae_language_shares_follow_alpha(tiny_world, alpha):
     """xDAE samples sentences of every language as xMLM does: shares n_l^alpha / sum n^alpha (within
     1%), read off the batches' language ids (the model's --langs order)."""
     data = tiny_world["data"]
-    run = xdae_run(data, *(["--alpha", alpha] if alpha else []))
+    run = xdae_run(data, *EVERY_ITEM, *(["--alpha", alpha] if alpha else []))
     model_langs = run.cfg.model.langs.split(",")
     langs = sorted(os.listdir(os.path.join(data, "text")))
     sizes = [len(corpus_lines(data, run.dictionary, "text", l, "train")) for l in langs]
@@ -530,6 +557,7 @@ def test_xdae_language_shares_follow_alpha(tiny_world, alpha):
     seen = np.array([counts[l] for l in langs], dtype=float)
     seen /= seen.sum()
     expected = alpha_shares(sizes, float(alpha or 0.3))
+    print_shares("xDAE sentences", langs, seen, expected, alpha)
     assert sum(counts.values()) == sum(counts[l] for l in langs)
     assert np.abs(seen - expected).max() < 0.01, (dict(zip(langs, seen.round(4))), dict(zip(langs, expected.round(4))))
 
@@ -570,6 +598,9 @@ def test_dic_zeroes_region_spans(tiny_world, flags, ratio, lam):
     assert abs(zeroed - mean) < 4 * math.sqrt(var), \
         f"{zeroed} regions zeroed, expected {mean:.0f} +- {math.sqrt(var):.0f} (flags {flags or 'defaults'})"
     stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=1)
+    print(f"DIC spans ({' '.join(flags) or 'defaults'}): {len(lengths)}, {zeroed} of {sum(sizes)} regions zeroed (expected "
+          f"{mean:.0f} +- {math.sqrt(var):.0f}), lengths from 1 {obs.astype(int).tolist()} vs {exp.round(1).tolist()}, "
+          f"chi-square {stat:.1f} < {critical:.1f}")
     assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
 
 
@@ -637,6 +668,8 @@ def test_mild_context_travels_with_its_image(tiny_world):
             kinds["image"] += 1
         plain_text, plain_image, plain_label, plain_score = without[index, p]
         assert (plain_text, plain_image, plain_label) == (query, image, label), "the two runs drew other pairs"
-        changed += abs(score - plain_score) > 1e-4
+        changed += score != plain_score
     assert kinds["image"] > 100 and kinds["text"] > 100, kinds
-    assert changed > 0.95 * len(with_context), f"the context changed {changed} of {len(with_context)} scores"
+    # an untrained model: its scores move little, but every one of them moves
+    print(f"MILD pairs {dict(kinds)}; the context changed {changed} of {len(with_context)} scores")
+    assert changed > 0.99 * len(with_context), f"the context changed {changed} of {len(with_context)} scores"

@@ -11,12 +11,15 @@ fairseq 0.12 assumes one GPU per worker when it sets up distributed training. Wi
   DistributedDataParallel, which refuses it for a module on the CPU.
 
 And on any machine, ``--bf16`` on the ``fairseq-train`` command line also switches on ``--tpu``
-(fairseq's option handling), which fails without torch_xla.
+(fairseq's option handling), which fails without torch_xla; and after ``torchrun --max-restarts``
+restarts a group whose worker died, the new workers read the dead ones' addresses from the
+launcher's store and fail to connect.
 
 ``install()`` (run when the plugin is imported) replaces five module-level names of fairseq that
-fairseq looks up at call time, each by a wrapper that calls fairseq's own function (``patching.py``). The wrappers
-change something only when there is no CUDA device (or for ``--bf16`` when torch_xla is absent),
-so a GPU run behaves exactly as stock fairseq.
+fairseq looks up at call time, each by a wrapper that calls fairseq's own function
+(``patching.py``), and registers a rendezvous (``m3p-env://``) that torchrun workers use instead of
+``env://``: the same, with store keys per restart attempt. The other wrappers change something
+only when there is no CUDA device (or for ``--bf16`` when torch_xla is absent).
 """
 import logging
 import os
@@ -38,13 +41,42 @@ def _launched_by_torchrun():
     return all(k in os.environ for k in TORCHRUN_ENV)
 
 
+# torch's env:// rendezvous with its store keys under the restart attempt (see _attempt_scoped_env)
+ATTEMPT_SCOPED_ENV = "m3p-env"
+
+
+def _attempt_scoped_env(url, **kwargs):
+    """torch's env:// rendezvous, its store keys prefixed with torchrun's restart attempt.
+
+    Under torchrun the workers' store is the elastic agent's, which outlives a restart: the
+    workers of the next attempt found the addresses the dead ones had published and failed with
+    "Gloo connectFullMesh failed ... Connection refused" (measured with torch 2.13 and plain
+    init_process_group + new_group, no fairseq). A prefix per attempt gives each attempt fresh keys.
+    """
+    from torch.distributed import PrefixStore
+    from torch.distributed.rendezvous import rendezvous
+
+    query = url.split("?", 1)[1] if "?" in url else ""
+    store, rank, world_size = next(rendezvous("env://?" + query, **kwargs))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    yield PrefixStore(f"/m3p/attempt_{attempt}", store), rank, world_size
+
+
+def _torchrun_init_method():
+    return f"{ATTEMPT_SCOPED_ENV}://" if "TORCHELASTIC_RESTART_COUNT" in os.environ else "env://"
+
+
 def _cpu_torchrun_init(original):
-    """fairseq's torchrun inference, with device 0 for every rank when there is no GPU."""
+    """fairseq's torchrun inference, with device 0 for every rank when there is no GPU, and a
+    rendezvous that survives torchrun's restarts."""
 
     def infer(cfg):
         if not _no_cuda():
-            return original(cfg)
-        cfg.distributed_init_method = "env://"
+            original(cfg)
+            if cfg.distributed_init_method == "env://":
+                cfg.distributed_init_method = _torchrun_init_method()
+            return None
+        cfg.distributed_init_method = _torchrun_init_method()
         cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
         cfg.distributed_rank = int(os.environ["RANK"])
         cfg.device_id = 0  # names a GPU in fairseq; on the CPU every worker has the same one
@@ -168,8 +200,14 @@ def _device_aware_ddp(ddp_class):
 def install():
     from fairseq.distributed import utils as du
     from fairseq.models import distributed_fairseq_model as dfm
+    from torch.distributed.rendezvous import register_rendezvous_handler
 
     from .patching import patch
+
+    try:
+        register_rendezvous_handler(ATTEMPT_SCOPED_ENV, _attempt_scoped_env)
+    except RuntimeError:
+        pass  # registered already (the plugin imported twice)
 
     patch(du, "_infer_torch_distributed_launch_init", _cpu_torchrun_init)
     patch(du, "_infer_slurm_init", _cpu_slurm_init)

@@ -36,8 +36,20 @@ def _updates(res):
     return {int(r["num_updates"]): r for r in recs}
 
 
+def _stop_launcher(proc):
+    """End torchrun and its workers (each worker has a session of its own: killing torchrun's group
+    would leave them running)."""
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers.values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _run_group(cmd, timeout=300):
-    """run() for a launcher: on timeout, end the launcher and its workers together (they share a session)."""
+    """run() for a launcher: on timeout, end the launcher and its workers."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT,
                PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -45,7 +57,7 @@ def _run_group(cmd, timeout=300):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _stop_launcher(proc)
         out, err = proc.communicate()
         raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s:\n{out[-2000:]}\n{err[-2000:]}")
     res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -196,3 +208,79 @@ def test_zero_regions_stay_finite_in_half_precision(dtype):
     feats[0, 0] = 1.0
     out = emb(feats, torch.zeros(2, 3, 5, dtype=dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def _children(pid):
+    """{rank: pid} of the processes torchrun started (its direct children, RANK in their environment)."""
+    ranks = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that ended meanwhile
+        if b"RANK" in env:
+            ranks[int(env[b"RANK"])] = int(entry)
+    return ranks
+
+
+def _log_updates(text):
+    return [int(json.loads(line[line.index("{"):])["num_updates"]) for line in text.splitlines()
+            if "| train_inner |" in line and "{" in line]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_torchrun_restarts_after_losing_a_worker_and_resumes_exactly(tiny_world, tmp_path):
+    """A worker SIGKILLed mid-run; torchrun --max-restarts 1 starts the group again, which resumes from
+    the last checkpoint and logs the losses of an uninterrupted 2-worker run."""
+    import time
+
+    updates, every = 12, 4
+
+    def cmd(save, *launcher):
+        return [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", *launcher, "-m",
+                "fairseq_cli.train", *_train_args(tiny_world["data"], save, updates, [
+                    "--distributed-backend", "gloo", "--save-interval-updates", str(every),
+                    "--no-epoch-checkpoints"])]
+
+    def without_no_save(c):
+        return [a for a in c if a != "--no-save"]
+
+    whole = _run_group(without_no_save(cmd(str(tmp_path / "whole"))))
+    reference = {u: r["loss"] for u, r in _updates(whole).items()}
+    assert sorted(reference) == list(range(1, updates + 1))
+
+    log_path = tmp_path / "restarted.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1",
+               PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(without_no_save(cmd(str(tmp_path / "restarted"), "--max-restarts", "1",
+                                                    "--monitor-interval", "0.5")),
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and max(_log_updates(log_path.read_text()) or [0]) < every + 2:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.05)
+            workers = _children(proc.pid)
+            assert sorted(workers) == [0, 1], workers
+            os.kill(workers[1], signal.SIGKILL)  # rank 1 lost, between checkpoints 4 and 8
+            killed_at = max(_log_updates(log_path.read_text()))
+            assert proc.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                _stop_launcher(proc)
+    text = log_path.read_text()
+    # the second attempt begins where it loads the checkpoint; everything after is the resumed run
+    resumed_text = text[text.rindex("Loaded checkpoint"):]
+    assert "checkpoint_last.pt (epoch 1 @ 4 updates)" in resumed_text.splitlines()[0], resumed_text[:500]
+    resumed = {int(r["num_updates"]): r["loss"] for r in _updates(subprocess.CompletedProcess(
+        [], 0, resumed_text, "")).values()}
+    assert sorted(resumed) == list(range(every + 1, updates + 1)), (killed_at, sorted(resumed))
+    assert killed_at < 2 * every, killed_at
+    for u in resumed:
+        assert resumed[u] == reference[u], (u, resumed[u], reference[u])

@@ -147,7 +147,7 @@ def _pairs(name):
     def load(task, split, epoch, seed):
         caps, rows = [], []
         for lang in split_list(task.cfg.caption_langs):
-            c, r = task.load_captions(lang, split)
+            c, r = task.load_captions(lang, split, negatives=name == "vlm" and task.cfg.vlm_negative_prob > 0)
             caps.append(task.code_switched(c, lang, split, seed))  # before MMLM masks it
             rows.append(r)
         captions = ConcatDataset(caps) if len(caps) > 1 else caps[0]

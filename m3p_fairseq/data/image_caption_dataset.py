@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from fairseq.data import data_utils
 
+from ..errors import M3PInputError
 from .region_dataset import RegionDataset, collate_regions
 from .sized import SizeOrderedDataset
 
@@ -27,6 +28,17 @@ def mask_regions(num_regions, mask_prob, zero_prob):
         masked[np.random.choice(num_regions, num_mask, replace=False)] = True
     zeroed = masked & (np.random.rand(num_regions) < zero_prob)
     return masked, zeroed
+
+
+def require_two_images(image_rows, source, store=None):
+    """Refuse captions that all belong to one image, in one line naming ``source``: a negative pair
+    takes the image or the caption of another image (VLM, retrieval), and there is none to draw."""
+    rows = np.unique(np.asarray(image_rows))
+    if len(rows) < 2:
+        which = f"image {store.image_ids[int(rows[0])]!r}" if len(rows) and store is not None else \
+            ("one image" if len(rows) else "no image")
+        raise M3PInputError(f"{source}: every caption belongs to {which}; negative pairs need captions of at "
+                            f"least two images")
 
 
 class ImageCaptionDataset(SizeOrderedDataset):
@@ -54,6 +66,8 @@ class ImageCaptionDataset(SizeOrderedDataset):
         self.captions, self.regions, self.pad_idx = captions, regions, pad_idx
         self.image_rows = np.asarray(image_rows, dtype=np.int64)
         self.unique_rows = np.unique(self.image_rows)
+        if objective == "vlm" and vlm_negative_prob > 0:
+            require_two_images(self.image_rows, "VLM captions", regions.store)  # or negatives are never found
         self.objective, self.seed, self.epoch = objective, seed, 1
         self.masked_source, self.masked_target = masked_source, masked_target
         self.mrm_prob, self.mrm_zero_prob = mrm_prob, mrm_zero_prob
@@ -72,8 +86,6 @@ class ImageCaptionDataset(SizeOrderedDataset):
                 ds.set_epoch(epoch)
 
     def _other_row(self, row):
-        if len(self.unique_rows) < 2:
-            raise ValueError("VLM negatives need at least two images")
         while True:
             r = int(self.unique_rows[np.random.randint(len(self.unique_rows))])
             if r != row:

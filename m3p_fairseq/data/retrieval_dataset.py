@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from fairseq.data import data_utils
 
+from .image_caption_dataset import require_two_images
 from .region_dataset import RegionDataset, collate_regions
 from .sized import SizeOrderedDataset
 
@@ -47,8 +48,9 @@ class RetrievalDataset(SizeOrderedDataset):
         self.unique_rows, first = np.unique(self.image_rows, return_index=True)
         self.first_caption_of_row = dict(zip(self.unique_rows.tolist(), first.tolist()))  # whose context an image carries
         self.members = {g: np.nonzero(self.groups == g)[0] for g in np.unique(self.groups)}
-        if num_negatives and len(self.unique_rows) < 2:
-            raise ValueError("negatives need at least two images")
+        if num_negatives:  # text negatives come from the caption's own group
+            for g, members in self.members.items():
+                require_two_images(self.image_rows[members], f"the captions of group {g}", regions.store)
         n_regions = np.minimum(regions.store.num_regions[self.image_rows], regions.max_regions)
         text = np.asarray(captions.sizes, dtype=np.int64)
         if contexts is not None:
@@ -95,7 +97,9 @@ class RetrievalDataset(SizeOrderedDataset):
             j = int(pool[np.random.randint(len(pool))])
             if self.image_rows[j] != row:
                 return j
-        raise ValueError(f"no caption of another image in the group of caption {index}")
+        # the image has nearly all of the group's captions: draw among the others directly
+        others = pool[self.image_rows[pool] != row]
+        return int(others[np.random.randint(len(others))])
 
     def text_of(self, caption, row):
         text = self.captions[caption]

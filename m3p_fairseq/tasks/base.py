@@ -29,6 +29,7 @@ from omegaconf import II
 from .. import checkpoints
 from ..data.caption_generation_dataset import CaptionGenerationDataset
 from ..data.code_switch import CodeSwitchDataset, build_table, find_dictionaries
+from ..data.image_caption_dataset import require_two_images
 from ..data.region_dataset import RegionDataset
 from ..data.region_store import RegionDataError, RegionStore
 from ..errors import M3PDataError, M3PInputError
@@ -203,8 +204,9 @@ class M3PTaskBase(FairseqTask):
             raise M3PDataError(f"{prefix}.bin: {what} not found")
         return ds
 
-    def load_captions(self, lang, split):
-        """Captions of one language with their image rows; checks every line."""
+    def load_captions(self, lang, split, negatives=False):
+        """Captions of one language with their image rows; checks every line (and, for ``negatives``,
+        that they belong to two images or more)."""
         folder = os.path.join(self.data_path(), "captions")
         if not os.path.isdir(os.path.join(folder, lang)):
             have = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
@@ -231,6 +233,8 @@ class M3PTaskBase(FairseqTask):
             rows = self.region_store(split).indices_of(ids, source=ids_path)
         except RegionDataError as e:
             raise M3PDataError(str(e))
+        if negatives:
+            require_two_images(rows, ids_path, self.region_store(split))
         # <s> caption </s>, as XLM-R sees a sentence
         return PrependTokenDataset(captions, self.dictionary.bos()), rows
 

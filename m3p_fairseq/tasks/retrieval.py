@@ -77,7 +77,7 @@ class M3PRetrievalTask(M3PTaskBase):
         base, langs = split_and_langs(split, split_list(self.cfg.caption_langs))
         caps, rows, groups, ctxs = [], [], [], []
         for g, lang in enumerate(langs):
-            c, r = self.load_captions(lang, base)
+            c, r = self.load_captions(lang, base, negatives=self.cfg.num_negatives > 0)
             if self.cfg.context:
                 ctxs.append(load_contexts(self, lang, base, len(c)))
             caps.append(self.code_switched(c, lang, base, self.cfg.seed))

@@ -18,6 +18,12 @@ checkpoint (``m3p_seq2seq_*``) captions images and translates:
 >>> store = RegionStore("data-bin/m3p/regions/test.json")
 >>> gen.caption("test_000003", "de", beam=10, store=store)
 >>> gen.translate("a red dog left of a blue car", "test_000003", "en", "de", store=store)
+>>> gen.extract_features(gen.encode("ein Hund", "de"), lang="de").shape   # the encoder's, 1 x T x C
+
+``M3PModel.from_pretrained`` and ``M3PSeq2SeqModel.from_pretrained`` return this hub too (as
+``RobertaModel.from_pretrained`` returns a RobertaHubInterface), and refuse a checkpoint of the
+other model kind. A method that does not fit the model kind (``score`` on a generation model,
+``caption`` on an understanding model) raises an ``M3PInputError`` of one line.
 """
 import os
 from typing import List, Optional, Union

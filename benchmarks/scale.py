@@ -12,7 +12,7 @@ Measures, in order:
    task, xmlm+mmlm+mrm+vlm, m3p_tiny), with the phases seen in its log;
 4. the task's datasets: seconds to load each part, and samples/s per objective (one worker's work).
 
-    python benchmarks/scale.py                  # 3.3M images: ~15 min and ~2 GB of disk on 2 cores
+    python benchmarks/scale.py                  # 3.3M images: ~12 min and ~2 GB of disk on 2 cores
     python benchmarks/scale.py --images 200000  # quick
 
 Prints progress on stderr and one JSON line at the end.

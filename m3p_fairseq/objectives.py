@@ -19,7 +19,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 from fairseq.data import (
     AppendTokenDataset,
     ConcatDataset,
+    ConcatSentencesDataset,
     IdDataset,
     NestedDictionaryDataset,
     NumelDataset,
@@ -46,11 +47,16 @@ from .checkpoints import GENERATION, UNDERSTANDING
 from .data.caption_generation_dataset import CaptionGenerationDataset
 from .data.image_caption_dataset import ImageCaptionDataset
 from .data.multitask import alpha_sampling_probs, resample_to_probs
+from .data.parallel import PairSegmentsDataset
 from .data.xdae_dataset import XDAEDataset
+from .models.dual_encoder import contrastive_loss
 from .utils import split_list
 
 LN2 = math.log(2)
-TEXT, PAIRS = "text", "pairs"  # the multilingual corpus (language-sampled with --alpha); image-caption pairs
+# what an objective reads: the multilingual corpus and translation pairs (both sampled per language or
+# language pair with --alpha), image-caption pairs
+TEXT, PARALLEL, PAIRS = "text", "parallel", "pairs"
+TCL_HEAD = "tcl"  # the sentence-embedding projection of the translation contrastive objective
 
 
 def stream_seed(seed, name):
@@ -68,9 +74,10 @@ class Objective:
     loss: Callable  # (criterion, model, sample) -> (loss, sample_size, logging output)
     reduce: Callable  # (name, total) -> logs the objective's metrics (total: key -> summed value)
     plot_keys: Tuple[str, ...]
+    prepare: Optional[Callable] = None  # (task, model): heads the objective needs, added when the model is built
 
     def natural_size(self, loaded):
-        return sum(len(d) for d in loaded) if self.source == TEXT else len(loaded)
+        return len(loaded) if self.source == PAIRS else sum(len(d) for d in loaded)
 
 
 # ---- datasets --------------------------------------------------------------------------------------
@@ -103,14 +110,91 @@ def _text_sentences(task, split, epoch, seed):
     return out
 
 
-def _language_sampled(task, per_lang, split, epoch, seed, scale):
-    """Languages alpha-sampled (training only: p_l ∝ n_l^alpha), concatenated; with each item's language id."""
+def _language_sampled(task, per_lang, split, epoch, seed, scale, *langs):
+    """Languages (or language pairs) alpha-sampled (training only: p_l ∝ n_l^alpha), concatenated; with, for
+    each list of ``langs`` (default: the text corpus's languages), every item's language id."""
     if split == "train":
         per_lang = resample_to_probs(per_lang, alpha_sampling_probs([len(d) for d in per_lang], task.cfg.alpha),
                                      seed, epoch, scale)
     text = ConcatDataset(per_lang) if len(per_lang) > 1 else per_lang[0]
-    ids = np.repeat([task.lang_id(l) for l in task.text_langs()], [len(d) for d in per_lang])
-    return text, ids
+    sizes = [len(d) for d in per_lang]
+    return (text, *(np.repeat([task.lang_id(l) for l in names], sizes) for names in langs or [task.text_langs()]))
+
+
+def _translation_pairs(task, split, epoch, seed):
+    """Per language pair of --parallel-pairs: ``<s> src </s></s> tgt </s>``, each side cut to half the budget."""
+    half = task.cfg.tokens_per_sample // 2
+    out = []
+    for src, tgt in task.parallel_pairs():
+        a, b = task.load_translations(src, tgt, split)
+        out.append(ConcatSentencesDataset(
+            PrependTokenDataset(_cut(task, a, half - 1), task.dictionary.bos()),
+            PrependTokenDataset(_cut(task, b, half - 1), task.dictionary.eos())))
+    return out
+
+
+def _cut(task, ds, n):
+    """The sentence cut to n tokens, its </s> kept."""
+    eos = task.dictionary.eos()
+    return AppendTokenDataset(TruncateDataset(StripTokenDataset(ds, eos), n - 1), eos)
+
+
+def _masked_translations(task, per_pair, split, epoch, seed, scale):
+    """TLM: language-pair-sampled pairs masked as xMLM over both sentences, positions restarting at the
+    second, each token with its language."""
+    pairs = task.parallel_pairs()
+    text, first, second = _language_sampled(task, per_pair, split, epoch, seed, scale, [s for s, _ in pairs],
+                                            [t for _, t in pairs])
+    src, tgt = task.apply_mask(text, seed)
+    pad, eos = task.dictionary.pad(), task.dictionary.eos()
+    return NestedDictionaryDataset(
+        {
+            "id": IdDataset(),
+            "net_input": {"src_tokens": RightPadDataset(src, pad_idx=pad),
+                          "src_lengths": NumelDataset(src, reduce=False),
+                          "src_positions": RightPadDataset(PairSegmentsDataset(text, eos, pad), pad_idx=pad),
+                          "src_lang": RightPadDataset(PairSegmentsDataset(text, eos, pad, first, second, "langs"),
+                                                      pad_idx=0)},
+            "target": RightPadDataset(tgt, pad_idx=pad),
+            "nsentences": NumSamplesDataset(),
+            "ntokens": NumelDataset(src, reduce=True),
+        },
+        sizes=[src.sizes],
+    )
+
+
+def _translation_views(task, split, epoch, seed):
+    """TCL, per language pair: the two sentences of a pair as two separate inputs, and the pair's identity."""
+    out, offset = [], 0
+    pad, half = task.dictionary.pad(), task.cfg.tokens_per_sample
+    for src, tgt in task.parallel_pairs():
+        a, b = task.load_translations(src, tgt, split)
+        a, b = (PrependTokenDataset(_cut(task, d, half - 1), task.dictionary.bos()) for d in (a, b))
+        out.append(NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {"src_tokens": RightPadDataset(a, pad_idx=pad),
+                              "src_lang": RawLabelDataset([task.lang_id(src)] * len(a))},
+                "other_view": {"src_tokens": RightPadDataset(b, pad_idx=pad),
+                               "src_lang": RawLabelDataset([task.lang_id(tgt)] * len(b))},
+                # duplicates of a pair (resampling draws with replacement) are not each other's negatives
+                "pair_id": RawLabelDataset(list(range(offset, offset + len(a)))),
+                "nsentences": NumSamplesDataset(),
+                "ntokens": NumelDataset(a, reduce=True),
+            },
+            sizes=[np.maximum(a.sizes, b.sizes)],
+        ))
+        offset += len(a)
+    return out
+
+
+def _sampled_views(task, per_pair, split, epoch, seed, scale):
+    return _language_sampled(task, per_pair, split, epoch, seed, scale, [s for s, _ in task.parallel_pairs()])[0]
+
+
+def _add_tcl_head(task, model):
+    if TCL_HEAD not in model.classification_heads:
+        model.register_classification_head(TCL_HEAD, num_classes=task.cfg.tcl_dim)
 
 
 def _masked_text(task, per_lang, split, epoch, seed, scale):
@@ -233,6 +317,22 @@ def _vlm_step(criterion, model, sample):
     return loss, labels.numel(), {"vlm_loss": loss.data, "vlm_n": labels.numel(), "vlm_ncorrect": ncorrect}
 
 
+def _sentence_embeddings(model, src_tokens, src_lang):
+    """Unit vectors of the TCL head over the text encoder's first position, one per sentence."""
+    x, _ = model.encoder.extract_features(src_tokens, src_lang=src_lang)
+    return F.normalize(model.classification_heads[TCL_HEAD](x).float(), dim=-1)
+
+
+def _tcl_step(criterion, model, sample):
+    """CCLM's cross-view contrastive loss on translation pairs: the two sentences' embeddings pulled together
+    against the batch's other pairs (symmetric InfoNCE, summed over pairs)."""
+    a = _sentence_embeddings(model, **sample["net_input"])
+    b = _sentence_embeddings(model, **sample["other_view"])
+    loss, ncorrect = contrastive_loss(a, b, sample["pair_id"], criterion.tcl_temperature)
+    n = len(sample["pair_id"])
+    return loss, n, {"tcl_loss": loss.data, "tcl_n": n, "tcl_ncorrect": ncorrect}
+
+
 def generation_loss(lprobs, target, epsilon, pad_idx):
     """Summed label-smoothed NLL (nats) over non-pad target tokens: (loss, nll_loss, ncorrect)."""
     lprobs, target = lprobs.view(-1, lprobs.size(-1)), target.view(-1)
@@ -302,6 +402,10 @@ OBJECTIVES = {o.name: o for o in (
     Objective("mrm", UNDERSTANDING, PAIRS, _pairs("mrm"), _resampled, _mrm_step, _reduce_mrm, ("mrm_mse", "mrm_ce")),
     Objective("vlm", UNDERSTANDING, PAIRS, _pairs("vlm"), _resampled, _vlm_step, reduce_loss_and_accuracy,
               ("vlm_loss", "vlm_acc")),
+    Objective("tlm", UNDERSTANDING, PARALLEL, _translation_pairs, _masked_translations, _masked_lm_step,
+              _reduce_masked_lm, ("tlm_loss",)),
+    Objective("tcl", UNDERSTANDING, PARALLEL, _translation_views, _sampled_views, _tcl_step, reduce_loss_and_accuracy,
+              ("tcl_loss", "tcl_acc"), prepare=_add_tcl_head),
     Objective("xdae", GENERATION, TEXT, _text_sentences, _noised_text, generation_step,
               _reduce_generation, ("xdae_loss",)),
     Objective("ic", GENERATION, PAIRS, _captions_to_generate(False), _resampled, generation_step,

@@ -134,3 +134,92 @@ def test_chance_level_per_language(tmp_path):
     save_metrics(path, "retrieval.zero_shot", {"en": {"mR": 10.0, "chance_mR": 5.0},
                                                "fr": {"mR": 9.0, "chance_mR": 5.0}})
     assert json.load(open(path))["retrieval"]["chance_mR"] == 5.0
+
+
+# ---- the parallel-text objectives --------------------------------------------------------------------
+
+def _tlm_batches(data, *flags):
+    task, cfg = _task(data, "--arch", "m3p_tiny", "--objectives", "tlm", *flags)
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=32, seed=1).next_epoch_itr(shuffle=True)
+    return task, list(itr)
+
+
+def _tlm_rates(task, batches):
+    """Masked share of each sentence's tokens, and checks of positions and languages per side."""
+    pad = task.dictionary.pad()
+    masked, total = [0, 0], [0, 0]
+    for b in batches:
+        net = b["net_input"]
+        for tokens, positions, langs, target in zip(net["src_tokens"], net["src_positions"], net["src_lang"],
+                                                    b["target"]):
+            real = tokens.ne(pad)
+            restart = torch.nonzero(positions[1:] == pad + 1).view(-1) + 1
+            assert len(restart) == 1, "positions restart once, at the second sentence"
+            cut, n = int(restart[0]), int(real.sum())
+            assert torch.equal(positions[:cut], torch.arange(cut) + pad + 1)
+            assert torch.equal(positions[cut:n], torch.arange(n - cut) + pad + 1)
+            assert len(set(langs[:cut].tolist())) == 1 and len(set(langs[cut:n].tolist())) == 1
+            assert langs[0] != langs[cut], "each side carries its own language"
+            for side, (lo, hi) in enumerate(((0, cut), (cut, n))):
+                masked[side] += int(target[lo:hi].ne(pad).sum())
+                total[side] += hi - lo
+    return [m / t for m, t in zip(masked, total)], total
+
+
+def test_tlm_masks_both_sentences_and_restarts_positions(tiny_world):
+    task, batches = _tlm_batches(tiny_world["data"])
+    rates, total = _tlm_rates(task, batches)
+    assert min(total) > 3000
+    assert all(abs(r - 0.15) < 0.015 for r in rates), rates
+    # the flag reaches the datasets fairseq-train builds
+    task, batches = _tlm_batches(tiny_world["data"], "--mask-prob", "0.3")
+    rates, _ = _tlm_rates(task, batches)
+    assert all(abs(r - 0.30) < 0.02 for r in rates), rates
+
+
+def test_tlm_samples_language_pairs_with_alpha(tiny_world):
+    """Pairs drawn with p ∝ n^alpha over the language pairs, as xMLM draws languages."""
+    from m3p_fairseq.data.multitask import alpha_sampling_probs
+
+    for alpha in ("0.3", "1.0"):
+        task, batches = _tlm_batches(tiny_world["data"], "--alpha", alpha)
+        sizes = [len(task.load_translations(s, t, "train")[0]) for s, t in task.parallel_pairs()]
+        want = alpha_sampling_probs(sizes, float(alpha))
+        seen = {}
+        for b in batches:
+            for langs, positions in zip(b["net_input"]["src_lang"], b["net_input"]["src_positions"]):
+                cut = int(torch.nonzero(positions[1:] == task.dictionary.pad() + 1).view(-1)[0]) + 1
+                seen[int(langs[cut])] = seen.get(int(langs[cut]), 0) + 1
+        n = sum(seen.values())
+        got = [seen.get(task.lang_id(t), 0) / n for _, t in task.parallel_pairs()]
+        assert max(abs(g - w) for g, w in zip(got, want)) < 0.01, (alpha, got, list(want))
+
+
+def test_tcl_loss_is_infonce_over_translation_pairs(tiny_world):
+    """The criterion's loss against a hand computation: sum over pairs of the two cross-entropies of
+    exp(cos / T), positives on the diagonal, duplicates of a pair left out of the negatives."""
+    task, cfg = _task(tiny_world["data"], "--arch", "m3p_tiny", "--objectives", "tcl", "--criterion", "m3p_pretrain")
+    model = task.build_model(cfg.model).eval()
+    criterion = task.build_criterion(cfg.criterion)
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=16, seed=1).next_epoch_itr(shuffle=True)
+    batch = next(iter(itr))
+    batch["pair_id"][1] = batch["pair_id"][0]  # a duplicate (resampling draws with replacement)
+    with torch.no_grad():
+        loss, n, log = criterion(model, batch)
+
+        def emb(side):
+            x, _ = model.encoder.extract_features(side["src_tokens"])
+            h = model.classification_heads["tcl"](x)
+            return h / h.norm(dim=-1, keepdim=True)
+
+        a, b = emb(batch["net_input"]), emb(batch["other_view"])
+        T, ids, want = criterion.tcl_temperature, batch["pair_id"].tolist(), 0.0
+        for i in range(len(ids)):
+            for sims in ((a[i] * b).sum(-1), (b[i] * a).sum(-1)):
+                keep = [j for j in range(len(ids)) if j == i or ids[j] != ids[i]]
+                want += -float(sims[i] / T) + math.log(sum(math.exp(float(sims[j] / T)) for j in keep))
+        want /= 2
+    assert n == len(ids) and float(loss) == pytest.approx(want, rel=1e-4)
+    assert 0 <= int(log["tcl_ncorrect"]) <= n

@@ -1,6 +1,6 @@
 """The understanding objectives' criterion: each batch carries one objective (``sample["objective"]``),
-whose loss and metrics come from its spec in objectives.py (xMLM / MMLM masked LM, MRM MSE + CE,
-VLM BCE).
+whose loss and metrics come from its spec in objectives.py (xMLM / MMLM / TLM masked LM, MRM MSE + CE,
+VLM BCE, TCL contrastive).
 
 Logged metrics are flat sums with the objective as prefix (xmlm_loss, mmlm_loss, mrm_mse, mrm_ce,
 vlm_loss, vlm_acc, with their counts), so ``logging_outputs_can_be_summed`` stays True across
@@ -24,14 +24,16 @@ from .summed import log_loss_bits, summer
 class M3PPretrainCriterionConfig(FairseqDataclass):
     mrm_feat_weight: float = field(default=1.0, metadata={"help": "weight of MRM's regression term"})
     mrm_cls_weight: float = field(default=1.0, metadata={"help": "weight of MRM's classification term"})
+    tcl_temperature: float = field(default=0.05, metadata={
+        "help": "softmax temperature of the translation contrastive objective (tcl)"})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
 @register_criterion("m3p_pretrain", dataclass=M3PPretrainCriterionConfig)
 class M3PPretrainCriterion(FairseqCriterion):
-    def __init__(self, task, mrm_feat_weight=1.0, mrm_cls_weight=1.0, sentence_avg=False):
+    def __init__(self, task, mrm_feat_weight=1.0, mrm_cls_weight=1.0, tcl_temperature=0.05, sentence_avg=False):
         super().__init__(task)
-        self.mrm_feat_weight, self.mrm_cls_weight = mrm_feat_weight, mrm_cls_weight
+        self.mrm_feat_weight, self.mrm_cls_weight, self.tcl_temperature = mrm_feat_weight, mrm_cls_weight, tcl_temperature
         self.pad_idx = task.source_dictionary.pad()
 
     def forward(self, model, sample, reduce=True):

@@ -55,39 +55,48 @@ def split_langs(value):
     return [x.strip() for x in (value or "").split(",") if x.strip()]
 
 
-class LanguagePositionalEmbedding(LearnedPositionalEmbedding):
-    """Learned positions plus a learned language vector.
+class TextPositionalEmbedding(LearnedPositionalEmbedding):
+    """Learned positions, counted as fairseq counts them or given by the batch, plus an optional
+    learned language vector.
 
     fairseq's Transformer adds ``embed_positions(tokens)`` to every token embedding before the
-    embedding LayerNorm; adding the language vector there puts it on every token without
-    touching the encoder's or decoder's forward. The caller says which language each row (B ids)
-    or each token (B x T ids) is in with ``with module.languages(ids):``. Without ids the
-    generation model fails (every pass of it has a language); the understanding model adds
-    nothing (its joint passes carry no language). Position weights keep their name
-    (``embed_positions.weight``).
+    embedding LayerNorm; what is added there reaches every token without touching the encoder's or
+    decoder's forward. The caller says, for one pass, which language each row (B ids) or each token
+    (B x T ids) is in, and which position each token has (B x T, fairseq's numbering: pad + 1 for
+    the first, pad for padding; TLM restarts them on the second sentence, as XLM does) with
+    ``with module.given(langs=..., positions=...):``. Without language ids the generation model
+    fails (every pass of it has a language); the understanding model adds none (its joint passes
+    carry no language). Position weights keep their name (``embed_positions.weight``).
     """
 
-    def __init__(self, positions: LearnedPositionalEmbedding, num_langs, required=True):
+    def __init__(self, positions: LearnedPositionalEmbedding, num_langs=0, langs_required=False):
         super().__init__(positions.num_embeddings, positions.embedding_dim, positions.padding_idx)
         self.weight = positions.weight
-        self.embed_langs = nn.Embedding(num_langs, positions.embedding_dim)
-        self.required = required
-        self._langs = None
+        if num_langs:
+            self.embed_langs = nn.Embedding(num_langs, positions.embedding_dim)
+        self.langs_required = langs_required
+        self._langs = self._positions = None
 
     @contextlib.contextmanager
-    def languages(self, lang_ids):
-        if lang_ids is None and self.required:
+    def given(self, langs=None, positions=None):
+        if langs is None and self.langs_required:
             raise ValueError("language ids are required (src_lang / tgt_lang)")
-        self._langs = lang_ids
+        self._langs = langs if hasattr(self, "embed_langs") else None
+        self._positions = positions
         try:
             yield
         finally:
-            self._langs = None
+            self._langs = self._positions = None
 
     def forward(self, input, incremental_state=None, positions=None):
-        pos = super().forward(input, incremental_state=incremental_state, positions=positions)
+        if positions is None and incremental_state is None and self._positions is not None:
+            # (fairseq's forward refuses given positions when there is a padding index: look them up as it does)
+            pos = F.embedding(self._positions, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                              self.scale_grad_by_freq, self.sparse)
+        else:
+            pos = super().forward(input, incremental_state=incremental_state, positions=positions)
         if self._langs is None:
-            if self.required:
+            if self.langs_required:
                 raise RuntimeError("language ids not set: call the encoder or decoder through its model")
             return pos
         langs = self._langs if self._langs.dim() == 2 else self._langs.unsqueeze(1)
@@ -215,12 +224,12 @@ class M3PEncoder(RobertaEncoder):
         self.mrm_cls_head = RegionHead(dim, args.num_region_classes, args.activation_fn)
         for m in (self.region_embed, self.mrm_feat_head, self.mrm_cls_head):
             m.apply(init_bert_params)
+        if not isinstance(self.sentence_encoder.embed_positions, LearnedPositionalEmbedding):
+            raise M3PInputError("the understanding model needs learned positions (XLM-R's)")
         langs = split_langs(args.langs)
+        self.sentence_encoder.embed_positions = TextPositionalEmbedding(self.sentence_encoder.embed_positions,
+                                                                        len(langs))
         if langs:
-            if not isinstance(self.sentence_encoder.embed_positions, LearnedPositionalEmbedding):
-                raise M3PInputError("--langs needs learned positions (the understanding model's, XLM-R's)")
-            self.sentence_encoder.embed_positions = LanguagePositionalEmbedding(
-                self.sentence_encoder.embed_positions, len(langs), required=False)
             nn.init.zeros_(self.sentence_encoder.embed_positions.embed_langs.weight)
         self.regions_first = self.sentence_encoder.regions_first
         # a non-pad id marks real region slots in the joint token sequence; its embedding is never read
@@ -239,15 +248,13 @@ class M3PEncoder(RobertaEncoder):
         return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
 
     def extract_features(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None,
-                         src_lang=None, return_all_hiddens=False, **unused):
+                         src_lang=None, src_positions=None, return_all_hiddens=False, **unused):
         """Returns (B x (T + R) x C features in the joint layout's order, extra); text only when
-        ``regions`` is None. ``src_lang`` (B or B x T language ids) is added in text-only passes
-        of a model with --langs."""
+        ``regions`` is None. Text-only passes may say each token's language (``src_lang``: B or
+        B x T ids, added by a model with --langs) and position (``src_positions``: B x T, fairseq's
+        numbering; default: counted from the first token)."""
         if regions is None:
-            positions = self.sentence_encoder.embed_positions
-            languages = positions.languages(src_lang) if isinstance(positions, LanguagePositionalEmbedding) \
-                else contextlib.nullcontext()
-            with languages:
+            with self.sentence_encoder.embed_positions.given(langs=src_lang, positions=src_positions):
                 return super().extract_features(src_tokens, return_all_hiddens=return_all_hiddens)
         bsz, num_regions = regions.shape[:2]
         slots = src_tokens.new_full((bsz, num_regions), self.region_slot)
@@ -317,7 +324,7 @@ class M3PModel(RobertaModel):
         return split_langs(self.args.langs)
 
     def forward(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None, src_lang=None,
-                masked_tokens=None, masked_regions=None, vlm=False, features_only=False,
+                src_positions=None, masked_tokens=None, masked_regions=None, vlm=False, features_only=False,
                 return_all_hiddens=False, classification_head_name=None, **unused):
         """
         Args:
@@ -325,6 +332,8 @@ class M3PModel(RobertaModel):
             regions, region_boxes, region_padding_mask: B x R x D, B x R x 5, B x R (True = pad)
             src_lang: B (or B x T) language ids, in --langs order; used by text-only passes of a
                 model with a language embedding, ignored otherwise
+            src_positions: B x T positions of a text-only pass (fairseq's numbering), when they do not
+                simply count from the first token (TLM restarts them at the second sentence)
             masked_tokens: B x T bool, positions whose token the LM head predicts
             masked_regions: B x R bool, regions the MRM heads reconstruct
             vlm: also return the match logit of each pair (B,)
@@ -334,7 +343,8 @@ class M3PModel(RobertaModel):
             ``classification``.
         """
         x, extra = self.encoder.extract_features(src_tokens, regions, region_boxes, region_padding_mask,
-                                                 src_lang=src_lang, return_all_hiddens=return_all_hiddens)
+                                                 src_lang=src_lang, src_positions=src_positions,
+                                                 return_all_hiddens=return_all_hiddens)
         out = {"features": x, "inner_states": extra.get("inner_states")}
         if features_only:
             return out

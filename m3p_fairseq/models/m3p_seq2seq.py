@@ -31,7 +31,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
-from .m3p import (JointTransformerEncoder, LanguagePositionalEmbedding, RegionEmbedding, add_region_args,
+from .m3p import (JointTransformerEncoder, RegionEmbedding, TextPositionalEmbedding, add_region_args,
                   region_sizes_from_task, split_langs)
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class M3PSeq2SeqEncoder(FairseqEncoder):
         self.sentence_encoder = JointTransformerEncoder(args, dictionary, embed_tokens)
         if not isinstance(self.sentence_encoder.embed_positions, LearnedPositionalEmbedding):
             raise M3PInputError("m3p_seq2seq needs learned positions (--encoder-learned-pos)")
-        self.sentence_encoder.embed_positions = LanguagePositionalEmbedding(
-            self.sentence_encoder.embed_positions, num_langs)
+        self.sentence_encoder.embed_positions = TextPositionalEmbedding(
+            self.sentence_encoder.embed_positions, num_langs, langs_required=True)
         self.region_embed = RegionEmbedding(args.region_feat_dim, args.encoder_embed_dim)
         # a non-pad id marks real region slots in the joint token sequence; its embedding is never read
         self.region_slot = dictionary.unk()
@@ -74,7 +74,7 @@ class M3PSeq2SeqEncoder(FairseqEncoder):
                 slots = slots.masked_fill(region_padding_mask, self.dictionary.pad())
             tokens = torch.cat([src_tokens, slots], dim=1)
             region_emb = self.region_embed(regions, region_boxes)
-        with self.sentence_encoder.embed_positions.languages(src_lang):
+        with self.sentence_encoder.embed_positions.given(langs=src_lang):
             out = self.sentence_encoder(tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens,
                                         token_embeddings=region_emb)
         out["tgt_lang"] = [tgt_lang]
@@ -105,7 +105,7 @@ class M3PSeq2SeqDecoder(TransformerDecoder):
                          alignment_layer=None, alignment_heads=None):
         if encoder_out is None or not encoder_out.get("tgt_lang"):
             raise ValueError("encoder_out lacks tgt_lang: the decoder needs the M3PSeq2SeqEncoder's output")
-        with self.embed_positions.languages(encoder_out["tgt_lang"][0]):
+        with self.embed_positions.given(langs=encoder_out["tgt_lang"][0]):
             return super().extract_features(prev_output_tokens, encoder_out, incremental_state,
                                             full_context_alignment, alignment_layer, alignment_heads)
 

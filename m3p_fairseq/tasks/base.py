@@ -161,12 +161,13 @@ class M3PTaskBase(FairseqTask):
         return paths[(epoch - 1) % len(paths)]
 
     def data_languages(self):
-        """Every language with text or captions in the data folder, sorted."""
+        """Every language with text, captions or parallel text in the data folder, sorted."""
         langs = set()
-        for kind in ("text", "captions"):
+        for kind in ("text", "captions", "parallel"):
             folder = os.path.join(self.data_path(), kind)
             if os.path.isdir(folder):
-                langs.update(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+                langs.update(l for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                             for l in d.split("-"))  # parallel/: one folder per language pair, en-de
         return sorted(langs)
 
     def lang_id(self, lang):

@@ -7,6 +7,7 @@ the batch iterator keeps every worker and every --update-freq micro-batch of an 
 The data layout is the one tasks/base.py describes.
 """
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List
@@ -50,6 +51,10 @@ class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeS
     objective_ratios: str = field(default="", metadata={
         "help": "comma-separated share of updates per objective (same order); empty: each objective's natural size"})
     text_langs: str = field(default="", metadata={"help": "languages of the text corpus (default: every folder in DATA/text)"})
+    parallel_pairs: str = field(default="", metadata={
+        "help": "language pairs of the parallel text for TLM and TCL, e.g. en-de,en-fr (default: every folder in "
+                "DATA/parallel)"})
+    tcl_dim: int = field(default=128, metadata={"help": "size of the TCL head's sentence embeddings"})
     alpha: float = field(default=0.3, metadata={"help": "language sampling exponent for xMLM and xDAE (paper: 0.3)"})
     sample_break_mode: ChoiceEnum(["none", "complete", "complete_doc", "eos"]) = field(
         default="complete", metadata={"help": "how xMLM text is cut into samples (fairseq TokenBlockDataset)"})
@@ -103,6 +108,31 @@ class MultitaskMultimodalTask(M3PTaskBase):
     def text_langs(self):
         """Languages of the text corpus (--text-langs, else every folder in DATA/text)."""
         return self.folder_langs(self.cfg.text_langs, "text", "text")
+
+    def parallel_pairs(self):
+        """(source, target) language pairs of the parallel text (--parallel-pairs, else every DATA/parallel folder)."""
+        pairs = [p.split("-") for p in self.folder_langs(self.cfg.parallel_pairs, "parallel", "parallel text")]
+        bad = next((p for p in pairs if len(p) != 2 or not all(p)), None)
+        if bad is not None:
+            raise M3PDataError(f"--parallel-pairs: {'-'.join(bad)!r} is not a language pair like en-de")
+        return pairs
+
+    def load_translations(self, src, tgt, split):
+        """The two sides of a language pair (fairseq-preprocess's layout), line for line."""
+        prefix = os.path.join(self.data_path(), "parallel", f"{src}-{tgt}", f"{split}.{src}-{tgt}.")
+        a = self.load_tokens(prefix + src, f"{src}-{tgt} {split} {src} text")
+        b = self.load_tokens(prefix + tgt, f"{src}-{tgt} {split} {tgt} text")
+        if len(a) != len(b):
+            raise M3PDataError(f"{prefix}{tgt}.bin: {len(b)} lines for {len(a)} in {prefix}{src}.bin")
+        return a, b
+
+    def build_model(self, cfg, from_checkpoint=False):
+        def prepare(model):  # the heads the objectives need
+            for name in self.objectives:
+                if OBJECTIVES[name].prepare is not None:
+                    OBJECTIVES[name].prepare(self, model)
+
+        return super().build_model(cfg, from_checkpoint, prepare)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         active = [(o, r) for o, r in zip(self.objectives, self.ratios or [1.0] * len(self.objectives)) if r > 0]

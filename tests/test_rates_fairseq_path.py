@@ -508,6 +508,21 @@ def chi_square_lengths(lengths, expected_hist, first):
     return stat, stats.chi2.ppf(1 - CHI2_P, len(exp) - 1), obs, exp
 
 
+def check_spans(what, flags, sizes, lengths, covered, ratio, lam, first):
+    """Spans seen over sequences of ``sizes`` items against the rule: the items they cover within 4 sd,
+    their lengths from ``first`` on (a DIC span of 0 regions is invisible) by a chi-square test.
+    Returns the expected count of spans of each length."""
+    hist, mean, var = one_span_expectation(sizes, ratio, lam, first)
+    sd = math.sqrt(var * (1 + len(sizes) / STREAMS))
+    stat, critical, obs, exp = chi_square_lengths(lengths, hist, first)
+    where = f"{what} ({' '.join(flags) or 'defaults'})"
+    print(f"{where}: {len(lengths)} covering {covered} (expected {mean:.0f} +- {sd:.0f}); lengths from {first} "
+          f"{obs.astype(int).tolist()} vs {exp.round(1).tolist()}, chi-square {stat:.1f} < {critical:.1f}")
+    assert abs(covered - mean) < 4 * sd, f"{where}: they cover {covered}, expected {mean:.0f} +- {sd:.0f}"
+    assert stat < critical, f"{where}: lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()}"
+    return hist
+
+
 SPAN_FLAGS = [([], 0.3, 3.0), (["--xdae-poisson-lambda", "6"], 0.3, 6.0), (["--xdae-mask-ratio", "0.15"], 0.15, 3.0)]
 
 
@@ -535,20 +550,12 @@ def test_xdae_mask_spans(tiny_world, flags, ratio, lam):
             covered += length
         else:
             assert src == tgt, "words vanished without a <mask>"
-    hist, mean, var = one_span_expectation(sizes, ratio, lam, first=0)
     assert len(lengths) > 500, len(lengths)
-    spans_expected = hist.sum()
-    shared = 1 + len(sizes) / STREAMS
-    spans_sd = math.sqrt(shared * sum(r * (1 - r) for r in ratio * np.asarray(sizes) / lam * stats.poisson.cdf(sizes, lam)))
-    sd = math.sqrt(shared * var)
-    assert abs(len(lengths) - spans_expected) < 4 * spans_sd, \
-        f"{len(lengths)} spans, expected {spans_expected:.0f} +- {spans_sd:.0f} (flags {flags or 'defaults'})"
-    assert abs(covered - mean) < 4 * sd, f"{covered} words in spans, expected {mean:.0f} +- {sd:.0f} (flags {flags or 'defaults'})"
-    stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=0)
-    print(f"xDAE spans ({' '.join(flags) or 'defaults'}): {len(lengths)} (expected {spans_expected:.0f} +- {spans_sd:.0f}), "
-          f"{covered} words in them (expected {mean:.0f} +- {sd:.0f}), lengths {obs.astype(int).tolist()} "
-          f"vs {exp.round(1).tolist()}, chi-square {stat:.1f} < {critical:.1f}")
-    assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
+    hist = check_spans("xDAE spans of words", flags, sizes, lengths, covered, ratio, lam, first=0)
+    p = ratio * np.asarray(sizes) / lam * stats.poisson.cdf(sizes, lam)  # one span, and it fits
+    sd = math.sqrt((1 + len(sizes) / STREAMS) * (p * (1 - p)).sum())
+    assert abs(len(lengths) - hist.sum()) < 4 * sd, \
+        f"{len(lengths)} spans, expected {hist.sum():.0f} +- {sd:.0f} (flags {flags or 'defaults'})"
 
 
 @pytest.mark.parametrize("alpha", [None, "0.7"], ids=["paper", "flag"])
@@ -607,15 +614,8 @@ def test_dic_zeroes_region_spans(tiny_world, flags, ratio, lam):
                 lengths.append(len(z))
             sizes.append(len(raw))
             zeroed += len(z)
-    hist, mean, var = one_span_expectation(sizes, ratio, lam, first=1)
     assert len(lengths) > 500, len(lengths)
-    sd = math.sqrt(var * (1 + len(sizes) / STREAMS))
-    assert abs(zeroed - mean) < 4 * sd, f"{zeroed} regions zeroed, expected {mean:.0f} +- {sd:.0f} (flags {flags or 'defaults'})"
-    stat, critical, obs, exp = chi_square_lengths(lengths, hist, first=1)
-    print(f"DIC spans ({' '.join(flags) or 'defaults'}): {len(lengths)}, {zeroed} of {sum(sizes)} regions zeroed (expected "
-          f"{mean:.0f} +- {sd:.0f}), lengths from 1 {obs.astype(int).tolist()} vs {exp.round(1).tolist()}, "
-          f"chi-square {stat:.1f} < {critical:.1f}")
-    assert stat < critical, f"span lengths {obs.tolist()} vs Poisson({lam}) {exp.round(1).tolist()} (flags {flags or 'defaults'})"
+    check_spans(f"DIC spans of regions (of {sum(sizes)})", flags, sizes, lengths, zeroed, ratio, lam, first=1)
 
 
 def test_ic_feeds_the_store_regions(tiny_world):

@@ -5,8 +5,8 @@ Each test builds the task from a command line as ``fairseq-train`` does (``parse
 reads the collated batches, what the criterion gets. The expected numbers come from the paper
 (xMLM/MMLM: 15% of tokens, 80/10/10; languages ~ n_l^alpha; MRM: 15% of regions, 90% of them
 zeroed; VLM: 50% negatives, half text, half image; xDAE: drop 0.3, shuffle U(0, 3), Poisson(3)
-spans; DIC: Poisson(3) spans of zeroed regions) and from the flags' documented meaning. Every test
-runs once with the defaults and once with its flags changed, so a flag that stops reaching the
+spans; DIC: Poisson(3) spans of zeroed regions) and from the flags' documented meaning. Every rate
+is measured with the defaults and again with its flag changed, so a flag that stops reaching the
 datasets fairseq-train uses fails here. Items are told apart by the data folder itself (caption
 lines and their image ids, the text corpus of each language, the region store), read back with
 fairseq's readers, never through the task's own helpers.
@@ -279,7 +279,7 @@ def test_mmlm_masks_caption_tokens_and_leaves_regions(tiny_world, flags, rates):
     run = TrainRun(data, *UNDERSTANDING, "--objectives", "mmlm", *flags)
     d = run.dictionary
     caps = Captions(data, d)
-    originals, batches = [], []
+    originals = []
 
     def checked():
         for b in run.batches(epochs=8):

@@ -18,7 +18,6 @@ Measures, in order:
 Prints progress on stderr and one JSON line at the end.
 """
 import argparse
-import json
 import os
 import re
 import shutil

@@ -227,6 +227,9 @@ def test_slices_merge_into_the_store_one_process_writes(tmp_path):
     with pytest.raises(SystemExit) as e:
         merge_main([merged, parts[2], parts[0]])
     assert "train.json: slice 1/3 missing" in str(e.value) and not os.path.exists(merged)
+    with pytest.raises(SystemExit) as e:
+        merge_main([merged, parts[0], str(tmp_path / "parts" / "nope.json")])
+    assert "nope.json: cannot read the region manifest" in str(e.value) and "\n" not in str(e.value)
     merge_main([merged, parts[2], parts[0], parts[1]])  # any order: slices go in slice order
     _same_store(one, merged)
     assert RegionStore(merged).index.source == index_path(merged)

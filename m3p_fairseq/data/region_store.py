@@ -35,7 +35,7 @@ import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -245,6 +245,8 @@ def read_manifest(path):
             meta = json.load(fh)
     except (ValueError, UnicodeDecodeError) as e:
         raise RegionDataError(f"{path}: not a JSON region manifest ({e.__class__.__name__})")
+    except OSError as e:
+        raise RegionDataError(f"{path}: cannot read the region manifest ({e.strerror or _first_line(e)})")
     if not isinstance(meta, dict) or meta.get("format") != MANIFEST_FORMAT or "shards" not in meta:
         raise RegionDataError(f"{path}: not an m3p region manifest (format={meta.get('format') if isinstance(meta, dict) else None!r})")
     return meta

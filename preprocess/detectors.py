@@ -30,6 +30,12 @@ Every image is validated while converting (feature size, finite values, boxes in
 1 <= regions <= --max-regions, class ids in range); the first bad one stops the run with one line
 naming the file and the image id, and nothing is written: shards are staged in a temporary folder
 and moved next to the manifest only when all images passed. ``--images-per-shard`` bounds shards.
+The manifest's index (``train.index``, see region_store.RegionIndex) is written beside it.
+
+At scale: ``--workers N`` converts N contiguous parts of the input in N processes (the store is the
+one a single process writes), and ``--slice K/N`` only the K-th of N slices, e.g. one per machine;
+``m3p-merge-manifests OUT.json SLICE.json ...`` then checks that every slice is there and writes one
+manifest and index over all their shards.
 """
 import argparse
 import base64

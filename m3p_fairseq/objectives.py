@@ -44,10 +44,10 @@ from fairseq.data import (
 )
 
 from .checkpoints import GENERATION, UNDERSTANDING
-from .data.caption_generation_dataset import CaptionGenerationDataset
 from .data.image_caption_dataset import ImageCaptionDataset
 from .data.multitask import alpha_sampling_probs, resample_to_probs
 from .data.parallel import PairSegmentsDataset
+from .data.text_items import text_items
 from .data.xdae_dataset import XDAEDataset
 from .models.dual_encoder import contrastive_loss
 from .utils import split_list
@@ -147,29 +147,18 @@ def _masked_translations(task, per_pair, split, epoch, seed, scale):
                                             [t for _, t in pairs])
     src, tgt = task.apply_mask(text, seed)
     pad, eos = task.dictionary.pad(), task.dictionary.eos()
-    return NestedDictionaryDataset(
-        {
-            "id": IdDataset(),
-            "net_input": {"src_tokens": RightPadDataset(src, pad_idx=pad),
-                          "src_lengths": NumelDataset(src, reduce=False),
-                          "src_positions": RightPadDataset(PairSegmentsDataset(text, eos, pad), pad_idx=pad),
-                          "src_lang": RightPadDataset(PairSegmentsDataset(text, eos, pad, first, second, "langs"),
-                                                      pad_idx=0)},
-            "target": RightPadDataset(tgt, pad_idx=pad),
-            "nsentences": NumSamplesDataset(),
-            "ntokens": NumelDataset(src, reduce=True),
-        },
-        sizes=[src.sizes],
-    )
+    return text_items(src, RightPadDataset(tgt, pad_idx=pad), pad,
+                      src_positions=RightPadDataset(PairSegmentsDataset(text, eos, pad), pad_idx=pad),
+                      src_lang=RightPadDataset(PairSegmentsDataset(text, eos, pad, first, second, "langs"), pad_idx=0))
 
 
 def _translation_views(task, split, epoch, seed):
     """TCL, per language pair: the two sentences of a pair as two separate inputs, and the pair's identity."""
     out, offset = [], 0
-    pad, half = task.dictionary.pad(), task.cfg.tokens_per_sample
+    pad, budget = task.dictionary.pad(), task.cfg.tokens_per_sample
     for src, tgt in task.parallel_pairs():
         a, b = task.load_translations(src, tgt, split)
-        a, b = (PrependTokenDataset(_cut(task, d, half - 1), task.dictionary.bos()) for d in (a, b))
+        a, b = (PrependTokenDataset(_cut(task, d, budget - 1), task.dictionary.bos()) for d in (a, b))
         out.append(NestedDictionaryDataset(
             {
                 "id": IdDataset(),
@@ -201,19 +190,9 @@ def _masked_text(task, per_lang, split, epoch, seed, scale):
     """xMLM: language-sampled text masked as XLM-R (15%: 80% <mask>, 10% random, 10% kept)."""
     text, ids = _language_sampled(task, per_lang, split, epoch, seed, scale)
     src, tgt = task.apply_mask(text, seed)
-    return NestedDictionaryDataset(
-        {
-            "id": IdDataset(),
-            "net_input": {"src_tokens": RightPadDataset(src, pad_idx=task.dictionary.pad()),
-                          "src_lengths": NumelDataset(src, reduce=False),
-                          # the model adds a language embedding only if it has one (--langs)
-                          "src_lang": RawLabelDataset(ids.tolist())},
-            "target": RightPadDataset(tgt, pad_idx=task.dictionary.pad()),
-            "nsentences": NumSamplesDataset(),
-            "ntokens": NumelDataset(src, reduce=True),
-        },
-        sizes=[src.sizes],
-    )
+    pad = task.dictionary.pad()
+    # (the model adds a language embedding only if it has one, --langs)
+    return text_items(src, RightPadDataset(tgt, pad_idx=pad), pad, src_lang=RawLabelDataset(ids.tolist()))
 
 
 def _noised_text(task, per_lang, split, epoch, seed, scale):

@@ -106,12 +106,13 @@ class TextPositionalEmbedding(LearnedPositionalEmbedding):
 REGION_SIZES = {"region_feat_dim": 2048, "num_region_classes": 1600}  # the usual Faster R-CNN's, if no store says
 
 
-def add_region_args(parser, names):
-    """--region-feat-dim / --num-region-classes, as each model that reads regions takes them."""
+def add_shared_args(parser, region_sizes, langs_help):
+    """What both models take: region sizes (--region-feat-dim / --num-region-classes) and --langs."""
     helps = {"region_feat_dim": ("D", "size of a region feature (default: the region store's)"),
              "num_region_classes": ("K", "detector classes for MRM classification (default: the region store's)")}
-    for name in names:
+    for name in region_sizes:
         parser.add_argument("--" + name.replace("_", "-"), type=int, metavar=helps[name][0], help=helps[name][1])
+    parser.add_argument("--langs", type=str, metavar="L1,L2,...", help=langs_help)
 
 
 def region_sizes_from_task(args, task, names):
@@ -275,22 +276,27 @@ class M3PEncoder(RobertaEncoder):
         return features[:, :num_text], features[:, num_text:]
 
 
-@register_model("m3p")
-class M3PModel(RobertaModel):
-    """The understanding model. ``forward`` returns a dict with the outputs the caller asks for."""
+class HubFromPretrained:
+    """``from_pretrained`` of the plugin's models: the plugin's hub around a checkpoint of the class (encode,
+    extract_features; score and rank for the understanding model, caption and translate for the generation
+    model), as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
-        """The plugin's hub (encode, extract_features, score, rank) around a checkpoint of
-        this model, as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
         from ..hub import from_pretrained
 
         return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
 
+
+@register_model("m3p")
+class M3PModel(HubFromPretrained, RobertaModel):
+    """The understanding model. ``forward`` returns a dict with the outputs the caller asks for."""
+
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        add_region_args(parser, REGION_SIZES)
+        add_shared_args(parser, REGION_SIZES, "languages of a language embedding, in id order, added in text-only "
+                                              "passes (default: none)")
         parser.add_argument("--vlm-inner-dim", type=int, metavar="D", help="hidden size of the VLM head")
         parser.add_argument("--joint-layout", choices=JOINT_LAYOUTS,
                             help="text-first (XLM-R's embedding for the text, regions appended without positions; "
@@ -303,9 +309,6 @@ class M3PModel(RobertaModel):
                                  "(tied projection + bias, the reference code's)")
         parser.add_argument("--mrm-feat-head", choices=HEAD_KINDS["mrm_feat_head"],
                             help="MRM regression head: mlp (default) or linear (the reference code's)")
-        parser.add_argument("--langs", type=str, metavar="L1,L2,...",
-                            help="languages of a language embedding, in id order, added in text-only passes "
-                                 "(default: none)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -398,16 +401,18 @@ class M3PModel(RobertaModel):
                                 f"import printed)")
 
 
+def set_defaults(args, **defaults):
+    """Each option the command line left unset takes its default (the body of every architecture function)."""
+    for name, value in defaults.items():
+        setattr(args, name, safe_getattr(args, name, value))
+
+
 def m3p_base_architecture(args):
     """The paper's understanding model: XLM-R base (12 x 768, 12 heads, GELU, dropout 0.1), in XLM-R's layout."""
-    args.max_positions = safe_getattr(args, "max_positions", 512)  # XLM-R's table; inputs stay <= 128
-    args.vlm_inner_dim = safe_getattr(args, "vlm_inner_dim", None)
-    args.pooler_dropout = safe_getattr(args, "pooler_dropout", 0.1)
-    args.joint_layout = safe_getattr(args, "joint_layout", "text-first")
-    args.layernorm_eps = safe_getattr(args, "layernorm_eps", None)  # None: each LayerNorm's own (fairseq: 1e-5)
-    args.lm_head = safe_getattr(args, "lm_head", "transform")
-    args.mrm_feat_head = safe_getattr(args, "mrm_feat_head", "mlp")
-    args.langs = safe_getattr(args, "langs", None)
+    set_defaults(args, max_positions=512,  # XLM-R's table; inputs stay <= 128
+                 vlm_inner_dim=None, pooler_dropout=0.1, joint_layout="text-first",
+                 layernorm_eps=None,  # None: each LayerNorm's own (fairseq: 1e-5)
+                 lm_head="transform", mrm_feat_head="mlp", langs=None)
     base_architecture(args)
 
 
@@ -421,20 +426,15 @@ def m3p_reference_base(args):
     """m3p_base computing the reference code's function (microsoft/M3P, what ``m3p-import-m3p``
     writes): regions first with positions and the embedding LayerNorm over the joint sequence,
     LayerNorm epsilon 1e-12, XLM's masked-LM projection, a linear MRM regression head."""
-    args.joint_layout = safe_getattr(args, "joint_layout", "regions-first")
-    args.layernorm_eps = safe_getattr(args, "layernorm_eps", 1e-12)
-    args.lm_head = safe_getattr(args, "lm_head", "linear")
-    args.mrm_feat_head = safe_getattr(args, "mrm_feat_head", "linear")
+    set_defaults(args, joint_layout="regions-first", layernorm_eps=1e-12, lm_head="linear", mrm_feat_head="linear")
     m3p_base_architecture(args)
 
 
 @register_model_architecture("m3p", "m3p_large")
 def m3p_large(args):
     """XLM-R large's layout (24 x 1024, 16 heads)."""
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 24)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 4096)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 16)
+    set_defaults(args, encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,
+                 encoder_attention_heads=16)
     m3p_base_architecture(args)
 
 
@@ -446,11 +446,6 @@ def m3p_tiny(args):
     finds the word-region match; measured on the embedded world (VLM alone, batch 64, lr 1e-3),
     2 x 128 leaves chance after ~600 updates while 4 x 128 was still at chance after 1,500.
     """
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 2)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 128)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 512)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
-    args.dropout = safe_getattr(args, "dropout", 0.0)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
-    args.max_positions = safe_getattr(args, "max_positions", 130)
+    set_defaults(args, encoder_layers=2, encoder_embed_dim=128, encoder_ffn_embed_dim=512, encoder_attention_heads=4,
+                 dropout=0.0, attention_dropout=0.0, max_positions=130)
     m3p_base_architecture(args)

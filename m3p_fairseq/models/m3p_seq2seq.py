@@ -28,11 +28,10 @@ from fairseq.models import FairseqEncoder, register_model, register_model_archit
 from fairseq.models.transformer import TransformerDecoder, TransformerModel
 from fairseq.modules import LearnedPositionalEmbedding
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
-from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
-from .m3p import (JointTransformerEncoder, RegionEmbedding, TextPositionalEmbedding, add_region_args,
-                  region_sizes_from_task, split_langs)
+from .m3p import (HubFromPretrained, JointTransformerEncoder, RegionEmbedding, TextPositionalEmbedding, add_shared_args,
+                  region_sizes_from_task, set_defaults, split_langs)
 
 logger = logging.getLogger(__name__)
 
@@ -126,24 +125,14 @@ def assert_ties(encoder, decoder):
 
 
 @register_model("m3p_seq2seq")
-class M3PSeq2SeqModel(TransformerModel):
+class M3PSeq2SeqModel(HubFromPretrained, TransformerModel):
     """The generation model (xDAE, IC, DIC pre-training; captioning, MMT, NTG)."""
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
-        """The plugin's hub (encode, extract_features, caption, translate) around a checkpoint of
-        this model, as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
-        from ..hub import from_pretrained
-
-        return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
 
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        add_region_args(parser, ["region_feat_dim"])
-        parser.add_argument("--langs", type=str, metavar="L1,L2,...",
-                            help="languages of the language embedding, in id order "
-                                 "(default: the languages of the pre-training data)")
+        add_shared_args(parser, ["region_feat_dim"], "languages of the language embedding, in id order (default: "
+                                                     "the languages of the pre-training data)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -241,29 +230,17 @@ class M3PSeq2SeqModel(TransformerModel):
 def m3p_seq2seq_base_architecture(args):
     """XLM-R's text encoder layout (learned positions, no embedding scale, embedding LayerNorm,
     post-LN, GELU) with the paper's generation settings; every decoder size follows the encoder's."""
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 12)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 768)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 3072)
     # the paper's 8 heads (XLM-R base has 12; q/k/v shapes are the same, so its weights still load)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 8)
-    args.encoder_normalize_before = safe_getattr(args, "encoder_normalize_before", False)
-    args.encoder_learned_pos = safe_getattr(args, "encoder_learned_pos", True)
-    for part in ("layers", "embed_dim", "ffn_embed_dim", "attention_heads", "normalize_before", "learned_pos"):
-        setattr(args, f"decoder_{part}", safe_getattr(args, f"decoder_{part}", getattr(args, f"encoder_{part}")))
-    args.decoder_output_dim = safe_getattr(args, "decoder_output_dim", args.decoder_embed_dim)
-    args.decoder_input_dim = safe_getattr(args, "decoder_input_dim", args.decoder_embed_dim)
-    args.activation_fn = safe_getattr(args, "activation_fn", "gelu")
-    args.dropout = safe_getattr(args, "dropout", 0.1)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.1)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", 0.0)
-    args.no_scale_embedding = safe_getattr(args, "no_scale_embedding", True)
-    args.layernorm_embedding = safe_getattr(args, "layernorm_embedding", True)
-    args.share_all_embeddings = safe_getattr(args, "share_all_embeddings", True)
-    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", True)
-    # XLM-R's position table (512 + offset) so its weights load; inputs and captions stay <= 128
-    args.max_source_positions = safe_getattr(args, "max_source_positions", 512)
-    args.max_target_positions = safe_getattr(args, "max_target_positions", 128)
-    args.langs = safe_getattr(args, "langs", None)
+    set_defaults(args, encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=8,
+                 encoder_normalize_before=False, encoder_learned_pos=True)
+    set_defaults(args, **{f"decoder_{part}": getattr(args, f"encoder_{part}") for part in (
+        "layers", "embed_dim", "ffn_embed_dim", "attention_heads", "normalize_before", "learned_pos")})
+    set_defaults(args, decoder_output_dim=args.decoder_embed_dim, decoder_input_dim=args.decoder_embed_dim,
+                 activation_fn="gelu", dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
+                 no_scale_embedding=True, layernorm_embedding=True, share_all_embeddings=True,
+                 share_decoder_input_output_embed=True,
+                 # XLM-R's position table (512 + offset) so its weights load; inputs and captions stay <= 128
+                 max_source_positions=512, max_target_positions=128, langs=None)
     from fairseq.models.transformer.transformer_legacy import base_architecture
 
     base_architecture(args)
@@ -278,11 +255,6 @@ def m3p_seq2seq_base(args):
 @register_model_architecture("m3p_seq2seq", "m3p_seq2seq_tiny")
 def m3p_seq2seq_tiny(args):
     """For tests and the demo on the embedded world: 2 + 2 layers, 64 hidden, 4 heads, no dropout."""
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 2)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 64)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 256)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
-    args.dropout = safe_getattr(args, "dropout", 0.0)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
-    args.max_source_positions = safe_getattr(args, "max_source_positions", 130)
+    set_defaults(args, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=256, encoder_attention_heads=4,
+                 dropout=0.0, attention_dropout=0.0, max_source_positions=130)
     m3p_seq2seq_base_architecture(args)

@@ -16,24 +16,12 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from fairseq.data import (
-    ConcatDataset,
-    ConcatSentencesDataset,
-    Dictionary,
-    IdDataset,
-    NestedDictionaryDataset,
-    NumelDataset,
-    NumSamplesDataset,
-    PrependTokenDataset,
-    RawLabelDataset,
-    RightPadDataset,
-    SortDataset,
-    TruncateDataset,
-    data_utils,
-)
+from fairseq.data import (ConcatDataset, ConcatSentencesDataset, Dictionary, PrependTokenDataset, RawLabelDataset,
+                          SortDataset, TruncateDataset, data_utils)
 from fairseq.tasks import register_task
 
 from ..checkpoints import UNDERSTANDING
+from ..data.text_items import text_items
 from ..errors import M3PDataError
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
@@ -108,17 +96,7 @@ class M3PXNLITask(M3PTaskBase):
         parts = [self.pairs(lang, base) for lang in langs]
         src = ConcatDataset([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         labels = np.concatenate([p[1] for p in parts])
-        dataset = NestedDictionaryDataset(
-            {
-                "id": IdDataset(),
-                "net_input": {"src_tokens": RightPadDataset(src, pad_idx=self.dictionary.pad()),
-                              "src_lengths": NumelDataset(src, reduce=False)},
-                "target": RawLabelDataset(labels.tolist()),
-                "nsentences": NumSamplesDataset(),
-                "ntokens": NumelDataset(src, reduce=True),
-            },
-            sizes=[src.sizes],
-        )
+        dataset = text_items(src, RawLabelDataset(labels.tolist()), self.dictionary.pad())
         with data_utils.numpy_seed(self.cfg.seed, epoch):
             shuffle = np.random.permutation(len(src))
         # one fixed shuffle, as fairseq's sentence_prediction (batches mix labels and lengths)

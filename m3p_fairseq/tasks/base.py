@@ -126,6 +126,22 @@ class M3PTaskBase(FairseqTask):
                                f"--criterion {' or '.join(fits)}")
         return super().build_criterion(cfg, from_checkpoint)
 
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
+                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        # fairseq drops a last batch short of --required-batch-size-multiple (8 by default): fairseq-generate
+        # and fairseq-validate would skip up to 7 test items (fairseq issue 5036). Evaluation sees every item.
+        if dataset is not self.datasets.get("train"):
+            required_batch_size_multiple = 1
+        # Regions are read with h5py. In fairseq's prefetch thread (data_buffer_size > 0) a read can still hold
+        # h5py's lock when the interpreter exits, and the exit then deadlocks: read in the calling thread
+        # instead (--num-workers still parallelizes loading).
+        return super().get_batch_iterator(
+            dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs, required_batch_size_multiple,
+            seed, num_shards, shard_id, num_workers, epoch, 0, disable_iterator_cache, skip_remainder_batch,
+            grouped_shuffling, update_epoch_batch_itr)
+
     # ---- models ------------------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False, prepare=None):
         """The task's model, of ``self.model_kind``: a new generation model takes the data's languages

@@ -52,18 +52,6 @@ class M3PCaptioningTask(M3PTaskBase):
             self.datasets[split] = self.images_to_caption(self.cfg.target_lang, split)
         logger.info(f"{split}: {len(self.datasets[split])} items")
 
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
-                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
-                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
-                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
-        # Regions are read with h5py. In fairseq's prefetch thread (data_buffer_size > 0) a read can
-        # still hold h5py's lock when the interpreter exits, and the exit then deadlocks: read in
-        # the calling thread instead (--num-workers still parallelizes loading).
-        return super().get_batch_iterator(
-            dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs, required_batch_size_multiple,
-            seed, num_shards, shard_id, num_workers, epoch, 0, disable_iterator_cache, skip_remainder_batch,
-            grouped_shuffling, update_epoch_batch_itr)
-
     def images_to_caption(self, lang, split):
         """Each image of the split's caption file once, with its first caption as the reference."""
         captions, rows = self.load_captions(lang, split)

@@ -159,6 +159,8 @@ class MultitaskMultimodalTask(M3PTaskBase):
                 required_batch_size_multiple, seed, num_shards, shard_id, num_workers, epoch, data_buffer_size,
                 disable_iterator_cache, skip_remainder_batch, grouped_shuffling, update_epoch_batch_itr)
         dataset.set_epoch(epoch)
+        if dataset.split != "train":
+            required_batch_size_multiple = 1  # evaluation sees every item (M3PTaskBase.get_batch_iterator)
         batch_samplers = []
         with data_utils.numpy_seed(seed + epoch):
             for k in range(len(dataset.datasets)):

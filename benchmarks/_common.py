@@ -60,9 +60,10 @@ class StubTask:
 
 def build_m3p(task, arch="m3p_base", **overrides):
     import m3p_fairseq  # noqa: F401  (registers the model)
-    from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
     args = argparse.Namespace(arch=arch, tokens_per_sample=512, **overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)  # the architecture's sizes, as fairseq-train applies them before building
     return ARCH_MODEL_REGISTRY[arch].build_model(args, task)
 
 

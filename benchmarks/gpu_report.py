@@ -1,6 +1,7 @@
 """Reads the json logs of gpu_check.sh's fairseq-train runs (--log-interval 1) and prints one JSON line
 per run: loss at the start and end, the fp16 loss scale (lowest, last, overflows after warm-up),
-tokens/s and MFU against the GPU's measured dense GEMM rate in that precision.
+tokens/s and MFU against the GPU's measured dense GEMM rate in that precision, and peak memory
+(fairseq logs ``gb_free`` = the GPU's memory less torch's peak allocation).
 
 Tokens are joint positions: text tokens (fairseq's wpb) plus, for the image objectives, the
 regions of every image (the objective of each update is in the log as ``{objective}_batches``).
@@ -67,6 +68,9 @@ def report(path, precision, peak, a):
            "text_tokens_per_s": round(statistics.median(float(r["wps"]) for r in body), 1),
            "peak_gemm_tflops": round(peak / 1e12, 2),
            "mfu": round(flops / secs / peak, 3) if secs else None}
+    free = [float(r["gb_free"]) for r in recs if r.get("gb_free") not in (None, "")]
+    if free and torch.cuda.is_available():
+        out["peak_mem_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30 - min(free), 2)
     scales = [float(r["loss_scale"]) for r in recs if r.get("loss_scale") not in (None, "")]
     if scales:
         later = scales[a.warmup:]

@@ -1,16 +1,37 @@
-"""Training step of M3P's understanding model at base size (12 x 768) on the CPU in fp32, side by side
-with HuggingFace's XLMRobertaModel of the same size fed the same text + projected regions.
+"""Training step of M3P's understanding model on the CPU in fp32, side by side with HuggingFace's
+XLMRobertaModel of the same size fed the same text + projected regions, at the paper's shape and at
+the demo's.
 
 One step = MMLM as pre-training runs it: text (15% of it masked) + image regions through the joint
-encoder, masked-LM head on the masked tokens, cross-entropy, backward, Adam. The M3P side is the
-plugin's model and criterion; the HF side is XLMRobertaModel given ``inputs_embeds`` = its own word
-embeddings of the text followed by the same RegionEmbedding of the regions, with the same LM head
-(fairseq's RobertaLMHead, tied to its word embeddings) and loss. Steps of the two alternate, so both
-see the same machine load. MFU = model FLOPs/s (matrix products, 3 x forward) / the measured fp32
-matrix-multiply rate of the FFN's shape on the same threads.
+encoder, masked-LM head on the masked tokens, cross-entropy, backward, Adam. Three contestants, their
+steps alternating so all see the same machine load:
 
-    python benchmarks/train_step.py            # prints one JSON line
+* ``m3p``: the plugin's model and criterion as fairseq-train runs them (fused self-attention,
+  m3p_fairseq/models/attention.py);
+* ``m3p_fairseq_attn``: the same model object with fairseq's own MultiheadAttention switched back
+  (``use_fused_attention(model, False)``), i.e. the step before the fused attention;
+* ``hf``: XLMRobertaModel (its default attention implementation) given ``inputs_embeds`` = its own word
+  embeddings of the text followed by the same RegionEmbedding of the regions, with the same LM head
+  (fairseq's RobertaLMHead, tied to its word embeddings), loss and dropout as the M3P model.
+
+Shapes (``--preset``, several allowed; one JSON line each):
+
+* ``paper``: m3p_base (12 x 768, 12 heads, dropout 0.1), XLM-R's 250,002-piece vocabulary,
+  128 text tokens + 36 regions of 2048-d features, batch 8;
+* ``demo``: m3p_tiny (2 x 128, 4 heads, no dropout) as make demo pre-trains it: batch 64, the demo's
+  ~2,000-piece vocabulary, captions of 16 tokens + 10 regions (the embedded world's sizes).
+
+Speeds are tokens (text + regions) per second of the median step; MFU = model FLOPs/s (matrix
+products, 3 x forward) / the measured matrix-multiply rate: on a CPU fp32 of the FFN's shape on the
+same threads, on a GPU a dense 8192^3 product in the step's precision. On a GPU (``--device cuda
+--dtype bf16|fp16``: torch autocast, fp16 with a gradient scaler) it also reports each contestant's
+peak allocated memory.
+
+    python benchmarks/train_step.py                          # both presets, 5 timed steps each
+    python benchmarks/train_step.py --preset paper --profile prof.txt
+    python benchmarks/train_step.py --preset paper --batch 64 --device cuda --dtype bf16
 """
+import contextlib
 import argparse
 import statistics
 import time
@@ -18,6 +39,11 @@ import time
 import torch
 
 from _common import StubTask, build_m3p, emit, encoder_train_flops, gemm_rate, m3p_dims, set_threads
+
+PRESETS = {
+    "paper": dict(arch="m3p_base", batch=8, text_len=128, regions=36, vocab=250002),
+    "demo": dict(arch="m3p_tiny", batch=64, text_len=16, regions=10, vocab=2005),
+}
 
 
 def synthetic_batch(batch, text_len, regions, vocab, feat_dim, pad, mask_idx, seed=0):
@@ -38,9 +64,9 @@ def synthetic_batch(batch, text_len, regions, vocab, feat_dim, pad, mask_idx, se
 
 
 class HFPeer(torch.nn.Module):
-    """XLMRobertaModel + the same region embedding, LM head and loss as the M3P side."""
+    """XLMRobertaModel + the same region embedding, LM head, loss and dropout as the M3P side."""
 
-    def __init__(self, vocab, dims, feat_dim, pad):
+    def __init__(self, vocab, dims, feat_dim, pad, dropout, attention_dropout):
         super().__init__()
         from fairseq.models.roberta.model import RobertaLMHead
         from transformers import XLMRobertaConfig, XLMRobertaModel
@@ -50,8 +76,10 @@ class HFPeer(torch.nn.Module):
         cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=dims["dim"], num_hidden_layers=dims["layers"],
                                num_attention_heads=dims["heads"], intermediate_size=dims["ffn"],
                                max_position_embeddings=514, type_vocab_size=1, pad_token_id=pad,
-                               hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+                               hidden_act="gelu", hidden_dropout_prob=dropout,
+                               attention_probs_dropout_prob=attention_dropout)
         self.roberta = XLMRobertaModel(cfg, add_pooling_layer=False)
+        self.attn_implementation = self.roberta.config._attn_implementation
         self.region_embed = RegionEmbedding(feat_dim, dims["dim"])
         self.lm_head = RobertaLMHead(dims["dim"], vocab, "gelu", weight=self.roberta.embeddings.word_embeddings.weight)
         self.pad = pad
@@ -70,86 +98,143 @@ class HFPeer(torch.nn.Module):
         return masked_lm_loss(logits, sample["target"][masked], self.pad)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--text-len", type=int, default=64, help="text tokens per example, <s> and </s> included")
-    p.add_argument("--regions", type=int, default=64, help="regions per image (the paper uses 10 to 100)")
-    p.add_argument("--vocab", type=int, default=32000,
-                   help="dictionary size (XLM-R's is 250002: its dense embedding gradient and Adam update "
-                        "then dominate a CPU step, for both models alike)")
-    p.add_argument("--feat-dim", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model, after one warm-up step")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
-    p.add_argument("--arch", default="m3p_base")
-    p.add_argument("--profile", default="", help="write torch.profiler tables of one step of each model to this file")
-    a = p.parse_args()
-    threads = set_threads(a.threads)
-    torch.manual_seed(0)
-
+def measure(preset, a):
     from m3p_fairseq.criterions.m3p_pretrain import M3PPretrainCriterion
+    from m3p_fairseq.models.attention import use_fused_attention
 
-    task = StubTask(a.vocab, a.feat_dim)
+    s = {**PRESETS[preset], **{k: getattr(a, k) for k in PRESETS[preset] if getattr(a, k) is not None}}
+    cuda = a.device == "cuda"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
+    torch.manual_seed(0)
+    task = StubTask(s["vocab"], a.feat_dim)
     d = task.dictionary
-    m3p = build_m3p(task, a.arch)
+    m3p = build_m3p(task, s["arch"])
     dims = m3p_dims(m3p)
     crit = M3PPretrainCriterion(task)
-    hf = HFPeer(len(d), dims, a.feat_dim, d.pad())
-    sample = synthetic_batch(a.batch, a.text_len, a.regions, len(d), a.feat_dim, d.pad(), d.index("<mask>"))
+    hf = HFPeer(len(d), dims, a.feat_dim, d.pad(), m3p.args.dropout, m3p.args.attention_dropout)
+    sample = synthetic_batch(s["batch"], s["text_len"], s["regions"], len(d), a.feat_dim, d.pad(), d.index("<mask>"))
     n_masked = int(sample["target"].ne(d.pad()).sum())
+    m3p.to(a.device)
+    hf.to(a.device)
+    sample = _to(sample, a.device)
+    autocast = (lambda: torch.autocast(a.device, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(a.device, enabled=dtype == torch.float16)
 
-    def m3p_step(opt):
+    def train(opt, loss_fn):
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = crit(m3p, sample)
-        loss.backward()
-        opt.step()
+        with autocast():
+            loss = loss_fn()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def m3p_step(opt, fused):
+        use_fused_attention(m3p, fused)
+        train(opt, lambda: crit(m3p, sample)[0])
 
     def hf_step(opt):
-        opt.zero_grad(set_to_none=True)
-        hf.loss(sample).backward()
-        opt.step()
+        train(opt, lambda: hf.loss(sample))
 
-    runs = {"m3p": (m3p, m3p_step), "hf": (hf, hf_step)}
-    # the same optimizer for both; fused (one pass over each tensor) so that its elementwise work, which
-    # counts no FLOPs and is the same for both models, weighs as little as it can on the step
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4, fused=True) for k, (m, _) in runs.items()}
-    for m, _ in runs.values():
-        m.train()
-    gemm_shape = dict(m=a.batch * (a.text_len + a.regions), k=dims["dim"], n=dims["ffn"])
+    # the same optimizer for all; fused (one pass over each tensor) so that its elementwise work, which
+    # counts no FLOPs and is the same for both models, weighs as little as it can on the step. The two
+    # M3P contestants are one model (one copy of XLM-R's vocabulary in memory), one optimizer.
+    m3p_opt = torch.optim.Adam(m3p.parameters(), lr=1e-4, fused=True)
+    hf_opt = torch.optim.Adam(hf.parameters(), lr=1e-4, fused=True)
+    runs = {"m3p": lambda: m3p_step(m3p_opt, True), "m3p_fairseq_attn": lambda: m3p_step(m3p_opt, False),
+            "hf": lambda: hf_step(hf_opt)}
+    m3p.train()
+    hf.train()
+    gemm_shape = dict(m=8192, k=8192, n=8192) if cuda else \
+        dict(m=s["batch"] * (s["text_len"] + s["regions"]), k=dims["dim"], n=dims["ffn"])
+    gemm_shape.update(dtype=dtype, device=a.device)
     peak = gemm_rate(**gemm_shape)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = {k: [] for k in runs}
+    cpu_times = {k: [] for k in runs}  # this process's CPU seconds: on a shared machine, time others took is not in it
+    peak_mem = {k: 0 for k in runs}
     for i in range(a.steps + 1):
-        for k, (_, step) in runs.items():
-            t0 = time.perf_counter()
-            step(opts[k])
+        for k, step in runs.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            sync()
             if i > 0:  # the first step allocates Adam's state and warms the allocator
                 times[k].append(time.perf_counter() - t0)
+                cpu_times[k].append(time.process_time() - c0)
+            if cuda:
+                peak_mem[k] = max(peak_mem[k], torch.cuda.max_memory_allocated())
 
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with open(a.profile, "w") as f:
-            for k, (_, step) in runs.items():
+        with open(a.profile, "a") as f:
+            for k, step in runs.items():
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
-                    step(opts[k])
-                f.write(f"== {k}\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+                    step()
+                f.write(f"== {preset}: {k}\n"
+                        + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile_rows) + "\n")
 
     # the machine may be shared: the best of a rate taken before and one after the steps
     peak = max(peak, gemm_rate(**gemm_shape))
-    flops = encoder_train_flops(dims, a.batch, a.text_len, a.regions, n_masked, len(d), a.feat_dim)
-    tokens = a.batch * (a.text_len + a.regions)
+    flops = encoder_train_flops(dims, s["batch"], s["text_len"], s["regions"], n_masked, len(d), a.feat_dim)
+    tokens = s["batch"] * (s["text_len"] + s["regions"])
     med = {k: statistics.median(v) for k, v in times.items()}
-    emit({
-        "benchmark": "train_step", "device": "cpu", "dtype": "fp32", "threads": threads, "arch": a.arch, **dims,
-        "batch": a.batch, "text_len": a.text_len, "regions": a.regions, "vocab": len(d), "steps": a.steps,
-        "m3p_step_s": round(med["m3p"], 4), "hf_step_s": round(med["hf"], 4),
-        "m3p_tokens_per_s": round(tokens / med["m3p"], 1), "hf_tokens_per_s": round(tokens / med["hf"], 1),
+    out = {"benchmark": "train_step", "preset": preset,
+           "device": torch.cuda.get_device_name(0) if cuda else "cpu", "dtype": a.dtype, "threads": a.threads,
+           **s, **dims, "dropout": m3p.args.dropout, "attention_dropout": m3p.args.attention_dropout,
+           "hf_attn_implementation": hf.attn_implementation, "steps": a.steps}
+    for k in runs:
+        out[f"{k}_step_s"] = round(med[k], 4)
+        out[f"{k}_tokens_per_s"] = round(tokens / med[k], 1)
+        if cuda:
+            out[f"{k}_peak_mem_gb"] = round(peak_mem[k] / 2 ** 30, 2)
+    out.update({
         "speedup_vs_hf": round(med["hf"] / med["m3p"], 3),
-        # fastest step of each: on a shared machine the least disturbed estimate
+        "speedup_vs_fairseq_attn": round(med["m3p_fairseq_attn"] / med["m3p"], 3),
+        # fastest step of each, and CPU seconds (exact with --threads 1; more threads add their spin waits):
+        # on a shared machine the least disturbed estimates
         "speedup_vs_hf_best_step": round(min(times["hf"]) / min(times["m3p"]), 3),
+        "speedup_vs_hf_cpu_time": round(statistics.median(cpu_times["hf"]) / statistics.median(cpu_times["m3p"]), 3),
+        "speedup_vs_fairseq_attn_cpu_time": round(statistics.median(cpu_times["m3p_fairseq_attn"])
+                                                  / statistics.median(cpu_times["m3p"]), 3),
         "gemm_gflops": round(peak / 1e9, 1), "step_gflop": round(flops / 1e9, 1),
         "mfu": round(flops / med["m3p"] / peak, 3), "hf_mfu": round(flops / med["hf"] / peak, 3),
+        "step_s_all": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "cpu_s_all": {k: [round(t, 3) for t in v] for k, v in cpu_times.items()},
     })
+    emit(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["paper", "demo"])
+    p.add_argument("--arch", help="override the preset's architecture")
+    p.add_argument("--batch", type=int, help="override the preset's batch size")
+    p.add_argument("--text-len", type=int, help="override: text tokens per example, <s> and </s> included")
+    p.add_argument("--regions", type=int, help="override: regions per image")
+    p.add_argument("--vocab", type=int, help="override: dictionary size")
+    p.add_argument("--feat-dim", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per contestant, after one warm-up step")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16 / fp16: torch autocast (fp16 with a gradient scaler), fp32 master weights")
+    p.add_argument("--profile", default="", help="append torch.profiler tables of one step of each contestant")
+    p.add_argument("--profile-rows", type=int, default=25)
+    a = p.parse_args()
+    a.threads = set_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"train_step: --device cuda, but this torch ({torch.__version__}) sees no CUDA device")
+    for preset in a.preset:
+        measure(preset, a)
+
+
+def _to(x, device):
+    if torch.is_tensor(x):
+        return x.to(device)
+    return {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else x
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ Hydra imports every module of the ``hydra_plugins`` namespace, and asks each Sea
 its search path, before it composes. This plugin then, only when the running application is
 fairseq's, imports the user dir that the command line (``common.user_dir=...``) or the primary
 config names, through fairseq's own ``import_user_module``, and gives each legacy (argparse)
-architecture of that user dir a ``model`` node in the ConfigStore: its ``add_args`` fields, valued
-as the architecture function sets them, so ``- model: m3p_base`` and ``model.encoder_layers=6``
-work as they do for a dataclass model. It touches nothing else.
+architecture of that user dir a ``model`` node in the ConfigStore: the model's fields as
+fairseq-train's parser holds them for ``--arch NAME`` (the model's flag defaults, then the
+architecture function), so ``- model: m3p_base`` and ``model.encoder_layers=6`` work as they do for
+a dataclass model. It touches nothing else.
 """
 import argparse
 import os
@@ -46,8 +47,11 @@ def requested_user_dir(argv=None):
         key, _, value = override.lstrip("+~").partition("=")
         if key == "common.user_dir" and value:
             return value
-    if args.config_dir and args.config_name:
-        return _user_dir_in(os.path.abspath(args.config_dir), args.config_name, seen=set())
+    for folder in (args.config_dir, args.config_path):  # --config-path: only an absolute one is found here
+        if folder and args.config_name:
+            found = _user_dir_in(os.path.abspath(folder), args.config_name, seen=set())
+            if found:
+                return found
     return None
 
 
@@ -87,12 +91,11 @@ def register_legacy_architectures(module_name):
     for arch, model_cls in ARCH_MODEL_REGISTRY.items():
         if not model_cls.__module__.startswith(module_name + ".") or arch in MODEL_DATACLASS_REGISTRY:
             continue
-        parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+        # fairseq-train's namespace for these flags: the model's own defaults (its flags without one are
+        # left out, as fairseq's parser suppresses them), then the architecture function
+        parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS, add_help=False)
         model_cls.add_args(parser)
-        args = argparse.Namespace()
+        args = parser.parse_args([])
         ARCH_CONFIG_REGISTRY[arch](args)
-        # every flag of the model is a key (None: the model picks, as when the flag is not given)
-        node = {a.dest: None for a in parser._actions if a.dest != "help"}
-        node.update(vars(args))
-        node["_name"] = arch
+        node = {**vars(args), "_name": arch}
         store.store(name=arch, group="model", node=node, provider=module_name)

@@ -93,6 +93,28 @@ def test_finetune_retrieval_same_losses_as_flags(tiny_world, pretrained_both_way
     assert cfg["task"]["num_negatives"] == 3 and cfg["optimizer"]["adam_betas"] == "(0.9,0.98)"
 
 
+def test_generation_pretraining_same_losses_as_flags(tiny_world, tmp_path):
+    """pretrain_generation_tiny.yaml against demo.sh step 5's flags: the generation model (a legacy
+    fairseq Transformer underneath) trains and saves through its Hydra model node."""
+    n, yaml_dir, flag_dir = 6, tmp_path / "yaml", tmp_path / "flags"
+    yaml_dir.mkdir()
+    flag_dir.mkdir()
+    by_yaml = _hydra("pretrain_generation_tiny", yaml_dir, f"task.data={tiny_world['data']}",
+                     f"optimization.max_update={n}", "lr_scheduler.warmup_updates=2", "dataset.batch_size=16",
+                     f"checkpoint.save_dir={yaml_dir / 'ck'}")
+    by_flags = _flags(tiny_world["data"], flag_dir,
+                      "--task", "multitask_multimodal", "--arch", "m3p_seq2seq_tiny", "--criterion", "m3p_generation",
+                      "--objectives", "xdae,ic,dic", "--objective-ratios", "1,4,1", "--caption-langs",
+                      "en,de,fr,cs,ja,zh", "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "3e-3",
+                      "--clip-norm", "1.0", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "2",
+                      "--max-update", str(n), "--batch-size", "16", "--cpu", "--data-buffer-size", "0",
+                      "--region-cache-mb", "1024", "--seed", "1", "--save-dir", str(flag_dir / "ck"),
+                      "--no-epoch-checkpoints", "--disable-validation")
+    assert len(_losses(by_yaml)) == n
+    assert _losses(by_yaml) == _losses(by_flags)
+    assert (yaml_dir / "ck" / "checkpoint_last.pt").exists()
+
+
 def _compose(name, overrides):
     """What fairseq-hydra-train composes for ``--config-name name overrides`` (in this process: the
     plugin is imported already, so the Hydra plugin's architecture nodes are all it would add)."""

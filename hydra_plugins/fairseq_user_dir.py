@@ -62,7 +62,10 @@ def _user_dir_in(folder, name, seen):
     if path in seen or not os.path.isfile(path):
         return None
     seen.add(path)
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:  # Hydra reads the file next and reports what is wrong with it
+        return None
     found = OmegaConf.select(cfg, "common.user_dir", default=None)
     if found:
         return found

@@ -73,7 +73,9 @@ def test_only_encoder_self_attention_is_switched_and_names_stay(tiny_world):
     encoder, decoder = gen.encoder.sentence_encoder, gen.decoder
     for enc_layer, dec_layer in zip(encoder.layers, decoder.layers):
         assert type(enc_layer.self_attn) is SDPAMultiheadAttention
-        assert dec_layer.self_attn is enc_layer.self_attn  # the shared module: the decoder's calls fall back
+        # the shared module: the decoder's training steps (causal mask) take the fused path too, its
+        # incremental decoding fairseq's (test_seq2seq_model checks beam search against full decoding)
+        assert dec_layer.self_attn is enc_layer.self_attn
         assert type(dec_layer.encoder_attn) is MultiheadAttention
     names = list(gen.state_dict())
     plain = copy.deepcopy(gen)
@@ -81,15 +83,17 @@ def test_only_encoder_self_attention_is_switched_and_names_stay(tiny_world):
     assert list(plain.state_dict()) == names
 
 
-def test_cases_the_fused_path_does_not_cover_go_to_fairseq():
+def test_causal_mask_fused_and_other_cases_go_to_fairseq():
     torch.manual_seed(0)
     attn = MultiheadAttention(16, 4, self_attention=True)
     use_fused_attention(attn)
     x = torch.randn(5, 2, 16)
     _, weights = attn(x, x, x, need_weights=True)
     assert weights is not None and weights.shape == (2, 5, 5)  # attention weights asked for
-    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)
-    out, _ = attn(x, x, x, attn_mask=causal, need_weights=False)
     plain = copy.deepcopy(attn)
     use_fused_attention(plain, False)
-    torch.testing.assert_close(out, plain(x, x, x, attn_mask=causal, need_weights=False)[0])
+    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)  # fairseq decoder's, with a padded key
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    for mask in (causal, causal.isinf()):  # float: fused; boolean: fairseq's
+        torch.testing.assert_close(attn(x, x, x, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0],
+                                   plain(x, x, x, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0])

@@ -6,18 +6,20 @@ three input projections, the padding mask turned into an additive float mask rep
 and, with attention dropout in training on a CPU, torch's composite SDPA path (q and k each
 scaled, a "safe" softmax, dropout, two matrix products, every step kept for backward).
 ``SDPAMultiheadAttention`` computes the same function with one projection of the three weights
-stacked, a boolean padding mask broadcast over heads, and one ``scaled_dot_product_attention``
-call; where torch's kernels allow (no attention dropout on a CPU; flash / memory-efficient
+stacked, the padding mask built once and broadcast over heads, and one
+``scaled_dot_product_attention`` call; where torch's kernels allow (no attention dropout on a CPU; flash / memory-efficient
 attention on a GPU, dropout included) that call is fused. The dropout case on a CPU is written
 out (scaled ``baddbmm``, softmax, dropout, ``bmm``): the same maths in fewer passes.
 
-Everything else (incremental decoding, static keys, attention weights asked for, an
-``attn_mask``, quantization noise, key/value biases, ONNX or TorchScript) goes to fairseq's own
-forward unchanged. The class only replaces ``forward``: parameters, their names and the module
-objects stay those fairseq built, so checkpoints, weight ties and ``upgrade_state_dict`` are
+A float ``attn_mask`` (the decoder's causal mask) is added as fairseq adds it. Everything else
+(incremental decoding, static keys, attention weights asked for, a boolean ``attn_mask``,
+quantization noise, key/value biases, ONNX or TorchScript) goes to fairseq's own forward
+unchanged. The class only replaces ``forward``: parameters, their names and the module objects
+stay those fairseq built, so checkpoints, weight ties and ``upgrade_state_dict`` are
 untouched. ``use_fused_attention(module)`` switches every self-attention module below ``module``
-(the decoder of the generation model shares the encoder's, and keeps its causal mask through the
-fallback); ``use_fused_attention(module, False)`` switches back.
+(the decoder of the generation model shares the encoder's: its training steps take the fused path
+with the causal mask, its incremental decoding fairseq's); ``use_fused_attention(module, False)``
+switches back.
 """
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,9 @@ class SDPAMultiheadAttention(MultiheadAttention):
     def _fused_applies(self, query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
                        attn_mask, before_softmax, need_head_weights):
         return (
-            self.self_attention and key is query and value is query
-            and incremental_state is None and attn_mask is None
+            self.self_attention and key is query and value is query and incremental_state is None
+            # an additive float mask over (query, key), as fairseq's decoder passes its causal one
+            and (attn_mask is None or (attn_mask.dim() == 2 and attn_mask.is_floating_point()))
             and not (need_weights or need_head_weights or static_kv or before_softmax)
             and self.bias_k is None and not self.add_zero_attn and self.qkv_same_dim
             and not (self.onnx_trace or self.use_xformers or self.skip_embed_dim_check)
@@ -53,27 +56,38 @@ class SDPAMultiheadAttention(MultiheadAttention):
         bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         # T x B x 3C -> 3 x B x H x T x D: views, no copy
         q, k, v = F.linear(query, weight, bias).view(tgt_len, bsz, 3, heads, head_dim).permute(2, 1, 3, 0, 4)
-        keep = None if key_padding_mask is None else ~key_padding_mask.bool().view(bsz, 1, 1, tgt_len)
+        mask = _additive_mask(key_padding_mask, attn_mask, q.dtype)
         p = self.dropout_module.p if (self.training or self.dropout_module.apply_during_inference) else 0.0
         if p > 0 and query.device.type == "cpu":
-            out = _attention_with_dropout(q, k, v, keep, p, self.scaling)
+            out = _attention_with_dropout(q, k, v, mask, p, self.scaling)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=self.scaling)
-        # B x H x T x D -> T x B x C, the layout fairseq's encoder layer works in
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scaling)
+        # B x H x T x D -> T x B x C, the layout fairseq's layers work in
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, dim)
         return self.out_proj(out), None
 
 
-def _attention_with_dropout(q, k, v, keep, p, scale):
-    """softmax(scale * q k^T, over kept keys) with dropout, times v (B x H x T x D each): what torch's
-    CPU SDPA does when dropout is on, with the scaling and the mask folded into one ``baddbmm``."""
+def _additive_mask(key_padding_mask, attn_mask, dtype):
+    """None, or the float mask added to the scores, (B or 1) x 1 x (T or 1) x S: -inf on padded keys
+    (``key_padding_mask``, B x S, True = pad) plus ``attn_mask`` (T x S), heads broadcast."""
+    mask = None
+    if key_padding_mask is not None:
+        pad = key_padding_mask.bool()
+        mask = torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))[:, None, None]
+    if attn_mask is not None:
+        mask = attn_mask.to(dtype)[None, None] if mask is None else mask + attn_mask.to(dtype)
+    return mask
+
+
+def _attention_with_dropout(q, k, v, mask, p, scale):
+    """softmax(scale * q k^T + mask) with dropout, times v (B x H x T x D each): what torch's CPU SDPA
+    does when dropout is on, with the scaling and the mask folded into one ``baddbmm``."""
     bsz, heads, tgt_len, head_dim = q.shape
     q3, k3, v3 = (t.reshape(bsz * heads, tgt_len, head_dim) for t in (q, k, v))
-    if keep is None:
+    if mask is None:
         bias, beta = q3.new_zeros(1, 1, 1), 0.0
-    else:  # B*H x 1 x S, broadcast over the query positions by baddbmm itself
-        bias = q3.new_zeros(keep.shape).masked_fill_(~keep, float("-inf"))
-        bias, beta = bias.expand(bsz, heads, 1, tgt_len).reshape(bsz * heads, 1, tgt_len), 1.0
+    else:  # B*H x (T or 1) x S: baddbmm broadcasts it over the query positions itself
+        bias, beta = mask.expand(bsz, heads, *mask.shape[2:]).reshape(bsz * heads, *mask.shape[2:]), 1.0
     scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), beta=beta, alpha=scale)
     probs = F.dropout(torch.softmax(scores, dim=-1), p=p, training=True)
     return torch.bmm(probs, v3).view(bsz, heads, tgt_len, head_dim)

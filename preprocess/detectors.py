@@ -571,6 +571,8 @@ def _in_workers(source, ranges, job, bar):
             bar.update(done.value - bar.n)
             for conn in ready:
                 w = conns.index(conn)
+                if w not in waiting:  # a later worker already stopped by an earlier one's failure, this round
+                    continue
                 try:
                     results[w] = conn.recv()
                 except EOFError:

@@ -125,7 +125,9 @@ def _compose(name, overrides):
 
     register_legacy_architectures("m3p_fairseq")
     hydra_init(name)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+    # version_base 1.1, as fairseq-hydra-train runs: a newer one would stick to the process and fairseq's
+    # own hydra.experimental calls (checkpoint loading) would refuse to run in the tests that follow
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.1"):
         return compose(config_name=name, overrides=overrides)
 
 

@@ -54,7 +54,8 @@ def _table(title, rows, metric, fmt="{:.1f}", section=None):
     return "\n".join(out) + "\n"
 
 
-SETTING_ORDER = ["zero_shot", "zero_shot_code_switched", "finetune_en", "code_switching", "finetune_each", "finetune_all", "two_stage"]
+SETTING_ORDER = ["zero_shot_no_parallel", "zero_shot", "zero_shot_code_switched", "finetune_en", "code_switching",
+                 "finetune_each", "finetune_all", "two_stage"]
 
 
 def _settings(section):

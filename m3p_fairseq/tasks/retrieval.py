@@ -44,10 +44,6 @@ class M3PRetrievalConfig(M3PDataConfig, CodeSwitchConfig, PretrainedConfig):
         "help": "MILD mode: feed each image's context text (DATA/mild/{lang}/context/{split}) with the image"})
     dual_dim: int = field(default=128, metadata={
         "help": "embedding size of the dual encoder's projection heads (two-stage retrieval); 0: no dual encoder"})
-    freeze_embeddings: bool = field(default=False, metadata={
-        "help": "keep the token embeddings as pre-trained: fine-tuning on one language then leaves the other "
-                "languages' words where pre-training aligned them (zero-shot transfer to languages without "
-                "training captions)"})
 
 
 def load_contexts(task, lang, split, num_captions):
@@ -74,8 +70,6 @@ class M3PRetrievalTask(M3PTaskBase):
         def prepare(model):
             if self.cfg.dual_dim > 0:
                 add_dual_heads(model, self.cfg.dual_dim)
-            if self.cfg.freeze_embeddings:  # fairseq's optimizer takes the parameters that require grad
-                model.encoder.sentence_encoder.embed_tokens.weight.requires_grad_(False)
 
         return super().build_model(cfg, from_checkpoint, prepare)
 

@@ -31,8 +31,8 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 
+from . import checkpoints
 from .errors import M3PInputError
-from .models.m3p_seq2seq import M3PSeq2SeqModel
 
 
 def _checkpoint_path(model_name_or_path, checkpoint_file):
@@ -161,13 +161,11 @@ class M3PHub(nn.Module):
             kwargs = {"regions": regions.to(self.device, torch.float), "region_boxes": boxes.to(self.device, torch.float)}
             if region_padding_mask is not None:
                 kwargs["region_padding_mask"] = region_padding_mask.to(self.device)
-        if isinstance(self.model, M3PSeq2SeqModel):
+        if self.kind == checkpoints.GENERATION:
             return self._encoder_features(tokens, lang, return_all_hiddens, **kwargs)
-        if lang is not None and getattr(self.model, "langs", None) and regions is None:
+        if lang is not None and checkpoints.model_langs(self.model) and regions is None:
             # text-only passes of a model with a language embedding (an imported M3P release) add it
-            if lang not in self.model.langs:
-                raise M3PInputError(f"language {lang!r} is not one of the model's ({','.join(self.model.langs)})")
-            kwargs["src_lang"] = torch.full((tokens.size(0),), self.model.langs.index(lang), device=self.device)
+            kwargs["src_lang"] = torch.full((tokens.size(0),), self._lang_index(lang), device=self.device)
         out = self.model(tokens.to(self.device), features_only=True, return_all_hiddens=return_all_hiddens, **kwargs)
         if return_all_hiddens:
             return out["features"], [h.transpose(0, 1) for h in out["inner_states"]]
@@ -180,12 +178,30 @@ class M3PHub(nn.Module):
                                 "(its encoder adds a language embedding)")
         tokens = tokens.to(self.device)
         out = self.model.encoder(tokens, src_lengths=tokens.ne(self.dictionary.pad()).sum(-1),
-                                 src_lang=torch.full((tokens.size(0),), self._lang_id(lang), device=self.device),
+                                 src_lang=torch.full((tokens.size(0),), self._lang_index(lang), device=self.device),
                                  return_all_hiddens=return_all_hiddens, **regions)
         features = out["encoder_out"][0].transpose(0, 1)  # fairseq's encoders are T x B x C
         if return_all_hiddens:
             return features, [h.transpose(0, 1) for h in out["encoder_states"]]
         return features
+
+    @property
+    def kind(self):
+        """checkpoints.UNDERSTANDING or GENERATION: which methods fit this hub."""
+        return checkpoints.kind_of_model(self.model)
+
+    def _require(self, kind, what):
+        if self.kind != kind:
+            use = {checkpoints.UNDERSTANDING: "score/rank/extract_features",
+                   checkpoints.GENERATION: "caption/translate/extract_features"}[self.kind]
+            raise M3PInputError(f"{what} need {checkpoints.describe(kind)}; this is an M3P {self.kind} model: "
+                                f"use {use}")
+
+    def _lang_index(self, lang):
+        langs = checkpoints.model_langs(self.model)
+        if lang not in langs:
+            raise M3PInputError(f"language {lang!r} is not one of the model's ({','.join(langs)})")
+        return langs.index(lang)
 
     # ---- image-text matching (the VLM head) ---------------------------------------------------------
     def _regions(self, regions, boxes=None, width=None, height=None, store=None):
@@ -228,9 +244,7 @@ class M3PHub(nn.Module):
         """Candidate texts for one image, best first: a list of (text, match probability)."""
         from fairseq.data import data_utils
 
-        if isinstance(self.model, M3PSeq2SeqModel):
-            raise M3PInputError("score/rank use the VLM head of an understanding model (m3p_*); "
-                                "this is a generation model (m3p_seq2seq_*): use caption/translate")
+        self._require(checkpoints.UNDERSTANDING, "score/rank use the VLM head: they")
         feats, spatial = self._regions(regions, boxes, width, height, store)
         tokens = data_utils.collate_tokens([self.encode(t, lang) for t in texts], self.dictionary.pad())
         n = len(texts)
@@ -241,12 +255,9 @@ class M3PHub(nn.Module):
 
     # ---- generation (the encoder-decoder): captions and multimodal translation ----------------------
     def _lang_id(self, lang):
-        if not isinstance(self.model, M3PSeq2SeqModel):
-            raise M3PInputError("caption/translate need a generation model (m3p_seq2seq_*); this is an "
-                                "understanding model (m3p_*): use score/rank/extract_features")
-        if lang not in self.model.langs:
-            raise M3PInputError(f"language {lang!r} is not one of the model's ({','.join(self.model.langs)})")
-        return self.model.langs.index(lang)
+        """The id of a language of the generation model (caption, translate)."""
+        self._require(checkpoints.GENERATION, "caption/translate")
+        return self._lang_index(lang)
 
     @torch.no_grad()
     def _generate(self, src_tokens, src_lang, tgt_lang, regions=None, spatial=None, beam=10, **gen_overrides):

@@ -58,9 +58,9 @@ def test_bad_calls(hub):
         hub.score("test_000000", "a dog")
     with pytest.raises(M3PInputError, match="need the image width and height"):
         hub.score(np.ones((2, 32)), "a dog", boxes=np.ones((2, 4)))
-    with pytest.raises(M3PInputError, match="need a generation model"):
+    with pytest.raises(M3PInputError, match="need an M3P generation model"):
         hub.caption("test_000000", "en")
-    with pytest.raises(M3PInputError, match="need a generation model"):
+    with pytest.raises(M3PInputError, match="need an M3P generation model"):
         hub.translate("a dog", None, "en", "de")
 
 
@@ -117,8 +117,8 @@ def test_each_model_kind_refuses_the_other_kinds_methods_in_one_line(hub, gen_hu
         (lambda: gen_hub.score(np.ones((2, 32)), "a dog", boxes=np.ones((2, 5))), "score/rank use the VLM head"),
         (lambda: gen_hub.rank(np.ones((2, 32)), ["a dog"], boxes=np.ones((2, 5))), "score/rank use the VLM head"),
         (lambda: gen_hub.extract_features(gen_hub.encode("a dog"), lang="xx"), "language 'xx' is not one of"),
-        (lambda: hub.caption(np.ones((2, 32)), "en", boxes=np.ones((2, 5))), "need a generation model"),
-        (lambda: hub.translate("a dog", None, "en", "de"), "need a generation model"),
+        (lambda: hub.caption(np.ones((2, 32)), "en", boxes=np.ones((2, 5))), "need an M3P generation model"),
+        (lambda: hub.translate("a dog", None, "en", "de"), "need an M3P generation model"),
     ]
     for call, message in calls:
         with pytest.raises(M3PInputError, match=message) as e:

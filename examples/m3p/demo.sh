@@ -6,8 +6,8 @@
 # examples/m3p/README.md).
 set -euo pipefail
 OUT=${OUT:-demo-output}
-TEXT_UPDATES=${TEXT_UPDATES:-2500}  # the stand-in for XLM-R
-UPDATES=${UPDATES:-2500}            # M3P's pre-training (and the row without parallel text)
+TEXT_UPDATES=${TEXT_UPDATES:-2000}  # the stand-in for XLM-R
+UPDATES=${UPDATES:-3000}            # M3P's pre-training (and the row without parallel text)
 LANE_THREADS=${LANE_THREADS:-1}  # threads per training run; two run side by side from step 3 on
 PRETRAIN_CLIP_NORM=${PRETRAIN_CLIP_NORM:-1.0}
 mkdir -p "$OUT"

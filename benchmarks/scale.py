@@ -12,7 +12,7 @@ Measures, in order:
    task, xmlm+mmlm+mrm+vlm, m3p_tiny), with the phases seen in its log;
 4. the task's datasets: seconds to load each part, and samples/s per objective (one worker's work).
 
-    python benchmarks/scale.py                  # 3.3M images: ~12 min and ~2 GB of disk on 2 cores
+    python benchmarks/scale.py                  # 3.3M images: ~4 min and ~2 GB of disk on 2 quiet cores
     python benchmarks/scale.py --images 200000  # quick
 
 Prints progress on stderr and one JSON line at the end.
@@ -129,13 +129,31 @@ def convert_rate(source, manifest, workers):
 # ---- 2. index memory -------------------------------------------------------------------------------
 
 def smaps_rollup(pid="self"):
+    """MB of the process's memory. ``private`` counts anonymous pages only (heap, numpy arrays, Python
+    objects): what a forked worker really holds for itself. A page of a mapped file is page cache, one copy
+    for every process, but smaps calls it private while one process alone maps it at that moment (and dirty
+    while a freshly written file waits for write-back); those pages are ``file_private``, not counted."""
     out = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             m = re.match(r"(\w+):\s+(\d+) kB", line)
             if m:
                 out[m.group(1)] = int(m.group(2)) / 1024.0
-    return {"private": out["Private_Clean"] + out["Private_Dirty"], "private_dirty": out["Private_Dirty"],
+    anon = {"Private_Clean": 0.0, "Private_Dirty": 0.0}
+    anonymous = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = re.match(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
+            if head:
+                name = head.group(1).strip()
+                anonymous = not name or name in ("[heap]", "[stack]") or name.startswith("[anon")
+                continue
+            m = re.match(r"(Private_Clean|Private_Dirty):\s+(\d+) kB", line)
+            if m and anonymous:
+                anon[m.group(1)] += int(m.group(2)) / 1024.0
+    private = anon["Private_Clean"] + anon["Private_Dirty"]
+    return {"private": private, "private_dirty": anon["Private_Dirty"],
+            "file_private": out["Private_Clean"] + out["Private_Dirty"] - private,
             "shared": out["Shared_Clean"] + out["Shared_Dirty"], "rss": out["Rss"]}
 
 
@@ -203,6 +221,8 @@ def worker_memory(store, workers, object_ids=None):
                                                        for r in results), 1),
         "shared_mb_per_worker": round(float(np.mean([r["after_index"]["shared"] for r in results])), 1),
         "worker_private_mb_before": round(float(np.mean([r["before"]["private"] for r in results])), 1),
+        "index_file_private_mb_per_worker": round(max(r["after_index"]["file_private"] - r["before"]["file_private"]
+                                                      for r in results), 1),
     }
     if object_ids is None:  # HDF5's own structures for each shard a worker has opened
         reads = max(r["after_reads"]["private"] - r["after_index"]["private"] for r in results)

@@ -308,7 +308,9 @@ def train_startup(data, regions_dir, workers, batch):
            "--task", "multitask_multimodal", "--arch", "m3p_tiny", "--criterion", "m3p_pretrain",
            "--objectives", "xmlm,mmlm,mrm,vlm", "--regions-dir", regions_dir, "--cpu", "--optimizer", "adam",
            "--lr", "1e-4", "--max-update", "1", "--batch-size", str(batch), "--num-workers", str(workers),
-           "--disable-validation", "--no-save", "--log-format", "simple", "--log-interval", "1", "--seed", "1"]
+           "--disable-validation", "--no-save", "--log-format", "simple", "--log-interval", "1", "--seed", "1",
+           # fairseq makes the save folder even with --no-save: keep it in the work folder, not the caller's
+           "--save-dir", os.path.join(data, "checkpoints")]
     phases = {"task set up": "dictionary:", "datasets loaded": "train: xmlm=", "model built": "model params",
               "first update": "num_updates"}
     seen, tail = {}, []

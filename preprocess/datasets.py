@@ -53,15 +53,62 @@ class DatasetError(M3PInputError):
 
 def _open(path, newline=None, binary=False):
     """Text file or its .gz (Multi30K ships its raw files gzipped). ``newline="\\n"`` for
-    line-aligned corpora: a stray carriage return inside a sentence must not split its line."""
+    line-aligned corpora: a stray carriage return inside a sentence must not split its line. A UTF-8
+    byte-order mark (files saved by Windows tools) is dropped, not read as part of the first line."""
     for p in (path, path + ".gz"):
         if os.path.isfile(p):
             if binary:
                 return gzip.open(p, "rb") if p.endswith(".gz") else open(p, "rb")
             if p.endswith(".gz"):
-                return gzip.open(p, "rt", encoding="utf-8", newline=newline)
-            return open(p, encoding="utf-8", newline=newline)
+                return _Utf8Text(gzip.open(p, "rt", encoding="utf-8-sig", newline=newline), p)
+            return _Utf8Text(open(p, encoding="utf-8-sig", newline=newline), p)
     raise DatasetError(f"{path}: no such file (nor {os.path.basename(path)}.gz)")
+
+
+class _Utf8Text:
+    """A text file whose bytes that are not UTF-8 stop the import with one line naming the file and the
+    line, not a UnicodeDecodeError traceback."""
+
+    def __init__(self, f, path):
+        self.f, self.path = f, path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def _failed(self, e):
+        # the decoder works ahead of the line being read: find the line by decoding line by line
+        with _open(self.path, binary=True) as fb:
+            for n, raw in enumerate(fb, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return DatasetError(f"{self.path}: line {n}: not UTF-8 (byte {bad.start + 1} of the line is "
+                                        f"{raw[bad.start:bad.start + 1]!r}); convert the file with iconv -t UTF-8")
+        return DatasetError(f"{self.path}: not UTF-8 ({e.reason})")
+
+    def __iter__(self):
+        try:
+            yield from self.f
+        except UnicodeDecodeError as e:
+            raise self._failed(e) from None
+
+    def read(self, *size):
+        try:
+            return self.f.read(*size)
+        except UnicodeDecodeError as e:
+            raise self._failed(e) from None
+
+    def readline(self, *size):
+        try:
+            return self.f.readline(*size)
+        except UnicodeDecodeError as e:
+            raise self._failed(e) from None
 
 
 def _exists(path):

@@ -232,6 +232,32 @@ def test_moses_bad_input_names_the_file_and_line(tmp_path, vocab):
          str(tmp_path / "d2")], vocab)
 
 
+def test_byte_order_mark_dropped_and_bytes_not_utf8_named(tmp_path, vocab):
+    # files saved by Windows tools: a UTF-8 byte-order mark and CRLF line ends read as the plain file
+    (tmp_path / "win.en").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(EN).encode("utf-8") + b"\r\n")
+    with gzip.open(tmp_path / "win.de.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + "\r\n".join(DE).encode("utf-8") + b"\r\n")
+    data = str(tmp_path / "data")
+    main(["moses", "--train", str(tmp_path / "win"), "--pair", "en-de", "--out", data] + vocab)
+    assert read_pairs(data, "en", "de", "train") == list(zip(EN, DE))
+    # a Latin-1 byte deep in a long file: the line it is on, however far the decoder read ahead
+    lines = [EN[i % len(EN)] for i in range(2000)]
+    body = "\n".join(lines).encode("utf-8").split(b"\n")
+    body[1500] = body[1500] + b" caf\xe9"
+    (tmp_path / "big.en").write_bytes(b"\n".join(body) + b"\n")
+    _write(str(tmp_path / "big.de"), "\n".join(DE[i % len(DE)] for i in range(2000)) + "\n")
+    message = _fails(["moses", "--train", str(tmp_path / "big"), "--pair", "en-de", "--out", str(tmp_path / "d2")],
+                     vocab)
+    assert message.endswith(f"{tmp_path}/big.en: line 1501: not UTF-8 (byte {len(body[1500])} of the line is "
+                            "b'\\xe9'); convert the file with iconv -t UTF-8"), message
+    assert not os.path.exists(tmp_path / "d2")
+    # the same for a tab-separated file
+    (tmp_path / "pairs.tsv").write_bytes(b"a\tb\nc\xff\td\n")
+    assert _fails(["tsv", "--train", str(tmp_path / "pairs.tsv"), "--pair", "en-de", "--out", str(tmp_path / "d3")],
+                  vocab).endswith("pairs.tsv: line 2: not UTF-8 (byte 2 of the line is b'\\xff'); convert the file "
+                                  "with iconv -t UTF-8")
+
+
 def test_binarize_pair_checks_alignment_and_writes_nothing_on_failure(tmp_path, vocab):
     from preprocess.binarize import BinarizeError, binarize_pair
 

@@ -277,7 +277,12 @@ class TsvLines:
                     break
                 pos += len(raw)
                 k += 1
-                row = next(csv.reader([raw.decode("utf-8")], delimiter="\t"), [])
+                try:  # utf-8-sig: a byte-order mark (a file saved by a Windows tool) is not part of the first id
+                    text = raw.decode("utf-8-sig")
+                except UnicodeDecodeError as e:
+                    raise DetectorInputError(f"{_TsvLine(path, start, k)}: not UTF-8 (byte {e.start + 1} of the line "
+                                             f"is {raw[e.start:e.start + 1]!r}; a truncated or binary file?)")
+                row = next(csv.reader([text], delimiter="\t"), [])
                 if row:
                     yield self._image(_TsvLine(path, start, k), row)
 

@@ -123,6 +123,22 @@ def test_tsv_round_trip_with_long_lines(tmp_path):
         convert("tsv", [str(tmp_path / "noclass.tsv")], str(tmp_path / "n" / "x.json"), num_classes=K, progress=False)
 
 
+def test_tsv_byte_order_mark_and_bytes_not_utf8(tmp_path):
+    fields = "image_id,image_w,image_h,num_boxes,boxes,features,objects_id"
+    lines = [_tsv_line(i, img) for i, img in IMAGES.items()]
+    # saved by a Windows tool: the byte-order mark is not part of the first image id
+    (tmp_path / "bom.tsv").write_bytes(b"\xef\xbb\xbf" + "".join(lines).encode("utf-8"))
+    manifest = str(tmp_path / "regions" / "train.json")
+    convert("tsv", [str(tmp_path / "bom.tsv")], manifest, num_classes=K, progress=False, tsv_fields=fields)
+    _check_round_trip(manifest)
+    # a byte that is not UTF-8 (a damaged or binary file): one line naming the file and the line
+    (tmp_path / "bad.tsv").write_bytes(lines[0].encode("utf-8") + b"img_x\t\xff" + lines[1].encode("utf-8"))
+    with pytest.raises(DetectorInputError, match=r"bad.tsv: line 2: not UTF-8 \(byte 7 of the line is b'\\xff'"):
+        convert("tsv", [str(tmp_path / "bad.tsv")], str(tmp_path / "b" / "x.json"), num_classes=K, progress=False,
+                tsv_fields=fields)
+    assert not os.path.exists(tmp_path / "b" / "x.json")
+
+
 def test_npz_round_trip_never_unpickles(tmp_path):
     folder = tmp_path / "npz"
     folder.mkdir()

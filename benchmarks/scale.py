@@ -7,7 +7,7 @@ Measures, in order:
    workers (reference-format HDF5 input), and MB/s at the paper's image size (100 x 2048);
 2. index: RegionStore open seconds (index file mapped; built from the shards), and the memory a
    data-loader worker adds when it touches the whole index (4 forked workers, read from
-   /proc/self/smaps_rollup: private vs shared), beside the same ids held as Python objects;
+   /proc/self/smaps: private vs shared), beside the same ids held as Python objects;
 3. fairseq-train start-up: seconds to the first update (--max-update 1; the multitask_multimodal
    task, xmlm+mmlm+mrm+vlm, m3p_tiny), with the phases seen in its log;
 4. the task's datasets: seconds to load each part, and samples/s per objective (one worker's work).
@@ -128,17 +128,13 @@ def convert_rate(source, manifest, workers):
 
 # ---- 2. index memory -------------------------------------------------------------------------------
 
-def smaps_rollup(pid="self"):
-    """MB of the process's memory. ``private`` counts anonymous pages only (heap, numpy arrays, Python
-    objects): what a forked worker really holds for itself. A page of a mapped file is page cache, one copy
-    for every process, but smaps calls it private while one process alone maps it at that moment (and dirty
-    while a freshly written file waits for write-back); those pages are ``file_private``, not counted."""
-    out = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            m = re.match(r"(\w+):\s+(\d+) kB", line)
-            if m:
-                out[m.group(1)] = int(m.group(2)) / 1024.0
+def process_memory(pid="self"):
+    """MB of the process's memory, from one pass over /proc/PID/smaps. ``private`` counts anonymous pages
+    only (heap, numpy arrays, Python objects): what a forked worker really holds for itself. A page of a
+    mapped file is page cache, one copy for every process, but smaps calls it private while one process
+    alone maps it at that moment (and dirty while a freshly written file waits for write-back); those
+    pages are ``file_private``, not counted."""
+    total = {"Rss": 0.0, "Private_Clean": 0.0, "Private_Dirty": 0.0, "Shared_Clean": 0.0, "Shared_Dirty": 0.0}
     anon = {"Private_Clean": 0.0, "Private_Dirty": 0.0}
     anonymous = False
     with open(f"/proc/{pid}/smaps") as f:
@@ -148,13 +144,16 @@ def smaps_rollup(pid="self"):
                 name = head.group(1).strip()
                 anonymous = not name or name in ("[heap]", "[stack]") or name.startswith("[anon")
                 continue
-            m = re.match(r"(Private_Clean|Private_Dirty):\s+(\d+) kB", line)
-            if m and anonymous:
-                anon[m.group(1)] += int(m.group(2)) / 1024.0
+            m = re.match(r"(\w+):\s+(\d+) kB", line)
+            if m and m.group(1) in total:
+                mb = int(m.group(2)) / 1024.0
+                total[m.group(1)] += mb
+                if anonymous and m.group(1) in anon:
+                    anon[m.group(1)] += mb
     private = anon["Private_Clean"] + anon["Private_Dirty"]
     return {"private": private, "private_dirty": anon["Private_Dirty"],
-            "file_private": out["Private_Clean"] + out["Private_Dirty"] - private,
-            "shared": out["Shared_Clean"] + out["Shared_Dirty"], "rss": out["Rss"]}
+            "file_private": total["Private_Clean"] + total["Private_Dirty"] - private,
+            "shared": total["Shared_Clean"] + total["Shared_Dirty"], "rss": total["Rss"]}
 
 
 def mapping_mb(path, pid="self"):
@@ -191,16 +190,16 @@ class IndexProbe:
 
         torch.set_num_threads(1)
         store = self.store
-        before = smaps_rollup()
+        before = process_memory()
         if self.object_ids is not None:  # the layout RegionStore had: one Python str per image
             touched = sum(len(x) for x in self.object_ids)
         else:  # every page of every array of the table
             touched = sum(int(getattr(store.index, name).view(np.uint8).sum() > 0) for name in RegionIndex.ARRAYS)
-        after_index = smaps_rollup()
+        after_index = process_memory()
         if self.object_ids is None:
             for row in np.linspace(0, len(store) - 1, 2 * len(store.shard_paths)).astype(np.int64):
                 store.get(int(row))
-        after_reads = smaps_rollup()
+        after_reads = process_memory()
         out = {"touched": touched, "before": before, "after_index": after_index, "after_reads": after_reads}
         if store.index.source is not None:
             out["index_file"] = mapping_mb(os.path.abspath(store.index.source))

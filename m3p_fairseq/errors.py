@@ -25,6 +25,13 @@ class RefusedCheckpointError(M3PInputError, pickle.UnpicklingError):
     """A checkpoint whose unpickling would run code (still the UnpicklingError torch raises)."""
 
 
+def not_utf8_message(where, raw, error):
+    """One line for a line of raw text that is not UTF-8: ``where`` names the file and the line, ``raw`` is
+    the line's bytes, ``error`` the UnicodeDecodeError of decoding them."""
+    return (f"{where}: not UTF-8 (byte {error.start + 1} of the line is {raw[error.start:error.start + 1]!r}); "
+            f"convert the file with iconv -t UTF-8")
+
+
 def refused_checkpoint_message(exc):
     """One line for torch's weights_only refusal, or None if ``exc`` is something else."""
     text = str(exc)

@@ -39,7 +39,7 @@ import tempfile
 from xml.etree import ElementTree
 from xml.parsers import expat
 
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import M3PInputError, not_utf8_message
 from preprocess.binarize import BinarizeError, binarize, binarize_pair, run_fairseq_preprocess
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -88,8 +88,7 @@ class _Utf8Text:
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError as bad:
-                    return DatasetError(f"{self.path}: line {n}: not UTF-8 (byte {bad.start + 1} of the line is "
-                                        f"{raw[bad.start:bad.start + 1]!r}); convert the file with iconv -t UTF-8")
+                    return DatasetError(not_utf8_message(f"{self.path}: line {n}", raw, bad))
         return DatasetError(f"{self.path}: not UTF-8 ({e.reason})")
 
     def __iter__(self):
@@ -98,17 +97,17 @@ class _Utf8Text:
         except UnicodeDecodeError as e:
             raise self._failed(e) from None
 
-    def read(self, *size):
+    def _decoded(self, method, *size):
         try:
-            return self.f.read(*size)
+            return method(*size)
         except UnicodeDecodeError as e:
             raise self._failed(e) from None
 
+    def read(self, *size):
+        return self._decoded(self.f.read, *size)
+
     def readline(self, *size):
-        try:
-            return self.f.readline(*size)
-        except UnicodeDecodeError as e:
-            raise self._failed(e) from None
+        return self._decoded(self.f.readline, *size)
 
 
 def _exists(path):

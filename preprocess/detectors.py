@@ -55,7 +55,7 @@ import numpy as np
 
 from m3p_fairseq.data.region_store import (RegionDataError, RegionIndex, RegionShardWriter, merge_manifests,
                                            write_manifest)
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import M3PInputError, not_utf8_message
 
 FORMATS = ("mmf", "tsv", "npz", "hdf5")
 TSV_FIELDS = "image_id,image_w,image_h,num_boxes,boxes,features"
@@ -280,8 +280,7 @@ class TsvLines:
                 try:  # utf-8-sig: a byte-order mark (a file saved by a Windows tool) is not part of the first id
                     text = raw.decode("utf-8-sig")
                 except UnicodeDecodeError as e:
-                    raise DetectorInputError(f"{_TsvLine(path, start, k)}: not UTF-8 (byte {e.start + 1} of the line "
-                                             f"is {raw[e.start:e.start + 1]!r}; a truncated or binary file?)")
+                    raise DetectorInputError(not_utf8_message(_TsvLine(path, start, k), raw, e))
                 row = next(csv.reader([text], delimiter="\t"), [])
                 if row:
                     yield self._image(_TsvLine(path, start, k), row)

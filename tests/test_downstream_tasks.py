@@ -99,6 +99,25 @@ def test_retrieval_finetune_full_and_two_stage(tiny_world, pretrained, tmp_path)
     assert again["mR"] == two["mR"] and again["pairs"] == two["pairs"]
 
 
+def test_retrieval_finetune_with_tcl_kept_on(tiny_world, pretrained, tmp_path, caplog):
+    """Retrieval fine-tuning as the ret objective beside TCL (retrieval.sh finetune_en with KEEP_OBJECTIVES=tcl):
+    stock fairseq-train --finetune-from-model, updates alternating between the two objectives, and a
+    checkpoint that the retrieval evaluation reads, two-stage included (its dual encoder was trained)."""
+    data = tiny_world["data"]
+    with caplog.at_level(logging.INFO):
+        ckpt = fairseq_train(data, str(tmp_path / "ret_tcl"), "--task", "multitask_multimodal", "--arch", "m3p_tiny",
+                             "--criterion", "m3p_pretrain", "--objectives", "ret,tcl", "--objective-ratios", "1,1",
+                             "--finetune-from-model", pretrained["und"], "--caption-langs", "en", "--dual-dim", "32",
+                             updates=6)
+    per_update = [json.loads(r.getMessage()) for r in caplog.records if r.name == "train_inner"]
+    seen = {k: sum(int(s.get(f"{k}_batches") or 0) for s in per_update) for k in ("ret", "tcl")}
+    assert seen["ret"] > 0 and seen["tcl"] > 0 and seen["ret"] + seen["tcl"] == len(per_update), seen
+    assert any("ret_vlm_loss" in s and "ret_nce_loss" in s for s in per_update)
+    out = downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en,de", "--two-stage", "--top-k", "3",
+                          "--results", str(tmp_path / "r.json"), "--cpu")
+    assert "en: mR" in out and "de: mR" in out and "dual_mR" in out
+
+
 def test_mild_with_and_without_context(tiny_world, pretrained, tmp_path):
     data = os.path.join(tiny_world["data"], "mild_corpus")
     ckpt = fairseq_train(data, str(tmp_path / "mild"), "--task", "m3p_retrieval", "--arch", "m3p_tiny",

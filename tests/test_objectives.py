@@ -39,7 +39,7 @@ def _same(a, b):
 
 
 def test_the_registry_is_the_one_list():
-    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl"]
+    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl", "ret"]
     assert of_kind(GENERATION) == ["xdae", "ic", "dic"]
     assert set(plot_keys()) >= {"xmlm_loss", "vlm_acc", "mrm_mse", "xdae_loss", "dic_loss"}
     for name, spec in OBJECTIVES.items():
@@ -223,3 +223,38 @@ def test_tcl_loss_is_infonce_over_translation_pairs(tiny_world):
         want /= 2
     assert n == len(ids) and float(loss) == pytest.approx(want, rel=1e-4)
     assert 0 <= int(log["tcl_ncorrect"]) <= n
+
+
+# ---- retrieval fine-tuning as an objective (ret), beside the parallel-text ones ------------------------
+
+def _ret_batch(data, *flags):
+    task, cfg = _task(data, "--arch", "m3p_tiny", "--objectives", "ret,tcl", "--criterion", "m3p_pretrain", *flags)
+    model = task.build_model(cfg.model).eval()
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    idx = ds.ordered_indices_of(ds.names.index("ret"))[:8]
+    return task, cfg, model, ds.collater([ds[int(i)] for i in idx])
+
+
+def test_ret_batches_get_the_retrieval_criterions_loss(tiny_world):
+    """A ret batch under m3p_pretrain: the m3p_retrieval criterion's loss on the same batch (one loss, two
+    criterions), its metrics under ret_; the retrieval options reach it (--contrastive-weight 0: the VLM
+    term alone; --dual-dim 0: no dual encoder heads, no contrastive term)."""
+    from m3p_fairseq.models.dual_encoder import has_dual_heads
+
+    task, cfg, model, batch = _ret_batch(tiny_world["data"])
+    assert batch["objective"] == "ret" and has_dual_heads(model) and "tcl" in model.classification_heads
+    with torch.no_grad():
+        loss, n, log = task.build_criterion(cfg.criterion)(model, batch)
+        want, want_n, want_log = M3PRetrievalCriterion(task)(model, {k: v for k, v in batch.items() if k != "objective"})
+        assert n == want_n == len(batch["vlm_target"]) and float(loss) == pytest.approx(float(want), rel=1e-6)
+        assert log["ret_nce_n"] == want_log["nce_n"] and float(log["ret_vlm_loss"]) == pytest.approx(float(want_log["vlm_loss"]))
+        assert log["ret_batches"] == 1 and log["tcl_batches"] == 0
+        vlm_only, _, log0 = M3PPretrainCriterion(task, contrastive_weight=0.0)(model, batch)
+        assert float(vlm_only) == pytest.approx(float(log["ret_vlm_loss"])) and float(vlm_only) < float(loss)
+        assert "ret_nce_loss" not in log0
+    task, cfg, model, batch = _ret_batch(tiny_world["data"], "--dual-dim", "0")
+    assert not has_dual_heads(model)
+    with torch.no_grad():
+        loss, _, log = task.build_criterion(cfg.criterion)(model, batch)
+    assert "ret_nce_loss" not in log and float(loss) == pytest.approx(float(log["ret_vlm_loss"]))

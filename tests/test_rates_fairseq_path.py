@@ -370,6 +370,53 @@ def test_vlm_negatives(tiny_world, flags, negative, text_share):
     check_share(kinds["text"], neg, text_share, 0.03, what.format("VLM negatives replacing the text"), draws)
 
 
+# ---- retrieval pairs: the m3p_retrieval task, and ret, the same fine-tuning as an objective ----------------
+
+@pytest.mark.parametrize("task,flags,negatives,text_share", [
+    ("m3p_retrieval", [], 3, 0.5),
+    ("multitask_multimodal", ["--objectives", "ret"], 3, 0.5),
+    ("multitask_multimodal", ["--objectives", "ret", "--num-negatives", "5", "--text-negative-prob", "0.8"], 5, 0.8),
+], ids=["task", "objective", "objective-flags"])
+def test_retrieval_negatives(tiny_world, task, flags, negatives, text_share):
+    """Each caption comes with its image, then --num-negatives pairs (the paper: 3), each replacing one
+    side: the text by a caption of another image (--text-negative-prob of them, within 4%), else the image
+    by another image's regions; the labels say which pair is the positive. The dual encoder sees each
+    positive once: its caption alone, its image's row."""
+    data = tiny_world["data"]
+    criterion = "m3p_retrieval" if task == "m3p_retrieval" else "m3p_pretrain"
+    run = TrainRun(data, "--arch", "m3p_tiny", "--criterion", criterion, "--caption-langs", "en", *flags, task=task)
+    caps = Captions(data, run.dictionary)
+    group, kinds = negatives + 1, Counter()
+    for b in run.batches(epochs=2):
+        assert b.get("objective", "ret") == "ret"
+        ids = b["id"].tolist()
+        assert len(b["vlm_target"]) == group * len(ids)
+        texts = rows(b["net_input"]["src_tokens"], b["net_input"]["src_lengths"])
+        dual = rows(b["dual"]["src_tokens"], b["dual"]["src_tokens"].ne(run.dictionary.pad()).sum(1))
+        assert [tuple(t) for t in dual] == [caps.text(i) for i in ids]
+        for p, label in enumerate(b["vlm_target"].tolist()):
+            index = ids[p // group]
+            own_image = caps.image_ids[index]
+            text, fed = tuple(texts[p]), regions_of(b, p)
+            same_text, same_image = text == caps.text(index), torch.equal(fed, caps.features(own_image))
+            if p % group == 0:
+                assert label == 1.0 and same_text and same_image, "the first pair is not the item's caption and image"
+                kinds["positive"] += 1
+                continue
+            assert label == 0.0, "a negative pair is labelled a match"
+            if same_image:
+                assert any(im != own_image for im in caps.images_of_text[text[1:]]), "a text negative is its own"
+                kinds["text"] += 1
+            else:
+                other = caps.image_of_features.get(fed.numpy().tobytes())
+                assert same_text and other is not None and other != own_image, "an image negative is not another image"
+                kinds["image"] += 1
+    neg = kinds["text"] + kinds["image"]
+    assert neg == negatives * kinds["positive"] and neg >= 1500, kinds
+    check_share(kinds["text"], neg, text_share, 0.04, f"retrieval negatives replacing the text ({task} "
+                f"{' '.join(flags)})", neg)
+
+
 # ---- xDAE ----------------------------------------------------------------------------------------------
 
 class Words:

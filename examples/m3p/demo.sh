@@ -6,7 +6,7 @@
 # examples/m3p/README.md).
 set -euo pipefail
 OUT=${OUT:-demo-output}
-TEXT_UPDATES=${TEXT_UPDATES:-2000}  # the stand-in for XLM-R
+TEXT_UPDATES=${TEXT_UPDATES:-1700}  # the stand-in for XLM-R
 UPDATES=${UPDATES:-3000}            # M3P's pre-training (and the row without parallel text)
 LANE_THREADS=${LANE_THREADS:-1}  # threads per training run; two run side by side from step 3 on
 PRETRAIN_CLIP_NORM=${PRETRAIN_CLIP_NORM:-1.0}
@@ -20,8 +20,8 @@ m3p-make-world "$OUT/world" --seed 1 --feat-dim 2048 --train-images 3000 --test-
 echo "== 2. sentencepiece + fairseq-preprocess" >&2
 m3p-prepare-world "$OUT/world" "$OUT/data"
 
-# Steps 3-7 run in two lanes of one thread each (the tiny models gain little from a second thread;
-# two independent runs use both cores): the stand-in for XLM-R, M3P's pre-training, then its English
+# Steps 3-7 run in two lanes of one thread each (a second thread speeds one run of the tiny models
+# 1.3-1.6x; two independent runs use both cores fully): the stand-in for XLM-R, M3P's pre-training, then its English
 # retrieval fine-tuning, in one; the generation model (pre-training, captions, MMT, captioning, NTG),
 # M3P pre-trained without the parallel-text objectives (a row to compare), then zero-shot retrieval and
 # the other understanding tasks, in the other. Each lane writes its own results file under

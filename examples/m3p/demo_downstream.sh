@@ -29,8 +29,12 @@ DOWN="$OUT/downstream"
 LANES=${LANES:-2}
 PART=${PART:-all}
 RET_UPDATES=${RET_UPDATES:-150}             # code_switching, finetune_all
-EN_UPDATES=${EN_UPDATES:-1500}              # finetune_en (+ two-stage)
+EN_UPDATES=${EN_UPDATES:-3000}              # finetune_en (+ two-stage), all objectives' updates together
 EN_LR=${EN_LR:-1e-3}                        # finetune_en's peak rate (the short runs: RET_LR, 2e-3)
+# finetune_en keeps TCL on the translation pairs on (every other update) where the data has them: English-only
+# fine-tuning otherwise wipes the tiny model's cross-lingual alignment out (README.downstream.md); empty: off
+EN_KEEP=${EN_KEEP-$([ -d "$DATA/parallel" ] && echo tcl || true)}
+EN_KEEP_RATIOS=${EN_KEEP_RATIOS:-1,1}
 EACH_UPDATES=${EACH_UPDATES:-150}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with code-switching (MMLM, VLM)
@@ -71,7 +75,9 @@ generation() {  # generation SCRIPT UPDATES
 
 # the parts: each can run alone (PART=...), writing into RESULTS; demo.sh runs them in its lanes
 part_english() {
-    retrieval finetune_en "$EN_UPDATES" COMPARE_FULL=1 LR="$EN_LR"
+    # (its evaluation runs last in the demo, when the other lane is done: two threads)
+    retrieval finetune_en "$EN_UPDATES" COMPARE_FULL=1 LR="$EN_LR" KEEP_OBJECTIVES="$EN_KEEP" \
+        KEEP_RATIOS="$EN_KEEP_RATIOS" EVAL_THREADS="${EN_EVAL_THREADS:-2}"
 }
 part_understanding() {
     step "xnli ($XNLI_UPDATES updates)"

@@ -18,6 +18,8 @@ if [ -n "$THREADS" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THRE
 DEVICE=${DEVICE:-$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo "" || echo --cpu)}
 EVAL_DEVICE=${EVAL_DEVICE:-$DEVICE}
 EVAL_CPU=$([ "$EVAL_DEVICE" = --cpu ] && echo --cpu || true)  # m3p-downstream-eval's spelling
+EVAL_THREADS=${EVAL_THREADS:-$THREADS}  # threads of the evaluation runs (the demo's longest lane: 2, as it ends alone)
+EVAL_ENV=(env ${EVAL_THREADS:+OMP_NUM_THREADS=$EVAL_THREADS MKL_NUM_THREADS=$EVAL_THREADS})
 
 # m3p_train SAVE_DIR [fairseq-train flags...]: one fine-tuning run with the shared optimizer settings.
 # No prefetch thread (--data-buffer-size 0): an HDF5 read in it can hang the interpreter's exit.

@@ -8,7 +8,9 @@
 #           zero_shot_code_switched  pre-training continued with code-switched English captions
 #                           (--code-switch; OBJECTIVES / RATIOS, default xmlm,mmlm,mrm,vlm at 1,3,1,3),
 #                           then zero-shot, no fine-tuning
-#           finetune_en     fine-tune on English, test every language (+ retrieval.two_stage)
+#           finetune_en     fine-tune on English, test every language (+ retrieval.two_stage); with
+#                           KEEP_OBJECTIVES (e.g. tcl), pre-training objectives kept on beside it, one per
+#                           update (multitask_multimodal --objectives ret,KEEP_OBJECTIVES, KEEP_RATIOS)
 #           code_switching  as finetune_en, English captions code-switched (--code-switch)
 #           finetune_each   one fine-tuning per language, each tested on its own language
 #           finetune_all    fine-tune on every language merged
@@ -26,7 +28,7 @@ TRAIN_LANGS=${TRAIN_LANGS:-$LANGS}
 TOP_K=${TOP_K:-10}
 mkdir -p "$OUT"
 RESULTS=${RESULTS:-$OUT/results.json}
-EVAL=(m3p-downstream-eval retrieval "$DATA" --results "$RESULTS" ${MAX_IMAGES:+--max-images "$MAX_IMAGES"}
+EVAL=("${EVAL_ENV[@]}" m3p-downstream-eval retrieval "$DATA" --results "$RESULTS" ${MAX_IMAGES:+--max-images "$MAX_IMAGES"}
       ${EVAL_BATCH:+--batch-size "$EVAL_BATCH"} $EVAL_CPU)
 
 finetune() {  # finetune NAME CAPTION_LANGS [flags]
@@ -45,7 +47,15 @@ case "$STRATEGY" in
         --reset-meters --reset-lr-scheduler ${EXTRA[@]+"${EXTRA[@]}"}
     "${EVAL[@]}" --path "$OUT/pretrain_cs/checkpoint_last.pt" --langs "$LANGS" --key retrieval.zero_shot_code_switched ;;
   finetune_en)
-    finetune en en
+    if [ -n "${KEEP_OBJECTIVES:-}" ]; then
+        # retrieval fine-tuning as the objective ret, beside what keeps the languages aligned (TCL on
+        # translation pairs): the image-caption pairs are still English only
+        m3p_train "$OUT/retrieval_en" --task multitask_multimodal --criterion m3p_pretrain --arch "$ARCH" \
+            --objectives "ret,$KEEP_OBJECTIVES" ${KEEP_RATIOS:+--objective-ratios "$KEEP_RATIOS"} --caption-langs en \
+            --num-negatives 3 --sample-break-mode eos --finetune-from-model "$PRETRAINED" ${EXTRA[@]+"${EXTRA[@]}"}
+    else
+        finetune en en
+    fi
     "${EVAL[@]}" --path "$OUT/retrieval_en/checkpoint_last.pt" --langs "$LANGS" --key retrieval.finetune_en
     "${EVAL[@]}" --path "$OUT/retrieval_en/checkpoint_last.pt" --langs "${TWO_STAGE_LANGS:-en}" --two-stage \
         --top-k "$TOP_K" ${COMPARE_FULL:+--compare-full} --key retrieval.two_stage ;;

@@ -8,15 +8,33 @@ language alone. In MILD mode each image comes with its context text, which trave
 an image negative brings its own context. All sampling runs under
 ``data_utils.numpy_seed(seed, epoch, index)``.
 """
+import os
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
-from fairseq.data import data_utils
+from fairseq.data import ConcatDataset, PrependTokenDataset, data_utils
+from fairseq.dataclass import FairseqDataclass
 
+from ..errors import M3PDataError
 from .image_caption_dataset import require_two_images
 from .region_dataset import RegionDataset, collate_regions
 from .sized import SizeOrderedDataset
 
 POSITIVE, TEXT_REPLACED, IMAGE_REPLACED = 0, 1, 2
+
+
+@dataclass
+class RetrievalDataConfig(FairseqDataclass):
+    """Retrieval pairs and the dual encoder: options of the m3p_retrieval task and of the ``ret`` objective."""
+
+    num_negatives: int = field(default=3, metadata={"help": "negatives sampled per positive pair (paper: 3)"})
+    text_negative_prob: float = field(default=0.5, metadata={
+        "help": "share of negatives that replace the text (the others replace the image)"})
+    context: bool = field(default=False, metadata={
+        "help": "MILD mode: feed each image's context text (DATA/mild/{lang}/context/{split}) with the image"})
+    dual_dim: int = field(default=128, metadata={
+        "help": "embedding size of the dual encoder's projection heads (two-stage retrieval); 0: no dual encoder"})
 
 
 class RetrievalDataset(SizeOrderedDataset):
@@ -153,3 +171,37 @@ class RetrievalDataset(SizeOrderedDataset):
                 "image_rows": torch.LongTensor([s["rows"][0] for s in samples]),
             },
         }
+
+
+def load_contexts(task, lang, split, num_captions):
+    """MILD contexts of ``captions/{lang}/{split}``, line for line, as ``</s> context </s>``."""
+    prefix = os.path.join(task.data_path(), "mild", lang, "context", split)
+    if not os.path.exists(prefix + ".bin"):
+        raise M3PDataError(f"{prefix}.bin: no MILD contexts for captions/{lang}/{split} (--context needs the context "
+                           f"of each query line; m3p-import-dataset mild writes them)")
+    contexts = task.load_tokens(prefix, f"{lang} {split} contexts")
+    if len(contexts) != num_captions:
+        raise M3PDataError(f"{prefix}.bin: {len(contexts)} contexts for {num_captions} query lines in "
+                           f"captions/{lang}/{split}.bin")
+    return PrependTokenDataset(contexts, task.dictionary.eos())
+
+
+def retrieval_pairs(task, split, langs, seed):
+    """The RetrievalDataset of ``split`` over the captions of ``langs`` (each language a group), with the
+    task's RetrievalDataConfig options; English training captions code-switched with --code-switch."""
+    cfg = task.cfg
+    caps, rows, groups, ctxs = [], [], [], []
+    for g, lang in enumerate(langs):
+        c, r = task.load_captions(lang, split, negatives=cfg.num_negatives > 0)
+        if cfg.context:
+            ctxs.append(load_contexts(task, lang, split, len(c)))
+        caps.append(task.code_switched(c, lang, split, seed))
+        rows.append(r)
+        groups.append(np.full(len(c), g))
+    concat = (lambda ds: ConcatDataset(ds) if len(ds) > 1 else ds[0])
+    try:
+        return RetrievalDataset(concat(caps), np.concatenate(rows), np.concatenate(groups), task.region_dataset(split),
+                                task.dictionary.pad(), cfg.num_negatives, cfg.text_negative_prob, seed=seed,
+                                contexts=concat(ctxs) if ctxs else None, max_text=cfg.tokens_per_sample)
+    except ValueError as e:
+        raise M3PDataError(f"{split} ({','.join(langs)}): {e}")

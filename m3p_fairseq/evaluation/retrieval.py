@@ -153,7 +153,7 @@ def image_contexts(task, lang, split, rows, limit):
     cut so that any query of the split plus the context fits ``limit`` tokens."""
     import torch
 
-    from ..tasks.retrieval import load_contexts
+    from ..data.retrieval_dataset import load_contexts
 
     contexts = load_contexts(task, lang, split, len(rows))
     _, first = np.unique(rows, return_index=True)

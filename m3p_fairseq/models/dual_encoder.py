@@ -16,8 +16,8 @@ DUAL_IMAGE_HEAD = "dual_image"
 
 
 def add_dual_heads(model, dim):
-    """Register the two projection heads (dense -> tanh -> dim) on an M3PModel."""
-    for name in (DUAL_TEXT_HEAD, DUAL_IMAGE_HEAD):
+    """Register the two projection heads (dense -> tanh -> dim) on an M3PModel; ``dim`` 0: none."""
+    for name in (DUAL_TEXT_HEAD, DUAL_IMAGE_HEAD) if dim > 0 else ():
         if name not in model.classification_heads:
             model.register_classification_head(name, num_classes=dim)
 

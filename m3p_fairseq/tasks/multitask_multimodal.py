@@ -20,6 +20,7 @@ from omegaconf import II
 from .. import checkpoints
 from ..data.code_switch import CodeSwitchConfig
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
+from ..data.retrieval_dataset import RetrievalDataConfig
 from ..errors import M3PDataError
 from ..objectives import OBJECTIVES, stream_seed
 from ..utils import split_list
@@ -44,7 +45,7 @@ class GenerationObjectivesConfig(FairseqDataclass):
 
 
 @dataclass
-class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeSwitchConfig):
+class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeSwitchConfig, RetrievalDataConfig):
     objectives: str = field(default="xmlm,mmlm,mrm,vlm", metadata={
         "help": "comma-separated objectives among " + ", ".join(OBJECTIVES) + " (understanding and generation "
                 "objectives train different models: one kind per run)"})

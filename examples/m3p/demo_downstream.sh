@@ -29,12 +29,13 @@ DOWN="$OUT/downstream"
 LANES=${LANES:-2}
 PART=${PART:-all}
 RET_UPDATES=${RET_UPDATES:-150}             # code_switching, finetune_all
-EN_UPDATES=${EN_UPDATES:-3000}              # finetune_en (+ two-stage), all objectives' updates together
-EN_LR=${EN_LR:-1e-3}                        # finetune_en's peak rate (the short runs: RET_LR, 2e-3)
 # finetune_en keeps TCL on the translation pairs on (every other update) where the data has them: English-only
 # fine-tuning otherwise wipes the tiny model's cross-lingual alignment out (README.downstream.md); empty: off
 EN_KEEP=${EN_KEEP-$([ -d "$DATA/parallel" ] && echo tcl || true)}
 EN_KEEP_RATIOS=${EN_KEEP_RATIOS:-1,1}
+# finetune_en (+ two-stage), the updates of every objective together (at 1:1, 1,500 of retrieval either way)
+EN_UPDATES=${EN_UPDATES:-$([ -n "$EN_KEEP" ] && echo 3000 || echo 1500)}
+EN_LR=${EN_LR:-1e-3}                        # finetune_en's peak rate (the short runs: RET_LR, 2e-3)
 EACH_UPDATES=${EACH_UPDATES:-150}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with code-switching (MMLM, VLM)

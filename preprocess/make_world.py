@@ -254,10 +254,14 @@ def write_split(world, out, split, n_images, caption_langs, captions_per_image, 
         w.close()
     write_manifest(os.path.join(out, "regions", f"{split}.json"), shard_paths, world.feat_dim, world.num_classes)
     for lang in caption_langs:
-        base = os.path.join(out, "raw", "captions", f"{split}.{lang}")
-        _write_lines(base + ".txt", caps[lang])
-        _write_lines(base + ".ids", ids[lang])
+        _write_lines(raw_captions(out, split, lang), caps[lang])
+        _write_lines(raw_captions(out, split, lang, "ids"), ids[lang])
     return scenes
+
+
+def raw_captions(world, split, lang, ext="txt"):
+    """A world's raw caption file (``ext`` txt: one caption a line; ids: the image id of each line)."""
+    return os.path.join(world, "raw", "captions", f"{split}.{lang}.{ext}")
 
 
 def _write_lines(path, lines):

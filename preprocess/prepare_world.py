@@ -23,13 +23,14 @@ from m3p_fairseq.errors import M3PInputError
 
 from .binarize import BinarizeError, binarize
 from .build_spm import train as train_spm
+from .make_world import raw_captions
 
 
 def prepare(world, data, vocab_size=2000, progress=True):
     raw = os.path.join(world, "raw")
     os.makedirs(data, exist_ok=True)
     text_files = sorted(glob.glob(os.path.join(raw, "text", "*.train.txt")))
-    caption_files = sorted(glob.glob(os.path.join(raw, "captions", "train.*.txt")))
+    caption_files = sorted(glob.glob(raw_captions(world, "train", "*")))
     if not text_files or not caption_files:
         raise BinarizeError(f"{raw}: no world text or captions (run m3p-make-world first)")
     train_spm(text_files + caption_files, data, vocab_size=vocab_size)
@@ -41,7 +42,7 @@ def prepare(world, data, vocab_size=2000, progress=True):
         jobs.append((os.path.join(data, "text", lang), splits, False))
     for f in caption_files:
         lang = os.path.basename(f).split(".")[1]
-        splits = {s: os.path.join(raw, "captions", f"{s}.{lang}.txt") for s in ("train", "valid", "test")}
+        splits = {s: raw_captions(world, s, lang) for s in ("train", "valid", "test")}
         jobs.append((os.path.join(data, "captions", lang), {k: v for k, v in splits.items() if os.path.exists(v)}, True))
     logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)
     for out, splits, ids in tqdm(jobs, desc="binarize", file=sys.stderr, disable=not progress):

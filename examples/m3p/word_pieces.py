@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from preprocess.make_world import COLOURS, OBJECTS, build_lexicon  # noqa: E402
+from preprocess.make_world import COLOURS, OBJECTS, build_lexicon, raw_captions  # noqa: E402
 
 SPACE = "\u2581"
 
@@ -58,8 +58,7 @@ def main(argv=None):
     sp = spm.SentencePieceProcessor(model_file=os.path.join(a.data, "sentencepiece.bpe.model"))
     shares = {}
     for lang in a.langs.split(","):
-        path = os.path.join(a.world, "raw", "captions", f"{a.split}.{lang}.txt")
-        with open(path, encoding="utf-8") as f:
+        with open(raw_captions(a.world, a.split, lang), encoding="utf-8") as f:
             lines = [line.rstrip("\n") for line in f if line.strip()]
         whole, total = whole_piece_share(lambda s: sp.encode(s, out_type=str), lines,
                                          [lexicon[lang][c] for c in COLOURS + OBJECTS])

@@ -93,6 +93,34 @@ def test_finetune_retrieval_same_losses_as_flags(tiny_world, pretrained_both_way
     assert cfg["task"]["num_negatives"] == 3 and cfg["optimizer"]["adam_betas"] == "(0.9,0.98)"
 
 
+def test_finetune_retrieval_tcl_same_losses_as_flags(tiny_world, pretrained_both_ways, tmp_path):
+    """finetune_retrieval_tcl.yaml (ret and TCL at 1:1, --finetune-from-model) against retrieval.sh's
+    finetune_en flags with KEEP_OBJECTIVES=tcl: the same losses update for update, both objectives trained."""
+    ckpt, n = pretrained_both_ways["checkpoint"], 8
+    yaml_dir, flag_dir = tmp_path / "yaml", tmp_path / "flags"
+    yaml_dir.mkdir()
+    flag_dir.mkdir()
+    by_yaml = _hydra("finetune_retrieval_tcl", yaml_dir, f"task.data={tiny_world['data']}",
+                     f"checkpoint.finetune_from_model={ckpt}", "model=m3p_tiny", "optimization.lr=[1e-3]",
+                     f"optimization.max_update={n}", f"lr_scheduler.total_num_update={n}",
+                     "lr_scheduler.warmup_updates=2", "optimization.update_freq=[1]", "dataset.batch_size=8",
+                     "common.cpu=true", f"checkpoint.save_dir={yaml_dir / 'ck'}")
+    by_flags = _flags(tiny_world["data"], flag_dir,
+                      "--task", "multitask_multimodal", "--criterion", "m3p_pretrain", "--arch", "m3p_tiny",
+                      "--objectives", "ret,tcl", "--objective-ratios", "1,1", "--caption-langs", "en",
+                      "--num-negatives", "3", "--sample-break-mode", "eos", "--finetune-from-model", ckpt,
+                      "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3", "--clip-norm", "1.0",
+                      "--lr-scheduler", "polynomial_decay", "--warmup-updates", "2", "--total-num-update", str(n),
+                      "--max-update", str(n), "--batch-size", "8", "--update-freq", "1", "--cpu",
+                      "--data-buffer-size", "0", "--seed", "1", "--save-dir", str(flag_dir / "ck"),
+                      "--no-epoch-checkpoints", "--disable-validation")
+    assert len(_losses(by_yaml)) == n
+    assert _losses(by_yaml) == _losses(by_flags)
+    cfg = _checkpoint_cfg(str(yaml_dir / "ck" / "checkpoint_last.pt"))
+    assert cfg["task"]["objectives"] == "ret,tcl" and cfg["task"]["num_negatives"] == 3
+    assert "ret_batches" in by_yaml.stdout + by_yaml.stderr and "tcl_batches" in by_yaml.stdout + by_yaml.stderr
+
+
 def test_generation_pretraining_same_losses_as_flags(tiny_world, tmp_path):
     """pretrain_generation_tiny.yaml against demo.sh step 5's flags: the generation model (a legacy
     fairseq Transformer underneath) trains and saves through its Hydra model node."""

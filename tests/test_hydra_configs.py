@@ -67,21 +67,18 @@ def test_pretrain_tiny_same_losses_as_flags(pretrained_both_ways):
     assert cfg["model"]["encoder_embed_dim"] == 128 and cfg["common"]["user_dir"] == "m3p_fairseq"
 
 
-def test_finetune_retrieval_same_losses_as_flags(tiny_world, pretrained_both_ways, tmp_path):
-    """finetune_retrieval.yaml (3 negatives, the paper's optimizer) against retrieval.sh's flags, from
-    the pre-trained checkpoint above; a group override (model=m3p_tiny) and a list override (lr)."""
-    ckpt, n = pretrained_both_ways["checkpoint"], 8
+def _finetune_both_ways(data, tmp_path, config, yaml_overrides, flags, n=8):
+    """A finetune_* config and its flag form, each ``n`` updates of the shared short optimizer settings
+    (the paper's Adam and schedule, a list override of lr, model=m3p_tiny as a group override); both
+    must log the same losses. Returns the YAML run's saved config and output."""
     yaml_dir, flag_dir = tmp_path / "yaml", tmp_path / "flags"
     yaml_dir.mkdir()
     flag_dir.mkdir()
-    by_yaml = _hydra("finetune_retrieval", yaml_dir, f"task.data={tiny_world['data']}",
-                     f"task.pretrained_checkpoint={ckpt}", "model=m3p_tiny", "optimization.lr=[1e-3]",
-                     f"optimization.max_update={n}", f"lr_scheduler.total_num_update={n}",
+    by_yaml = _hydra(config, yaml_dir, f"task.data={data}", *yaml_overrides, "model=m3p_tiny",
+                     "optimization.lr=[1e-3]", f"optimization.max_update={n}", f"lr_scheduler.total_num_update={n}",
                      "lr_scheduler.warmup_updates=2", "optimization.update_freq=[1]", "dataset.batch_size=8",
                      "common.cpu=true", f"checkpoint.save_dir={yaml_dir / 'ck'}")
-    by_flags = _flags(tiny_world["data"], flag_dir,
-                      "--task", "m3p_retrieval", "--criterion", "m3p_retrieval", "--arch", "m3p_tiny",
-                      "--pretrained-checkpoint", ckpt, "--caption-langs", "en", "--num-negatives", "3",
+    by_flags = _flags(data, flag_dir, *flags, "--arch", "m3p_tiny", "--caption-langs", "en", "--num-negatives", "3",
                       "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3", "--clip-norm", "1.0",
                       "--lr-scheduler", "polynomial_decay", "--warmup-updates", "2", "--total-num-update", str(n),
                       "--max-update", str(n), "--batch-size", "8", "--update-freq", "1", "--cpu",
@@ -89,36 +86,29 @@ def test_finetune_retrieval_same_losses_as_flags(tiny_world, pretrained_both_way
                       "--no-epoch-checkpoints", "--disable-validation")
     assert len(_losses(by_yaml)) == n
     assert _losses(by_yaml) == _losses(by_flags)
-    cfg = _checkpoint_cfg(str(yaml_dir / "ck" / "checkpoint_last.pt"))
+    return _checkpoint_cfg(str(yaml_dir / "ck" / "checkpoint_last.pt")), by_yaml.stdout + by_yaml.stderr
+
+
+def test_finetune_retrieval_same_losses_as_flags(tiny_world, pretrained_both_ways, tmp_path):
+    """finetune_retrieval.yaml (3 negatives, the paper's optimizer) against retrieval.sh's flags, from
+    the pre-trained checkpoint above; a group override (model=m3p_tiny) and a list override (lr)."""
+    ckpt = pretrained_both_ways["checkpoint"]
+    cfg, _ = _finetune_both_ways(tiny_world["data"], tmp_path, "finetune_retrieval", [f"task.pretrained_checkpoint={ckpt}"],
+                                 ["--task", "m3p_retrieval", "--criterion", "m3p_retrieval", "--pretrained-checkpoint", ckpt])
     assert cfg["task"]["num_negatives"] == 3 and cfg["optimizer"]["adam_betas"] == "(0.9,0.98)"
 
 
 def test_finetune_retrieval_tcl_same_losses_as_flags(tiny_world, pretrained_both_ways, tmp_path):
     """finetune_retrieval_tcl.yaml (ret and TCL at 1:1, --finetune-from-model) against retrieval.sh's
     finetune_en flags with KEEP_OBJECTIVES=tcl: the same losses update for update, both objectives trained."""
-    ckpt, n = pretrained_both_ways["checkpoint"], 8
-    yaml_dir, flag_dir = tmp_path / "yaml", tmp_path / "flags"
-    yaml_dir.mkdir()
-    flag_dir.mkdir()
-    by_yaml = _hydra("finetune_retrieval_tcl", yaml_dir, f"task.data={tiny_world['data']}",
-                     f"checkpoint.finetune_from_model={ckpt}", "model=m3p_tiny", "optimization.lr=[1e-3]",
-                     f"optimization.max_update={n}", f"lr_scheduler.total_num_update={n}",
-                     "lr_scheduler.warmup_updates=2", "optimization.update_freq=[1]", "dataset.batch_size=8",
-                     "common.cpu=true", f"checkpoint.save_dir={yaml_dir / 'ck'}")
-    by_flags = _flags(tiny_world["data"], flag_dir,
-                      "--task", "multitask_multimodal", "--criterion", "m3p_pretrain", "--arch", "m3p_tiny",
-                      "--objectives", "ret,tcl", "--objective-ratios", "1,1", "--caption-langs", "en",
-                      "--num-negatives", "3", "--sample-break-mode", "eos", "--finetune-from-model", ckpt,
-                      "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3", "--clip-norm", "1.0",
-                      "--lr-scheduler", "polynomial_decay", "--warmup-updates", "2", "--total-num-update", str(n),
-                      "--max-update", str(n), "--batch-size", "8", "--update-freq", "1", "--cpu",
-                      "--data-buffer-size", "0", "--seed", "1", "--save-dir", str(flag_dir / "ck"),
-                      "--no-epoch-checkpoints", "--disable-validation")
-    assert len(_losses(by_yaml)) == n
-    assert _losses(by_yaml) == _losses(by_flags)
-    cfg = _checkpoint_cfg(str(yaml_dir / "ck" / "checkpoint_last.pt"))
+    ckpt = pretrained_both_ways["checkpoint"]
+    cfg, log = _finetune_both_ways(tiny_world["data"], tmp_path, "finetune_retrieval_tcl",
+                                   [f"checkpoint.finetune_from_model={ckpt}"],
+                                   ["--task", "multitask_multimodal", "--criterion", "m3p_pretrain", "--objectives",
+                                    "ret,tcl", "--objective-ratios", "1,1", "--sample-break-mode", "eos",
+                                    "--finetune-from-model", ckpt])
     assert cfg["task"]["objectives"] == "ret,tcl" and cfg["task"]["num_negatives"] == 3
-    assert "ret_batches" in by_yaml.stdout + by_yaml.stderr and "tcl_batches" in by_yaml.stdout + by_yaml.stderr
+    assert "ret_batches" in log and "tcl_batches" in log
 
 
 def test_generation_pretraining_same_losses_as_flags(tiny_world, tmp_path):

@@ -244,7 +244,8 @@ def _retrieval_pairs(task, split, epoch, seed):
     return retrieval_pairs(task, split, split_list(task.cfg.caption_langs), seed)
 
 
-def _add_dual_heads(task, model):
+def add_retrieval_heads(task, model):
+    """What a retrieval model needs beside the VLM head: the dual encoder's heads (--dual-dim; 0: none)."""
     add_dual_heads(model, task.cfg.dual_dim)
 
 
@@ -505,7 +506,7 @@ OBJECTIVES = {o.name: o for o in (
               ("tcl_loss", "tcl_acc"), prepare=_add_tcl_head),
     Objective("ret", UNDERSTANDING, PAIRS, _retrieval_pairs, _resampled, _ret_step,
               lambda name, total: reduce_retrieval("ret_", total), ("ret_vlm_loss", "ret_nce_loss"),
-              prepare=_add_dual_heads),
+              prepare=add_retrieval_heads),
     Objective("xdae", GENERATION, TEXT, _text_sentences, _noised_text, generation_step,
               _reduce_generation, ("xdae_loss",)),
     Objective("ic", GENERATION, PAIRS, _captions_to_generate(False), _resampled, generation_step,

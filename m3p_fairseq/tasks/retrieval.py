@@ -24,7 +24,7 @@ from fairseq.tasks import register_task
 from ..checkpoints import UNDERSTANDING
 from ..data.code_switch import CodeSwitchConfig
 from ..data.retrieval_dataset import RetrievalDataConfig, retrieval_pairs
-from ..models.dual_encoder import add_dual_heads
+from ..objectives import add_retrieval_heads
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
@@ -44,7 +44,7 @@ class M3PRetrievalTask(M3PTaskBase):
         return ("m3p_retrieval",)
 
     def build_model(self, cfg, from_checkpoint=False):
-        return super().build_model(cfg, from_checkpoint, lambda model: add_dual_heads(model, self.cfg.dual_dim))
+        return super().build_model(cfg, from_checkpoint, lambda model: add_retrieval_heads(self, model))
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base, langs = split_and_langs(split, split_list(self.cfg.caption_langs))

@@ -47,10 +47,12 @@ from fairseq.data import (
 from .checkpoints import GENERATION, UNDERSTANDING
 from .data.image_caption_dataset import ImageCaptionDataset
 from .data.multitask import alpha_sampling_probs, resample_to_probs
+from .data.ntg_dataset import ntg_dataset
 from .data.parallel import PairSegmentsDataset
 from .data.retrieval_dataset import retrieval_pairs
 from .data.text_items import text_items
 from .data.xdae_dataset import XDAEDataset
+from .data.xnli_dataset import XNLI_HEAD, XNLI_LABELS, xnli_dataset
 from .errors import M3PInputError
 from .models.dual_encoder import add_dual_heads, contrastive_loss, embed_images, embed_text, has_dual_heads
 from .utils import split_list
@@ -249,6 +251,22 @@ def add_retrieval_heads(task, model):
     add_dual_heads(model, task.cfg.dual_dim)
 
 
+def _xnli_pairs(task, split, epoch, seed):
+    """XNLI fine-tuning as an objective: the sentence pairs of --train-langs (the m3p_xnli task's), so that it
+    mixes with others per update (English XNLI with TCL kept on)."""
+    return xnli_dataset(task, split, split_list(task.cfg.train_langs), seed, epoch)
+
+
+def _add_xnli_head(task, model):
+    if XNLI_HEAD not in model.classification_heads:
+        model.register_classification_head(XNLI_HEAD, num_classes=len(XNLI_LABELS))
+
+
+def _ntg_items(task, split, epoch, seed):
+    """NTG fine-tuning as an objective: the news items of --train-langs (the m3p_ntg task's)."""
+    return ntg_dataset(task, split, split_list(task.cfg.train_langs))
+
+
 def _resampled(task, dataset, split, epoch, seed, scale):
     """A dataset resampled to its share of the updates (--objective-ratios), else as it is."""
     if scale == 1.0:
@@ -421,6 +439,21 @@ class RetrievalLoss:
         return grown, torch.cat([labels, labels.new_zeros(len(t))])
 
 
+def xnli_logits(model, net_input):
+    """The XNLI head's logits over the first position of ``<s> premise </s></s> hypothesis </s>``."""
+    return model(**net_input, classification_head_name=XNLI_HEAD)["classification"]
+
+
+def _xnli_step(criterion, model, sample):
+    """Cross-entropy (nats, summed) of the three classes, as the m3p_classification criterion's."""
+    logits = xnli_logits(model, sample["net_input"])
+    target = sample["target"].view(-1)
+    loss = F.cross_entropy(logits.float(), target, reduction="sum")
+    with torch.no_grad():
+        ncorrect = (logits.argmax(-1) == target).sum()
+    return loss, target.numel(), {"xnli_loss": loss.data, "xnli_n": target.numel(), "xnli_ncorrect": ncorrect}
+
+
 def _ret_step(criterion, model, sample):
     return criterion.retrieval_step(model, sample, "ret_")
 
@@ -507,12 +540,15 @@ OBJECTIVES = {o.name: o for o in (
     Objective("ret", UNDERSTANDING, PAIRS, _retrieval_pairs, _resampled, _ret_step,
               lambda name, total: reduce_retrieval("ret_", total), ("ret_vlm_loss", "ret_nce_loss"),
               prepare=add_retrieval_heads),
+    Objective("xnli", UNDERSTANDING, PAIRS, _xnli_pairs, _resampled, _xnli_step, reduce_loss_and_accuracy,
+              ("xnli_loss", "xnli_acc"), prepare=_add_xnli_head),
     Objective("xdae", GENERATION, TEXT, _text_sentences, _noised_text, generation_step,
               _reduce_generation, ("xdae_loss",)),
     Objective("ic", GENERATION, PAIRS, _captions_to_generate(False), _resampled, generation_step,
               _reduce_generation, ("ic_loss",)),
     Objective("dic", GENERATION, PAIRS, _captions_to_generate(True), _resampled, generation_step,
               _reduce_generation, ("dic_loss",)),
+    Objective("ntg", GENERATION, PAIRS, _ntg_items, _resampled, generation_step, _reduce_generation, ("ntg_loss",)),
 )}
 
 

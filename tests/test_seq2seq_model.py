@@ -73,7 +73,7 @@ def test_shapes_text_regions_and_both(model):
     text_only = {k: v for k, v in b.items() if not k.startswith("region")}
     for inputs, src_len in ((b, 7 + 5), (regions_only, 5), (text_only, 7)):
         enc = model.encoder(**inputs)
-        assert enc["encoder_out"][0].shape == (src_len, 3, 64)
+        assert enc["encoder_out"][0].shape == (src_len, 3, model.args.encoder_embed_dim)
         assert enc["encoder_padding_mask"][0].shape == (3, src_len)
         logits, extra = model(**inputs, prev_output_tokens=prev)
         assert logits.shape == (3, 6, vocab)
@@ -103,9 +103,8 @@ def test_encoder_names_are_the_understanding_models(gen_task, model):
     """Every text-encoder and region parameter of the understanding model (XLM-R's names under
     encoder.sentence_encoder) exists here with the same shape, so imported weights load."""
     task, _ = gen_task
-    args = argparse.Namespace(arch="m3p_tiny", tokens_per_sample=128, encoder_layers=2, encoder_embed_dim=64,
-                              encoder_ffn_embed_dim=256, encoder_attention_heads=4, max_positions=130)
-    m3p_tiny(args)
+    args = argparse.Namespace(arch="m3p_tiny", tokens_per_sample=128)
+    m3p_tiny(args)  # the tiny generation model is m3p_tiny's text encoder plus a decoder sharing it
     und = M3PModel.build_model(args, task)
     ours = model.state_dict()
     for k, v in und.state_dict().items():

@@ -2,10 +2,13 @@
 
     m3p-caption-score --hyp hyps.txt --ref refs1.txt [refs2.txt ...] --lang de
     m3p-caption-score --hyp gen.out --ref gen.out --lang de --results demo-output/results.json --key captioning.de
+    m3p-caption-score --hyp gen.out --ref gen.out --lang de --lang-id DATA   # + right_language
 
 A file is either one caption per line (line i of every file belongs to image i) or a
 fairseq-generate log: from a log, hypotheses are its D- lines and references its T- lines, in
-sample-id order. Prints the scores as JSON; with ``--results`` merges them under ``--key``.
+sample-id order. Prints the scores as JSON; with ``--results`` merges them under ``--key``. With
+``--lang-id DATA``, also the share of hypotheses written in ``--lang`` (``right_language``, percent), by the
+language identifier learned from DATA's text corpus (evaluation/language_id.py).
 """
 import argparse
 import json
@@ -38,11 +41,16 @@ def main(argv=None):
     p.add_argument("--ref", required=True, nargs="+", help="reference files, line-aligned with --hyp")
     p.add_argument("--lang", default=None, help="caption language; picks the tokenizer (zh: zh, ja: char, else 13a)")
     p.add_argument("--tokenize", default=None, help="sacrebleu tokenizer, overriding the language's")
+    p.add_argument("--lang-id", metavar="DATA", default=None,
+                   help="data folder (dict.txt, sentencepiece.bpe.model, text/{lang}/train): also report the share of "
+                        "hypotheses written in --lang (right_language)")
     p.add_argument("--results", default=None, help="results JSON to update")
     p.add_argument("--key", default=None, help="dotted key in --results (e.g. captioning.de)")
     a = p.parse_args(argv)
     if a.results and not a.key:
         p.error("--results needs --key")
+    if a.lang_id and not a.lang:
+        p.error("--lang-id needs --lang (the language the hypotheses should be in)")
     hyps = read_captions(a.hyp, "D", "hypothesis")
     refs = [read_captions(r, "T", "reference") for r in a.ref]
     for path, stream in zip(a.ref, refs):
@@ -53,6 +61,11 @@ def main(argv=None):
             raise SystemExit(f"m3p-caption-score: {path}: line {empty[0] + 1} is an empty reference")
     tokenize = a.tokenize or default_tokenize(a.lang)
     scores = caption_scores(hyps, refs, tokenize=tokenize)
+    if a.lang_id:
+        from .language_id import for_texts
+
+        lid, encode = for_texts(a.lang_id)
+        scores["right_language"] = lid.share([encode(h) for h in hyps], a.lang)
     print(json.dumps(scores))
     if a.results:
         update_results(a.results, a.key, scores)

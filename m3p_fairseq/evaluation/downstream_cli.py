@@ -127,20 +127,22 @@ def retrieval(a, model, task, device):
 
 @torch.no_grad()
 def xnli(a, model, task, device):
-    from ..tasks.xnli import XNLI_HEAD
+    """Accuracy per language of a model with an XNLI head, trained by the m3p_xnli task or with the ``xnli``
+    objective among others (multitask_multimodal): the pairs are read the same way for both."""
+    from ..data.xnli_dataset import XNLI_HEAD, xnli_dataset
+    from ..objectives import xnli_logits
 
     if XNLI_HEAD not in model.classification_heads:
-        raise M3PInputError(f"{a.path}: no {XNLI_HEAD} head; fine-tune it with --task m3p_xnli")
+        raise M3PInputError(f"{a.path}: no {XNLI_HEAD} head; fine-tune it with --task m3p_xnli (or the xnli objective)")
     model.eval()
     metrics = {}
-    for lang in a.langs or task.eval_langs():
-        split = f"{a.split}.{lang}"
-        task.load_dataset(split)
-        itr = task.get_batch_iterator(task.dataset(split), max_sentences=a.batch_size, seed=1).next_epoch_itr(shuffle=False)
+    for lang in a.langs or task.folder_langs("", "xnli", "XNLI data"):
+        dataset = xnli_dataset(task, a.split, [lang], seed=1)
+        itr = task.get_batch_iterator(dataset, max_sentences=a.batch_size, seed=1).next_epoch_itr(shuffle=False)
         correct = total = 0
         for sample in bar(f"xnli {lang}")(itr):
             net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
-            logits = model(**net_input, classification_head_name=XNLI_HEAD)["classification"]
+            logits = xnli_logits(model, net_input)
             correct += int((logits.argmax(-1).cpu() == sample["target"].view(-1)).sum())
             total += sample["target"].numel()
         metrics[lang] = {"acc": round(100.0 * correct / total, 2), "n": total}
@@ -151,11 +153,15 @@ def xnli(a, model, task, device):
 # ---- generation (captioning, MMT, NTG) ---------------------------------------------------------------
 
 def generation_dataset(task, split, target):
-    """The test set of one target: a caption language, an MMT direction or an NTG language."""
+    """The test set of one target: a caption language, an MMT direction or an NTG language (also of a model
+    fine-tuned with the ``ntg`` objective among others, whose checkpoint names the multitask task)."""
+    from ..data.ntg_dataset import ntg_dataset
     from ..tasks.captioning import M3PCaptioningTask
 
     if isinstance(task, M3PCaptioningTask):
         return task.images_to_caption(target, split), target
+    if "ntg" in getattr(task, "objectives", ()):
+        return ntg_dataset(task, split, [target]), target
     name = f"{split}.{target}"
     task.load_dataset(name)
     return task.dataset(name), target.split("-")[-1]
@@ -172,27 +178,44 @@ def generate(a, model, task, device):
     cfg = GenerationConfig(beam=a.beam, max_len_a=0, max_len_b=a.max_len_b, lenpen=a.lenpen)
     generator = task.build_generator([model], cfg)
     d = task.target_dictionary
+    lid = language_identifier(task.data_path(), d)
     metrics = {}
     for target in a.targets:
         dataset, out_lang = generation_dataset(task, a.split, target)
         itr = task.get_batch_iterator(dataset, max_sentences=a.batch_size, seed=1).next_epoch_itr(shuffle=False)
-        hyps, refs = {}, {}
+        hyps, refs, hyp_ids = {}, {}, {}
         for sample in bar(f"generate {target}")(itr):
             sample = utils.move_to_cuda(sample) if device == "cuda" else sample
             out = task.inference_step(generator, [model], sample)
             for i, sid in enumerate(sample["id"].tolist()):
-                hyps[sid] = d.string(out[i][0]["tokens"].int().cpu(), "sentencepiece")
+                hyp_ids[sid] = out[i][0]["tokens"].int().cpu()
+                hyps[sid] = d.string(hyp_ids[sid], "sentencepiece")
                 refs[sid] = d.string(utils.strip_pad(sample["target"][i], d.pad()).int().cpu(), "sentencepiece")
         order = sorted(hyps)
         scores = caption_scores([hyps[i] for i in order], [[refs[i] for i in order]], lang=out_lang)
+        if lid is not None and out_lang in lid.langs:
+            scores["right_language"] = lid.share([hyp_ids[i] for i in order], out_lang)
         metrics[target] = scores
         if a.hyps_dir:
             os.makedirs(a.hyps_dir, exist_ok=True)
             with open(os.path.join(a.hyps_dir, f"{a.split}.{target}.hyp"), "w", encoding="utf-8") as f:
                 f.writelines(hyps[i] + "\n" for i in order)
-        print(f"{target}: BLEU-4 {scores['bleu4']:.1f}  CIDEr {scores['cider']:.1f}  ({len(order)} items)  "
+        in_lang = f"  in {out_lang} {scores['right_language']:.0f}%" if "right_language" in scores else ""
+        print(f"{target}: BLEU-4 {scores['bleu4']:.1f}  CIDEr {scores['cider']:.1f}{in_lang}  ({len(order)} items)  "
               f"e.g. {hyps[order[0]]!r} for {refs[order[0]]!r}", flush=True)
     return metrics
+
+
+def language_identifier(data_dir, dictionary):
+    """The identifier of the output language (evaluation/language_id.py), learned from DATA/text; None (and
+    said) when the data folder has no text corpus to learn it from."""
+    from .language_id import LanguageIdentifier
+
+    if not os.path.isdir(os.path.join(data_dir, "text")):
+        print(f"{data_dir}/text: no text corpus; the share of outputs in the requested language "
+              f"(right_language) is not measured", file=sys.stderr)
+        return None
+    return LanguageIdentifier.from_data(data_dir, dictionary)
 
 
 def main(argv=None):

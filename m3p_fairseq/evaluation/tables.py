@@ -99,6 +99,8 @@ def captioning_table(doc):
     (the pre-trained model's IC, the demo's step 6); the objects its captions name where measured."""
     rows = {k: doc[k] for k in CAPTIONING if isinstance(doc.get(k), dict)}
     parts = [_table("Image captioning", rows, metric, section="captioning") for metric in ("bleu4", "cider")]
+    if _has(rows, RIGHT_LANGUAGE):
+        parts.append(_table("Captions written in the requested language, %", rows, RIGHT_LANGUAGE, section="captioning"))
     named = {k: v for k, v in rows.items() if any(isinstance(m, dict) and "object_precision" in m for m in v.values())}
     if named:
         parts.append(_table("Objects named in the captions, right / named", named, "object_precision",
@@ -120,6 +122,10 @@ def mmt_table(doc):
     pairs = list(m)
     out = ["**Multimodal MT** (BLEU-4)", "", "| " + " | ".join(pairs) + " |", "|" + "---|" * len(pairs),
            "| " + " | ".join(f"{m[p]['bleu4']:.1f}" if "bleu4" in m[p] else "-" for p in pairs) + " |"]
+    if any(RIGHT_LANGUAGE in m[p] for p in pairs):
+        out += ["", "Outputs in the target language, %:", "", "| " + " | ".join(pairs) + " |", "|" + "---|" * len(pairs),
+                "| " + " | ".join(f"{m[p][RIGHT_LANGUAGE]:.0f}" if RIGHT_LANGUAGE in m[p] else "-" for p in pairs)
+                + " |"]
     return "\n".join(out) + "\n"
 
 
@@ -127,12 +133,39 @@ def xnli_table(doc):
     return _table("XNLI", {"accuracy": doc.get("xnli", {})}, "acc", section="xnli")
 
 
+RIGHT_LANGUAGE = "right_language"  # percent of outputs written in the requested language (evaluation/language_id.py)
+
+
+def _has(rows, metric):
+    return any(isinstance(m, dict) and metric in m for per_lang in rows.values() if isinstance(per_lang, dict)
+               for m in per_lang.values())
+
+
 def ntg_table(doc):
-    return _table("News title generation", {"BLEU-4": doc.get("ntg", {})}, "bleu4", section="ntg")
+    rows = {"BLEU-4": doc.get("ntg", {})}
+    text = _table("News title generation", rows, "bleu4", section="ntg")
+    if _has(rows, RIGHT_LANGUAGE):
+        text += "\n" + _table("News titles written in the requested language, %", {"share": doc["ntg"]},
+                               RIGHT_LANGUAGE, section="ntg")
+    return text
+
+
+def transfer_table(doc):
+    """The transfer ratios (evaluation/transfer.py) beside the paper's."""
+    t = doc.get("transfer", {})
+    rows = [(name, r) for name, r in t.items() if isinstance(r, dict) and "ratio" in r]
+    if not rows:
+        return ""
+    out = ["**Cross-lingual transfer after English fine-tuning** (ratio: 1 = as good as English, 0 = chance)", "",
+           "| table | ratio | lowest language | the paper's |", "|---|---|---|---|"]
+    for name, r in rows:
+        low = min(r["per_lang"], key=r["per_lang"].get) if r.get("per_lang") else "-"
+        out.append(f"| {name} | {r['ratio']:.2f} | {low} {r['min']:.2f} | {r['paper']:.2f} |")
+    return "\n".join(out) + "\n"
 
 
 TABLES = {"retrieval": retrieval_table, "mild": mild_table, "captioning": captioning_table, "mmt": mmt_table,
-          "xnli": xnli_table, "ntg": ntg_table}
+          "xnli": xnli_table, "ntg": ntg_table, "transfer": transfer_table}
 
 
 SECTIONS = {"captioning": CAPTIONING}  # the results sections a table reads, where not just its name

@@ -254,7 +254,9 @@ def m3p_seq2seq_base(args):
 
 @register_model_architecture("m3p_seq2seq", "m3p_seq2seq_tiny")
 def m3p_seq2seq_tiny(args):
-    """For tests and the demo on the embedded world: 2 + 2 layers, 64 hidden, 4 heads, no dropout."""
-    set_defaults(args, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=256, encoder_attention_heads=4,
+    """For tests and the demo on the embedded world: 2 + 2 layers, 128 hidden, 4 heads, no dropout: m3p_tiny's
+    text encoder, so it starts from an m3p_tiny checkpoint (``m3p-import-xlmr --generation``) as
+    m3p_seq2seq_base starts from XLM-R base."""
+    set_defaults(args, encoder_layers=2, encoder_embed_dim=128, encoder_ffn_embed_dim=512, encoder_attention_heads=4,
                  dropout=0.0, attention_dropout=0.0, max_source_positions=130)
     m3p_seq2seq_base_architecture(args)

@@ -60,6 +60,16 @@ class PretrainedConfig(FairseqDataclass):
                 "task needs); a checkpoint in --save-dir still takes precedence, so an interrupted run resumes"})
 
 
+@dataclass
+class FinetuneLangsConfig(FairseqDataclass):
+    """Languages of a text fine-tuning set (XNLI, NTG): of the m3p_xnli / m3p_ntg tasks, and of their objectives
+    (``xnli``, ``ntg``) when fine-tuning keeps pre-training objectives on (multitask_multimodal)."""
+
+    train_langs: str = field(default="en", metadata={"help": "languages to fine-tune on (paper: en)"})
+    eval_langs: str = field(default="", metadata={
+        "help": "languages of the valid/test splits (default: every language of the set's folder, e.g. DATA/xnli)"})
+
+
 def split_and_langs(split, default_langs):
     """"test.de" -> ("test", ["de"]); "test" -> ("test", default_langs)."""
     if "." in split:

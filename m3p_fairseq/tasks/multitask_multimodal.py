@@ -20,11 +20,12 @@ from omegaconf import II
 from .. import checkpoints
 from ..data.code_switch import CodeSwitchConfig
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
+from ..data.ntg_dataset import NTGDataConfig
 from ..data.retrieval_dataset import RetrievalDataConfig
 from ..errors import M3PDataError
 from ..objectives import OBJECTIVES, stream_seed
 from ..utils import split_list
-from .base import M3PDataConfig, M3PTaskBase
+from .base import FinetuneLangsConfig, M3PDataConfig, M3PTaskBase
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class GenerationObjectivesConfig(FairseqDataclass):
 
 
 @dataclass
-class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeSwitchConfig, RetrievalDataConfig):
+class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeSwitchConfig, RetrievalDataConfig,
+                                FinetuneLangsConfig, NTGDataConfig):
     objectives: str = field(default="xmlm,mmlm,mrm,vlm", metadata={
         "help": "comma-separated objectives among " + ", ".join(OBJECTIVES) + " (understanding and generation "
                 "objectives train different models: one kind per run)"})

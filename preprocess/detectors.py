@@ -390,17 +390,9 @@ class ReferenceHdf5:
     BLOCK_BYTES = 32 << 20  # images are read in blocks of about this size: one h5py read each costs ~0.1 ms
 
     def __init__(self, paths, num_classes, **unused):
-        import h5py
-
         self.files = []  # (path, images, wh rows are height, width)
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:
-                raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
-            with f:  # closed before any worker forks: an HDF5 handle does not survive fork
+            with _open_hdf5(path) as f:  # closed before any worker forks: an HDF5 handle does not survive fork
                 need = [k for k in ("image_id", "wh", "features") if k not in f]
                 if "bbox" not in f and "boxes" not in f:
                     need.append("bbox")
@@ -450,6 +442,17 @@ class ReferenceHdf5:
                 yield Image(path, image_id, block_feats[i, :n], block_boxes[i, :n], classes, float(w), float(h), probs)
 
 
+def _open_hdf5(path):
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DetectorInputError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
+
+
 def _reference_wh_order(path, boxes_ds, wh, counts, sample=256):
     """True if ``wh`` rows are (height, width), as the reference reads them; checked on the boxes."""
     def fits(hw):
@@ -481,13 +484,7 @@ class GroupHdf5:
 
         self.files = []  # (path, image ids in the file's order)
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:
-                raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
-            with f:  # closed before any worker forks
+            with _open_hdf5(path) as f:  # closed before any worker forks
                 ids = list(f.keys())
                 if ids and not isinstance(f[ids[0]], h5py.Group):
                     raise DetectorInputError(f"{path}: not the boxes36 layout (one group per image; found a "

@@ -1,6 +1,7 @@
 """The embedded world's IGLUE-style sets: in e-bug/iglue's file shapes (read as its loaders read them), their
 images where the annotations say (the world's region store, or volta LMDBs that ``m3p-import-regions lmdb``
 imports), labels balanced as designed, the text alone near chance, the same files for the same seed."""
+import base64
 import collections
 import json
 import os
@@ -117,7 +118,7 @@ def test_pair_tasks_in_published_shapes_with_lmdb_features(world, tmp_path):
     some = sorted(raw)[:5]
     for image_id in some:
         got, item = store.get(store.index_of(image_id)), raw[image_id]
-        feats = np.frombuffer(__import__("base64").b64decode(item["features"]), np.float32).reshape(item["num_boxes"], -1)
+        feats = np.frombuffer(base64.b64decode(item["features"]), np.float32).reshape(item["num_boxes"], -1)
         np.testing.assert_allclose(got["features"], feats, rtol=1e-3, atol=1e-3)
         np.testing.assert_array_equal(got["classes"], item["objects"])
         assert (got["width"], got["height"]) == (item["img_w"], item["img_h"])

@@ -11,13 +11,14 @@ way), so a model trained on English must transfer. What a sentence says is decid
 * XVNLI: hypotheses the scene entails, contradicts or leaves open. Each kind of object appears at most
   once in a scene and a scene may be cut off at the image's border, so a hypothesis about an object
   the image does not show is undecidable (neutral) unless it also says something false about one it
-  shows. The three labels come in equal numbers with the same two templates ("the dog is red", "a red
-  dog left of a blue cup"), so the text alone says nothing about the label.
+  shows. The three labels come in equal numbers with the same two templates ("the dog is red" two
+  times in three, "a red dog left of a blue cup"), so the text alone says nothing about the label.
 * NLVR2 / MaRVL: statements about a pair of scenes ("the left image has a red dog and the right image
   has none", "both images have ...", "only one image has ...", "the left image has more objects than
-  the right image", "there are 5 objects in total", "one image has <scene>"). As NLVR2 was collected,
-  each set holds two image pairs and statements true of exactly one of them: every statement comes
-  once true and once false, so text alone is at chance.
+  the right image", "there are 5 objects in total", "one image has <scene>"; the first three, about
+  what each image shows, twice as often as the others). As NLVR2 was collected, each set holds two
+  image pairs and statements true of exactly one of them: every statement comes once true and once
+  false, so text alone is at chance.
 * Flickr30K / xFlickr&CO: captions of the world's images (five per image for English training, one per
   image and language for test, drawn independently per language as xFlickr&CO's were).
 
@@ -105,7 +106,9 @@ TEMPLATES = {
     "s_scene": {"en": "one image has {scene}", "de": "one image has {scene}", "fr": "one image has {scene}",
                 "cs": "one image has {scene}", "ja": "one image the {scene} has", "zh": "one image has {scene}"},
 }
-PAIR_TEMPLATES = ("s_left_only", "s_both", "s_one", "s_more", "s_total", "s_scene")
+# the pair templates, as often as each is picked in a set's turns: the statements about what each image shows twice as often
+# as those about counts and relations
+PAIR_TURNS = ("s_left_only", "s_left_only", "s_both", "s_both", "s_one", "s_one", "s_more", "s_total", "s_scene")
 # question kinds and their shares: no answer is right for more than about one question in eight
 XGQA_KINDS = (("q_colour", 0.35), ("q_object", 0.3), ("q_relation", 0.125), ("q_exist", 0.125), ("q_count", 0.1))
 
@@ -281,7 +284,7 @@ def xvnli_hypothesis(rng, scene, label):
     """(template, slots) of a hypothesis with ``label`` about ``scene``: a colour ("the dog is red") or a
     scene ("a red dog left of a blue cup"). Atoms about an object the image does not show are unknown:
     a false atom makes a contradiction, all true an entailment, otherwise it is neutral."""
-    if rng.random() < 0.5:
+    if rng.random() < 2 / 3:
         o, c, _ = scene[rng.integers(len(scene))]
         if label == "entailment":
             return "h_colour", {"o": OBJECTS[o], "c": COLOURS[c]}
@@ -405,16 +408,14 @@ def pair_set(world, rng, n_statements):
         for template, slots in _candidates(rng, scenes, OBJECTS[concept], [COLOURS[c] for c in palette]):
             if pair_truth(template, slots, *scenes[:2]) != pair_truth(template, slots, *scenes[2:]):
                 by_template.setdefault(template, []).append(slots)
-        picked, order = [], [t for t in rng.permutation(PAIR_TEMPLATES) if t in by_template]
-        while len(picked) < n_statements and order:
-            for template in list(order):
-                options = by_template[template]
-                if not options:
-                    order.remove(template)
-                    continue
-                picked.append((str(template), options.pop(int(rng.integers(len(options))))))
-                if len(picked) == n_statements:
-                    break
+        picked, turns = [], [str(t) for t in rng.permutation(PAIR_TURNS)]
+        while len(picked) < n_statements and any(by_template.get(t) for t in turns):
+            for template in turns:
+                options = by_template.get(template)
+                if options:
+                    picked.append((template, options.pop(int(rng.integers(len(options))))))
+                    if len(picked) == n_statements:
+                        break
         if len(picked) == n_statements:
             return concept, images, picked
 

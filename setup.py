@@ -21,6 +21,7 @@ setup(
         "omegaconf==2.3.0",
         "numpy",
         "h5py",
+        "lmdb",
         "sentencepiece",
         "sacrebleu>=1.4.12",
         "pycocoevalcap",

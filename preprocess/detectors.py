@@ -4,6 +4,8 @@
     m3p-import-regions tsv  trainval_*.tsv       DATA/regions/train.json   # bottom-up-attention TSV
     m3p-import-regions npz  npz_dir/             DATA/regions/train.json   # one {id}.npz per image
     m3p-import-regions hdf5 coco_train.h5        DATA/regions/train.json   # the M3P reference code's HDF5
+    m3p-import-regions boxes36 nlvr2_boxes36.h5  DATA/regions/nlvr2.json   # IGLUE/volta: one group per image
+    m3p-import-regions lmdb marvl-zh_X101.lmdb   DATA/regions/marvl-zh.json  # volta's LMDB (folder or file)
 
 Source formats, as their tools write them:
 
@@ -25,6 +27,20 @@ Source formats, as their tools write them:
   ``boxes`` (N x R x 4), ``features`` (N x R x D), ``objects`` or ``object`` (N x R) else
   ``distribution`` (N x R x K, argmax taken). The reference unpacks ``wh`` as ``h, w``; if every
   box fits only the other way round, that order is used and said.
+* boxes36 (IGLUE's ResNet-101 36-box features, volta's detectron2 extractors): one group per image,
+  named by the image file's stem, with ``features`` (N x D), ``boxes`` (N x 4, pixels), ``obj_id``,
+  ``obj_conf``, ``img_w``, ``img_h``; ``obj_id`` gives the classes.
+* lmdb (volta / IGLUE ``*_X101.lmdb``, ``*_boxes36.lmdb``): an LMDB folder or a single LMDB file (IGLUE's
+  downloads arrive as files); each value a pickled dict of one image (base64 float32 ``features`` /
+  ``boxes`` with ``img_h``, ``img_w``, ``num_boxes``, ``objects``, ``cls_prob`` as npy_to_lmdb writes it;
+  the plain arrays of a boxes36 group as h5_to_lmdb writes it; or the LXMERT TSV's strings), ``keys``
+  the pickled list of keys. Values are read with the same restricted unpickler as ``_info.npy``: one
+  that would run code or build any object but plain containers and numpy arrays is refused. The image
+  id is the key as text.
+
+Image ids are the names the feature files give: file stems (``1007129816``, ``82-6``, ``dev-850-0-img0``,
+``n161313``), LMDB keys decoded. Annotations that name an image with its extension (Flickr30K's and
+MaRVL's ``img_path`` / ``left_img`` ``82-6.jpg``) meet them by that stem.
 
 Every image is validated while converting (feature size, finite values, boxes inside the image,
 1 <= regions <= --max-regions, class ids in range); the first bad one stops the run with one line
@@ -42,6 +58,7 @@ import base64
 import csv
 import functools
 import glob
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -53,11 +70,11 @@ import traceback
 
 import numpy as np
 
-from m3p_fairseq.data.region_store import (RegionDataError, RegionIndex, RegionShardWriter, merge_manifests,
-                                           write_manifest)
+from m3p_fairseq.data.region_store import (H5_READ_ERRORS, RegionDataError, RegionIndex, RegionShardWriter,
+                                           merge_manifests, write_manifest)
 from m3p_fairseq.errors import M3PInputError, not_utf8_message
 
-FORMATS = ("mmf", "tsv", "npz", "hdf5")
+FORMATS = ("mmf", "tsv", "npz", "hdf5", "boxes36", "lmdb")
 TSV_FIELDS = "image_id,image_w,image_h,num_boxes,boxes,features"
 
 
@@ -65,34 +82,50 @@ class DetectorInputError(M3PInputError):
     """Bad detector output; the message names the file and the image id or line."""
 
 
-# ---- restricted unpickling of MMF's _info.npy ----------------------------------------------------
+# ---- restricted unpickling (MMF's _info.npy, volta's LMDB values) ------------------------------------
 
 def _numpy_core():
     return getattr(np, "_core", None) or np.core
 
 
-class InfoUnpickler(pickle.Unpickler):
+class PlainUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays / scalars / dtypes and plain containers; refuses every other global.
 
-    Plain containers (dict, list, tuple, str, numbers) need no global in a pickle; the globals a
-    numpy object array of them needs are the four below (numpy 1.x and 2.x spell the module
-    differently) plus ``_codecs.encode``, which protocol-2 pickles use for raw bytes.
+    Plain containers (dict, list, tuple, str, bytes, numbers, None) need no global in a pickle; the
+    globals a numpy array or scalar needs are the ones below (numpy 1.x and 2.x spell the module
+    differently; protocol 5 rebuilds arrays with ``_frombuffer``) plus ``_codecs.encode``, which
+    protocol-2 pickles use for raw bytes. ``what`` names the kind of file in the refusal.
     """
 
+    def __init__(self, file, what="pickle"):
+        super().__init__(file)
+        self.what = what
+
     def find_class(self, module, name):
-        core = _numpy_core().multiarray
+        core = _numpy_core()
         allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): core._reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): core._reconstruct,
-            ("numpy.core.multiarray", "scalar"): core.scalar,
-            ("numpy._core.multiarray", "scalar"): core.scalar,
+            ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+            ("numpy.core.multiarray", "scalar"): core.multiarray.scalar,
+            ("numpy._core.multiarray", "scalar"): core.multiarray.scalar,
+            ("numpy.core.numeric", "_frombuffer"): core.numeric._frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): core.numeric._frombuffer,
             ("numpy", "ndarray"): np.ndarray,
             ("numpy", "dtype"): np.dtype,
             ("_codecs", "encode"): _latin1_encode,
         }
         if (module, name) in allowed:
             return allowed[(module, name)]
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in an _info.npy file")
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in {self.what}")
+
+
+PICKLE_ERRORS = (pickle.UnpicklingError, ValueError, EOFError, TypeError, AttributeError, IndexError, KeyError,
+                 MemoryError, OverflowError, UnicodeDecodeError)
+
+
+def _refusal(e):
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"refused or unreadable ({e.__class__.__name__}: {first})"
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -102,7 +135,7 @@ def _latin1_encode(text, encoding="latin1"):
 
 
 def load_info_npy(path):
-    """The dict an ``np.save(path, dict)`` wrote, through InfoUnpickler (never numpy's allow_pickle)."""
+    """The dict an ``np.save(path, dict)`` wrote, through PlainUnpickler (never numpy's allow_pickle)."""
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -110,11 +143,11 @@ def load_info_npy(path):
             _, _, dtype = read_header(f)
             if not dtype.hasobject:
                 raise DetectorInputError(f"{path}: expected a pickled dict (np.save of a dict), found a {dtype} array")
-            obj = InfoUnpickler(f).load()
+            obj = PlainUnpickler(f, "an _info.npy file").load()
     except DetectorInputError:
         raise
-    except (pickle.UnpicklingError, ValueError, EOFError, OSError, TypeError, AttributeError) as e:
-        raise DetectorInputError(f"{path}: refused or unreadable ({e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+    except PICKLE_ERRORS + (OSError,) as e:
+        raise DetectorInputError(f"{path}: {_refusal(e)}")
     if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
         obj = obj.item()
     if not isinstance(obj, dict):
@@ -357,17 +390,9 @@ class ReferenceHdf5:
     BLOCK_BYTES = 32 << 20  # images are read in blocks of about this size: one h5py read each costs ~0.1 ms
 
     def __init__(self, paths, num_classes, **unused):
-        import h5py
-
         self.files = []  # (path, images, wh rows are height, width)
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:
-                raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
-            with f:  # closed before any worker forks: an HDF5 handle does not survive fork
+            with _open_hdf5(path) as f:  # closed before any worker forks: an HDF5 handle does not survive fork
                 need = [k for k in ("image_id", "wh", "features") if k not in f]
                 if "bbox" not in f and "boxes" not in f:
                     need.append("bbox")
@@ -417,6 +442,17 @@ class ReferenceHdf5:
                 yield Image(path, image_id, block_feats[i, :n], block_boxes[i, :n], classes, float(w), float(h), probs)
 
 
+def _open_hdf5(path):
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DetectorInputError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DetectorInputError(f"{path}: not an HDF5 file ({str(e).splitlines()[0][:160]})")
+
+
 def _reference_wh_order(path, boxes_ds, wh, counts, sample=256):
     """True if ``wh`` rows are (height, width), as the reference reads them; checked on the boxes."""
     def fits(hw):
@@ -435,7 +471,210 @@ def _reference_wh_order(path, boxes_ds, wh, counts, sample=256):
     return True  # neither: validation names the first image that does not fit
 
 
-SOURCES = {"mmf": MmfFiles, "tsv": TsvLines, "npz": NpzFiles, "hdf5": ReferenceHdf5}
+class GroupHdf5:
+    """boxes36: one HDF5 group per image, named by the image's file stem, holding ``features``
+    (N x D), ``boxes`` (N x 4, pixels), ``obj_id`` (N), ``obj_conf`` (N), ``img_w``, ``img_h``
+    (scalars), as IGLUE's / volta's detectron2 extractors write them (``attr_id`` / ``attr_conf``
+    are not read)."""
+
+    NEEDED = ("features", "boxes", "obj_id", "img_w", "img_h")
+
+    def __init__(self, paths, num_classes, **unused):
+        import h5py
+
+        self.files = []  # (path, image ids in the file's order)
+        for path in paths:
+            with _open_hdf5(path) as f:  # closed before any worker forks
+                ids = list(f.keys())
+                if ids and not isinstance(f[ids[0]], h5py.Group):
+                    raise DetectorInputError(f"{path}: not the boxes36 layout (one group per image; found a "
+                                             f"dataset {ids[0]!r}); the M3P reference layout is format hdf5")
+            self.files.append((path, ids))
+        self.units, self.num_classes = sum(len(ids) for _, ids in self.files), num_classes
+
+    def count(self, lo, hi):
+        return hi - lo
+
+    def images(self, lo, hi):
+        import h5py
+
+        ids_of = dict(self.files)
+        for path, a, b in _ranges_in_files([(p, len(ids)) for p, ids in self.files], lo, hi):
+            with h5py.File(path, "r") as f:
+                for image_id in ids_of[path][a:b]:
+                    where = f"{path}: image {image_id!r}"
+                    try:
+                        g = f[image_id]
+                        if not isinstance(g, h5py.Group):
+                            raise DetectorInputError(f"{where}: a dataset where the boxes36 layout has a group")
+                        missing = [k for k in self.NEEDED if k not in g]
+                        if missing:
+                            raise DetectorInputError(f"{where}: no {missing[0]!r} (has {', '.join(g.keys())})")
+                        arrays = {k: g[k][()] for k in self.NEEDED}
+                    except H5_READ_ERRORS as e:
+                        raise DetectorInputError(f"{where}: unreadable ({str(e).splitlines()[0][:160]})")
+                    yield Image(path, image_id, arrays["features"], np.asarray(arrays["boxes"], dtype=np.float32),
+                                np.asarray(arrays["obj_id"]).astype(np.int64).reshape(-1),
+                                _number(where, "img_w", arrays["img_w"]), _number(where, "img_h", arrays["img_h"]))
+
+
+def _number(where, field, value):
+    try:
+        return float(value.decode() if isinstance(value, bytes) else value)
+    except (TypeError, ValueError):
+        raise DetectorInputError(f"{where}: {field} is {value!r}, expected a number")
+
+
+class VoltaLmdb:
+    """volta's LMDB (IGLUE's ``*_X101.lmdb`` / ``*_boxes36.lmdb``), a folder or a single file: each value a
+    pickled dict of one image, a ``keys`` entry the pickled list of the keys. The dict is what volta's
+    converters write: npy_to_lmdb (base64 float32 ``features`` / ``boxes``, ``img_h``, ``img_w``,
+    ``num_boxes``, ``objects``, ``cls_prob``), h5_to_lmdb (the boxes36 group's arrays as they are:
+    ``features``, ``boxes``, ``obj_id``, ``img_w``, ``img_h``) or the LXMERT TSV route (every field a
+    string, base64 ``objects_id``). Values go through PlainUnpickler: one that would run code or build
+    anything but plain containers and numpy arrays is refused. The image id is the key, decoded."""
+
+    FILE_KIND = "a volta LMDB value"
+
+    def __init__(self, paths, num_classes, feat_dim=None, **unused):
+        self.files, self.num_classes = [], num_classes  # (path, raw keys)
+        for path in paths:
+            env = _open_lmdb(path)
+            try:
+                with env.begin() as txn:
+                    raw = txn.get(b"keys")
+                    if raw is None:  # no key list: every key but the list's own, in LMDB's order
+                        keys = [k for k in txn.cursor().iternext(keys=True, values=False) if k != b"keys"]
+                    else:
+                        keys = _unpickle(raw, path, "the keys entry")
+                        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (bytes, str)) for k in keys):
+                            raise DetectorInputError(f"{path}: the keys entry is a {type(keys).__name__}, "
+                                                     f"expected a list of keys")
+                        keys = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+            except lmdb_errors() as e:
+                raise DetectorInputError(f"{path}: unreadable LMDB ({str(e).splitlines()[0][:160]})")
+            finally:
+                env.close()
+            self.files.append((path, keys))
+        self.units = sum(len(keys) for _, keys in self.files)
+
+    def count(self, lo, hi):
+        return hi - lo
+
+    def images(self, lo, hi):
+        keys_of = dict(self.files)
+        for path, a, b in _ranges_in_files([(p, len(k)) for p, k in self.files], lo, hi):
+            env = _open_lmdb(path)  # per call: an LMDB handle must not cross a fork
+            try:
+                with env.begin() as txn:
+                    for key in keys_of[path][a:b]:
+                        image_id = _key_text(path, key)
+                        try:
+                            raw = txn.get(key)
+                        except lmdb_errors() as e:
+                            raise DetectorInputError(f"{path}: image {image_id!r}: unreadable ({str(e)[:160]})")
+                        if raw is None:
+                            raise DetectorInputError(f"{path}: image {image_id!r} is in the keys entry but has no value")
+                        yield self._image(path, image_id, _unpickle(raw, path, f"image {image_id!r}"))
+            finally:
+                env.close()
+
+    def _image(self, path, image_id, item):
+        where = f"{path}: image {image_id!r}"
+        if not isinstance(item, dict):
+            raise DetectorInputError(f"{where}: the value is a {type(item).__name__}, expected a dict")
+
+        def field(*names):
+            return next((item[n] for n in names if item.get(n) is not None), None)
+
+        need = {"features": ("features",), "boxes": ("boxes", "bbox"), "img_w": ("img_w", "image_w", "image_width"),
+                "img_h": ("img_h", "image_h", "image_height")}
+        got = {k: field(*names) for k, names in need.items()}
+        missing = [k for k, v in got.items() if v is None]
+        if missing:
+            raise DetectorInputError(f"{where}: no {missing[0]!r} field (has {', '.join(map(str, item))})")
+        n = field("num_boxes")
+        boxes = _lmdb_array(path, image_id, "boxes", got["boxes"], np.float32, None if n is None else _count(where, n))
+        rows = boxes.size // 4 if n is None else _count(where, n)
+        if isinstance(got["boxes"], (bytes, str)) and n is not None and boxes.shape[1] == 8:
+            boxes = _lmdb_array(path, image_id, "boxes", got["boxes"], np.float64, rows)  # float64 boxes, 8 bytes each
+        boxes = boxes.reshape(-1, 4) if boxes.size % 4 == 0 else boxes
+        features = _lmdb_array(path, image_id, "features", got["features"], np.float32, rows)
+        objects, cls_prob = field("objects", "obj_id", "objects_id"), field("cls_prob")
+        if objects is not None:
+            objects = _lmdb_array(path, image_id, "objects", objects, (), rows).reshape(-1)
+        if cls_prob is not None:
+            cls_prob = _lmdb_array(path, image_id, "cls_prob", cls_prob, np.float32, rows)
+        classes, probs = classes_from(path, image_id, objects, cls_prob, self.num_classes)
+        return Image(path, image_id, features, boxes, classes, _number(where, "img_w", got["img_w"]),
+                     _number(where, "img_h", got["img_h"]), probs)
+
+
+def lmdb_errors():
+    import lmdb
+
+    return (lmdb.Error,)
+
+
+def _open_lmdb(path):
+    """A read-only handle on an LMDB folder or single file, refused (one line) if it is not one or is
+    shorter than its own header says: a page past the end of a mapped file would kill the process."""
+    import lmdb
+
+    if not os.path.exists(path):
+        raise DetectorInputError(f"{path}: no such file or folder")
+    folder = os.path.isdir(path)
+    try:
+        env = lmdb.open(path, subdir=folder, readonly=True, lock=False, readahead=False, meminit=False, max_dbs=0)
+    except lmdb.Error as e:
+        raise DetectorInputError(f"{path}: not an LMDB {'folder' if folder else 'file'} ({str(e).splitlines()[0][:160]})")
+    data = os.path.join(path, "data.mdb") if folder else path
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if os.path.getsize(data) < need:
+        env.close()
+        raise DetectorInputError(f"{data}: truncated LMDB ({os.path.getsize(data)} bytes, its header says at least {need})")
+    return env
+
+
+def _unpickle(raw, path, what):
+    try:
+        return PlainUnpickler(io.BytesIO(raw), VoltaLmdb.FILE_KIND).load()
+    except PICKLE_ERRORS as e:
+        raise DetectorInputError(f"{path}: {what}: value {_refusal(e)}")
+
+
+def _key_text(path, key):
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DetectorInputError(f"{path}: key {key[:60]!r} is not UTF-8")
+
+
+def _count(where, value):
+    try:
+        n = int(value.decode() if isinstance(value, bytes) else value)
+    except (TypeError, ValueError):
+        raise DetectorInputError(f"{where}: num_boxes is {value!r}, expected a number")
+    if n < 1:
+        raise DetectorInputError(f"{where}: zero regions, expected at least 1")
+    return n
+
+
+def _lmdb_array(path, image_id, field, value, dtype, rows):
+    """An array field as volta stores it: a numpy array, or base64 (bytes or str) of its raw values;
+    ``rows`` the region count where known."""
+    if isinstance(value, (bytes, str)):
+        return _b64(path, image_id, field, value, dtype, rows or 1).reshape((rows, -1) if rows else (-1,))
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise DetectorInputError(f"{path}: image {image_id!r}: field {field} holds {arr.dtype}, expected numbers")
+    if rows and arr.ndim == 1 and arr.size % rows == 0 and field != "objects":
+        arr = arr.reshape(rows, -1)
+    return arr
+
+
+SOURCES = {"mmf": MmfFiles, "tsv": TsvLines, "npz": NpzFiles, "hdf5": ReferenceHdf5, "boxes36": GroupHdf5,
+           "lmdb": VoltaLmdb}
 
 
 # ---- converting ------------------------------------------------------------------------------------
@@ -463,18 +702,45 @@ def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_c
     store is the one a single process writes: same ids, rows and arrays; shard boundaries may
     differ). ``part`` (K, N): convert only the K-th of N slices of the input, to merge later with
     ``merge_manifests`` (m3p-merge-manifests)."""
-    from tqdm import tqdm
-
     if fmt not in SOURCES:
         raise DetectorInputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if images_per_shard < 1:
         raise DetectorInputError("--images-per-shard must be at least 1")
     if workers < 1:
         raise DetectorInputError("--workers must be at least 1")
-    k, n = part
     out_dir = os.path.dirname(os.path.abspath(manifest))
     stem = os.path.basename(manifest)
     stem = stem[:-len(".json")] if stem.endswith(".json") else stem
+    created = _missing_folders(out_dir)
+    try:
+        return _convert(fmt, sources, manifest, out_dir, stem, images_per_shard, feat_dim, num_classes, max_regions,
+                        with_class_probs, tsv_fields, progress, workers, part)
+    except BaseException:
+        for folder in created:  # deepest first: a failed run leaves no empty folders behind
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def _missing_folders(folder):
+    """The folders that creating ``folder`` makes, deepest first."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _convert(fmt, sources, manifest, out_dir, stem, images_per_shard, feat_dim, num_classes, max_regions,
+             with_class_probs, tsv_fields, progress, workers, part):
+    from tqdm import tqdm
+
+    k, n = part
     os.makedirs(out_dir, exist_ok=True)
     source = SOURCES[fmt](sources, num_classes=num_classes, feat_dim=feat_dim, tsv_fields=tsv_fields)
     if feat_dim is None:

@@ -32,6 +32,7 @@ Output (OUT is the argument):
     OUT/raw/xnli/XNLI-MT-1.0/multinli/multinli.train.{lang}.tsv
     OUT/raw/ntg/xglue.ntg.{lang}.{src,tgt}.{train,dev,test}   news body -> title (train: en only)
     OUT/raw/mild/{lang}/{train,dev,test}.tsv       query<TAB>image_id<TAB>context on the world's images
+    OUT/raw/iglue/...                              IGLUE-style sets in e-bug/iglue's layout (preprocess/iglue_world.py)
     OUT/regions/{split}.json + {split}.{k}.h5      the region store (manifest + shards)
     OUT/world.json                                 the generator's settings
 """
@@ -460,6 +461,10 @@ def main(argv=None):
     p.add_argument("--xnli-eval", type=int, default=None, help="XNLI dev and test pairs per language (default: 3 x --test-images)")
     p.add_argument("--ntg-train", type=int, default=None, help="NTG training items, English (default: --train-images)")
     p.add_argument("--ntg-eval", type=int, default=None, help="NTG dev and test items per language (default: --test-images)")
+    p.add_argument("--iglue-train", type=int, default=None,
+                   help="English training examples of each IGLUE-style task (default: --train-images)")
+    p.add_argument("--iglue-test", type=int, default=None,
+                   help="IGLUE-style test examples per task and language (default: 3 x --test-images)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.train_images < 1 or a.test_images < 2 or a.feat_dim < 8:
@@ -480,6 +485,9 @@ def main(argv=None):
     write_mild(world, a.out, scenes, a.seed)
     a.parallel_pairs = a.text_sentences * 3 // 20 if a.parallel_pairs is None else a.parallel_pairs
     write_parallel(world, a.out, a.parallel_pairs, a.seed)  # its own random stream too
+    from .iglue_world import write_iglue  # it builds on this module
+
+    write_iglue(world, a.out, scenes, a.seed, a.iglue_train or a.train_images, a.iglue_test or 3 * a.test_images)
     with open(os.path.join(a.out, "world.json"), "w") as f:
         json.dump({**vars(a), "num_classes": world.num_classes, "caption_langs": CAPTION_LANGS,
                    "text_langs": TEXT_LANGS}, f, indent=1)

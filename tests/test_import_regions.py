@@ -43,6 +43,8 @@ def _check_round_trip(manifest, images=IMAGES, probs=False):
 
 
 def _no_leftovers(folder):
+    if not os.path.exists(folder):  # a failed run removes the folders it made
+        return []
     return [n for n in os.listdir(folder) if n.endswith((".h5", ".json", ".index")) or "-regions-" in n]
 
 

@@ -271,7 +271,11 @@ def _resampled(task, dataset, split, epoch, seed, scale):
     """A dataset resampled to its share of the updates (--objective-ratios), else as it is."""
     if scale == 1.0:
         return dataset
-    return ResamplingDataset(dataset, size_ratio=scale, seed=seed, epoch=epoch, replace=scale >= 1.0)
+    # fairseq's ResamplingDataset can order by size only a dataset whose sizes are one array; a
+    # NestedDictionaryDataset's (XNLI's items) are a list, and are kept in the resampled (random) order
+    by_size = not isinstance(dataset.sizes, (list, tuple))
+    return ResamplingDataset(dataset, size_ratio=scale, seed=seed, epoch=epoch, replace=scale >= 1.0,
+                             batch_by_size=by_size)
 
 
 # ---- losses ----------------------------------------------------------------------------------------

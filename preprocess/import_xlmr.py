@@ -8,7 +8,10 @@ writes ``xlmr-m3p/{model.pt,dict.txt,sentencepiece.bpe.model}`` (see preprocess/
 text encoder reproduces the source's hidden states, the region stream and the MRM/VLM heads start
 from their initialization. Sizes come from the source (base, large, or any other).
 ``--generation --langs en,de,...`` writes the generation model instead (encoder and shared decoder
-from the same weights; cross-attention, regions and the language vectors start fresh).
+from the same weights; cross-attention and the language vectors start fresh, the region stream too
+unless the source has one). The source may also be an M3P understanding checkpoint (fairseq-train's
+``checkpoint_*.pt`` as model.pt beside the data's dict.txt and sentencepiece.bpe.model): the generation
+model then starts from it, its region stream included, as the demo's starts from its stand-in for XLM-R.
 
 HuggingFace -> fairseq differs in three places, handled here:
   * HF adds ``token_type_embeddings[0]`` to every token; fairseq has no token types, so that row
@@ -185,7 +188,7 @@ def hf_dims(cfg, state_fs, region_feat_dim, num_region_classes):
                 activation_fn=HF_ACTIVATIONS[cfg.get("hidden_act", "gelu")],
                 dropout=cfg.get("hidden_dropout_prob", 0.1),
                 attention_dropout=cfg.get("attention_probs_dropout_prob", 0.1),
-                region_feat_dim=region_feat_dim, num_region_classes=num_region_classes)
+                **region_sizes({}, None, region_feat_dim=region_feat_dim, num_region_classes=num_region_classes))
 
 
 def check_hf_tokenizer(src, dictionary):
@@ -242,6 +245,27 @@ def fairseq_source_args(state, source):
     return get
 
 
+# the region stream of an M3P checkpoint (an understanding model trained here, e.g. the demo's stand-in for
+# XLM-R): its sizes are the source's, as the text sizes are
+REGION_SIZES = {"region_feat_dim": ("encoder.region_embed.feat_proj.weight", 1),
+                "num_region_classes": ("encoder.mrm_cls_head.out_proj.weight", 0)}
+REGION_DEFAULTS = {"region_feat_dim": 2048, "num_region_classes": 1600}
+
+
+def region_sizes(model_state, source, **given):
+    """{region_feat_dim, num_region_classes}: the source's where it has a region stream (a given size must agree),
+    else the given ones, else the usual detector's (2048-d features, 1,600 Visual Genome classes)."""
+    out = {}
+    for name, (key, axis) in REGION_SIZES.items():
+        theirs = model_state[key].shape[axis] if key in model_state else None
+        ours = given.get(name)
+        if theirs is not None and ours is not None and ours != theirs:
+            raise WeightImportError(f"{source}: --{name.replace('_', '-')} {ours}, but the checkpoint's region stream "
+                                    f"has {theirs} ({key})")
+        out[name] = theirs or ours or REGION_DEFAULTS[name]
+    return out
+
+
 def import_fairseq(src, staging, region_feat_dim, num_region_classes, trust=False):
     source = os.path.join(src, "model.pt")
     state = weights.load_torch(source, trust)
@@ -277,13 +301,14 @@ def import_fairseq(src, staging, region_feat_dim, num_region_classes, trust=Fals
                 activation_fn=get("activation_fn", "gelu") or "gelu", dropout=get("dropout", 0.1),
                 attention_dropout=get("attention_dropout", 0.1),
                 normalize_before=bool(get("encoder_normalize_before", False)),
-                region_feat_dim=region_feat_dim, num_region_classes=num_region_classes)
+                **region_sizes(model_state, source, region_feat_dim=region_feat_dim,
+                               num_region_classes=num_region_classes))
     return dims, model_state, spm_path, {"source": os.path.abspath(src), "format": "fairseq"}
 
 
 # ---- both --------------------------------------------------------------------------------------
 
-def import_xlmr(src, out_dir, region_feat_dim=2048, num_region_classes=1600, trust=False, generation_langs=None):
+def import_xlmr(src, out_dir, region_feat_dim=None, num_region_classes=None, trust=False, generation_langs=None):
     """Convert ``src`` (fairseq or HF XLM-R folder) into ``out_dir``; returns the model's Dims.
 
     With ``generation_langs`` ("en,de,..."), model.pt is the generation model (models/m3p_seq2seq.py):
@@ -329,8 +354,11 @@ def main(argv=None):
     p.add_argument("src", help="fairseq XLM-R folder (model.pt, dict.txt, sentencepiece.bpe.model) or HuggingFace "
                                "folder (config.json, pytorch_model.bin or model.safetensors, sentencepiece.bpe.model)")
     p.add_argument("out_dir", help="receives model.pt, dict.txt, sentencepiece.bpe.model")
-    p.add_argument("--region-feat-dim", type=int, default=2048, help="region feature size of your detector")
-    p.add_argument("--num-region-classes", type=int, default=1600, help="detector classes (MRM classification)")
+    p.add_argument("--region-feat-dim", type=int, default=None,
+                   help="region feature size of your detector (default: the source's region stream if it has one, "
+                        "as an M3P checkpoint does; else 2048)")
+    p.add_argument("--num-region-classes", type=int, default=None,
+                   help="detector classes, MRM classification (default: the source's if it has an MRM head; else 1600)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load pickled objects that safe loading refuses (only for files you trust: they can run code)")
     p.add_argument("--generation", action="store_true",

@@ -57,16 +57,63 @@ def downstream_eval(*argv):
     return out.getvalue()
 
 
+def as_generation_model(und_checkpoint, data, out):
+    """An understanding checkpoint made the generation model's start the way a user makes XLM-R's:
+    a folder with model.pt, dict.txt and sentencepiece.bpe.model, then m3p-import-xlmr --generation."""
+    from preprocess.import_xlmr import main as import_xlmr
+
+    src = os.path.join(out, "src")
+    os.makedirs(src)
+    os.symlink(os.path.abspath(und_checkpoint), os.path.join(src, "model.pt"))
+    for name in ("dict.txt", "sentencepiece.bpe.model"):
+        os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(src, name))
+    langs = ",".join(sorted(os.listdir(os.path.join(data, "text"))))
+    import_xlmr([src, os.path.join(out, "gen"), "--generation", "--langs", langs, "--region-feat-dim", "32"])
+    return os.path.join(out, "gen", "model.pt")
+
+
 @pytest.fixture(scope="module")
 def pretrained(tiny_world, tmp_path_factory):
-    """A few updates of pre-training for each model kind: the starting points of fine-tuning."""
+    """A few updates of pre-training for each model kind: the starting points of fine-tuning. The generation
+    model starts from the understanding one (as the demo's starts from its stand-in for XLM-R)."""
     base = tmp_path_factory.mktemp("pretrained")
     data = tiny_world["data"]
     und = fairseq_train(data, str(base / "und"), "--task", "multitask_multimodal", "--arch", "m3p_tiny",
                         "--criterion", "m3p_pretrain", "--objectives", "mmlm,vlm", updates=4)
+    converted = as_generation_model(und, data, str(base / "converted"))
     gen = fairseq_train(data, str(base / "gen"), "--task", "multitask_multimodal", "--arch", "m3p_seq2seq_tiny",
-                        "--criterion", "m3p_generation", "--objectives", "xdae,ic", updates=4)
-    return {"und": und, "gen": gen}
+                        "--criterion", "m3p_generation", "--objectives", "xdae,ic", "--restore-file", converted,
+                        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler", updates=4)
+    return {"und": und, "gen": gen, "converted": converted}
+
+
+def test_generation_model_from_an_understanding_checkpoint(tiny_world, pretrained):
+    """The converted generation model computes, at initialization, the encoder states of the understanding
+    checkpoint it came from (language vectors at zero), its decoder shares those layers, and the fresh parts
+    (cross-attention) are what differs."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    from m3p_fairseq.models.m3p_seq2seq import M3PSeq2SeqModel, assert_ties
+
+    data = tiny_world["data"]
+    (und,), _, task = checkpoint_utils.load_model_ensemble_and_task([pretrained["und"]], arg_overrides={"data": data})
+    (gen,), _, _ = checkpoint_utils.load_model_ensemble_and_task([pretrained["converted"]], arg_overrides={"data": data})
+    assert isinstance(gen, M3PSeq2SeqModel)
+    assert_ties(gen.encoder.sentence_encoder, gen.decoder)
+    d = task.source_dictionary
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(d.nspecial, len(d) - 1, (3, 9), generator=g)
+    tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
+    tokens[1, -3:] = d.pad()
+    mask = tokens.ne(d.pad())
+    und.eval(), gen.eval()
+    with torch.no_grad():
+        ref, _ = und.encoder.extract_features(tokens)
+        for lang in range(len(gen.langs)):  # every language: the language vectors start at zero
+            ours = gen.encoder(tokens, src_lang=torch.full((3,), lang))["encoder_out"][0].transpose(0, 1)
+            assert (ours - ref)[mask].abs().max().item() < 1e-5
+    assert torch.equal(gen.decoder.layers[0].fc1.weight, und.encoder.sentence_encoder.layers[0].fc1.weight)
 
 
 def test_retrieval_finetune_full_and_two_stage(tiny_world, pretrained, tmp_path):
@@ -116,6 +163,34 @@ def test_retrieval_finetune_with_tcl_kept_on(tiny_world, pretrained, tmp_path, c
     out = downstream_eval("retrieval", data, "--path", ckpt, "--langs", "en,de", "--two-stage", "--top-k", "3",
                           "--results", str(tmp_path / "r.json"), "--cpu")
     assert "en: mR" in out and "de: mR" in out and "dual_mR" in out
+
+
+def test_xnli_and_ntg_with_pre_training_objectives_kept_on(tiny_world, pretrained, tmp_path, caplog):
+    """English XNLI beside TCL (xnli,tcl) and English NTG beside xDAE (ntg,xdae): stock fairseq-train
+    --finetune-from-model, updates of both objectives, checkpoints the evaluations read (the NTG outputs with
+    the share written in the requested language)."""
+    data = tiny_world["data"]
+    runs = {}
+    for name, arch, criterion, objectives, start in (
+            ("xnli", "m3p_tiny", "m3p_pretrain", "xnli,tcl", pretrained["und"]),
+            ("ntg", "m3p_seq2seq_tiny", "m3p_generation", "ntg,xdae", pretrained["gen"])):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            runs[name] = fairseq_train(data, str(tmp_path / name), "--task", "multitask_multimodal", "--arch", arch,
+                                       "--criterion", criterion, "--objectives", objectives, "--objective-ratios",
+                                       "1,1", "--finetune-from-model", start, updates=6)
+        per_update = [json.loads(r.getMessage()) for r in caplog.records if r.name == "train_inner"]
+        # (an objective's loss is logged in the updates that trained it: one objective per update)
+        seen = {k: sum(s.get(f"{k}_loss") is not None for s in per_update) for k in objectives.split(",")}
+        assert all(seen.values()) and sum(seen.values()) == len(per_update), seen
+    results = str(tmp_path / "r.json")
+    downstream_eval("xnli", data, "--path", runs["xnli"], "--langs", "en,de", "--results", results, "--cpu")
+    downstream_eval("generate", data, "--path", runs["ntg"], "--targets", "en,de", "--beam", "2", "--max-len-b",
+                    "12", "--results", results, "--key", "ntg", "--cpu")
+    doc = json.load(open(results))
+    assert set(doc["xnli"]) == {"en", "de"} and all(v["n"] == 72 for v in doc["xnli"].values())
+    assert set(doc["ntg"]) == {"en", "de"}
+    assert all(0 <= v["right_language"] <= 100 and "bleu4" in v for v in doc["ntg"].values())
 
 
 def test_mild_with_and_without_context(tiny_world, pretrained, tmp_path):

@@ -37,3 +37,14 @@ m3p_train() {
         || { echo "fairseq-train failed: see $save.log" >&2; tail -n 3 "$save.log" >&2; return 1; }
     grep -E "train \| epoch" "$save.log" | tail -n 1 | cut -c1-200 >&2 || true
 }
+
+# m3p_train_kept SAVE_DIR OBJECTIVE CRITERION ARCH [flags...]: fine-tuning as the objective OBJECTIVE (ret, xnli,
+# ntg) beside the pre-training objectives $KEEP_OBJECTIVES (e.g. tcl; xdae for the generation model), one objective
+# per update at $KEEP_RATIOS, from $PRETRAINED (fairseq's --finetune-from-model): the task's data stays
+# English-only, the kept objectives keep the other languages where pre-training put them.
+m3p_train_kept() {
+    local save=$1 objective=$2 criterion=$3 arch=$4; shift 4
+    m3p_train "$save" --task multitask_multimodal --criterion "$criterion" --arch "$arch" \
+        --objectives "$objective,$KEEP_OBJECTIVES" ${KEEP_RATIOS:+--objective-ratios "$KEEP_RATIOS"} \
+        --sample-break-mode eos --finetune-from-model "$PRETRAINED" "$@"
+}

@@ -50,9 +50,8 @@ case "$STRATEGY" in
     if [ -n "${KEEP_OBJECTIVES:-}" ]; then
         # retrieval fine-tuning as the objective ret, beside what keeps the languages aligned (TCL on
         # translation pairs): the image-caption pairs are still English only
-        m3p_train "$OUT/retrieval_en" --task multitask_multimodal --criterion m3p_pretrain --arch "$ARCH" \
-            --objectives "ret,$KEEP_OBJECTIVES" ${KEEP_RATIOS:+--objective-ratios "$KEEP_RATIOS"} --caption-langs en \
-            --num-negatives 3 --sample-break-mode eos --finetune-from-model "$PRETRAINED" ${EXTRA[@]+"${EXTRA[@]}"}
+        m3p_train_kept "$OUT/retrieval_en" ret m3p_pretrain "$ARCH" --caption-langs en --num-negatives 3 \
+            ${EXTRA[@]+"${EXTRA[@]}"}
     else
         finetune en en
     fi

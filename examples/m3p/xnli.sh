@@ -5,13 +5,19 @@
 #
 # DATA has xnli/{lang}/{input0,input1,label} (m3p-import-dataset xnli, or the embedded world);
 # OUT/results.json gets xnli.{lang}.acc. TRAIN_LANGS=en,de,... fine-tunes on several languages
-# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli).
+# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli). KEEP_OBJECTIVES
+# (e.g. tcl, with translation pairs in DATA/parallel) keeps pre-training objectives on beside XNLI, one per
+# update at KEEP_RATIOS (the xnli objective of multitask_multimodal): English XNLI that keeps the languages.
 set -euo pipefail
 DATA=$1 PRETRAINED=$2 OUT=$3
 . "$(dirname "$0")/finetune_common.sh"
 mkdir -p "$OUT"
-m3p_train "$OUT/xnli" --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
-    --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
+if [ -n "${KEEP_OBJECTIVES:-}" ]; then
+    m3p_train_kept "$OUT/xnli" xnli m3p_pretrain "$ARCH" --train-langs "${TRAIN_LANGS:-en}"
+else
+    m3p_train "$OUT/xnli" --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
+        --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
+fi
 # the stock command works too: fairseq-validate DATA --user-dir m3p_fairseq --task m3p_xnli \
 #     --path OUT/xnli/checkpoint_last.pt --valid-subset test.en,test.de --criterion m3p_classification
 m3p-downstream-eval xnli "$DATA" --path "$OUT/xnli/checkpoint_last.pt" ${LANGS:+--langs "$LANGS"} \

@@ -42,6 +42,7 @@ from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
 from .attention import use_fused_attention
+from .iglue_heads import start_poolers_from_vlm
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +373,7 @@ class M3PModel(HubFromPretrained, RobertaModel):
             # --restore-file / --finetune-from-model with a generation checkpoint: say so in one line
             raise M3PInputError("the checkpoint holds an M3P generation model (m3p_seq2seq_*, it has a decoder); "
                                 "this task needs an understanding model (m3p_*): give an understanding checkpoint")
+        start_poolers_from_vlm(self, state_dict, prefix, VLM_HEAD)  # before fairseq fills missing heads at random
         super().upgrade_state_dict_named(state_dict, name)
         self._check_head_kinds(state_dict, prefix)
         # An XLM-R checkpoint has no region stream: start those modules from their initialization.

@@ -266,7 +266,8 @@ def _cut(sp, text, limit, stats):
 
 
 def _same_shards(a, b):
-    return sorted(manifest_shards(a, read_manifest(a))) == sorted(manifest_shards(b, read_manifest(b)))
+    shards = (lambda m: sorted(os.path.realpath(p) for p in manifest_shards(m, read_manifest(m))))
+    return shards(a) == shards(b)
 
 
 def import_split(task, files, lang, split, out, spm, dict_path, regions=None, answers=None, max_tokens=None):

@@ -81,7 +81,10 @@ def start_poolers_from_vlm(model, state_dict, prefix, vlm_head):
     if src + "weight" not in state_dict:
         return
     for name, head in getattr(model, "classification_heads", {}).items():
-        dst = f"{prefix}classification_heads.{name}.dense."
-        if isinstance(head, PooledHead) and dst + "weight" not in state_dict:
+        dst = f"{prefix}classification_heads.{name}."
+        if isinstance(head, PooledHead) and dst + "dense.weight" not in state_dict:
+            # the head as initialized (fairseq's head bookkeeping reads every part of a head it finds), its pooler
+            # the pre-trained one
+            state_dict.update({dst + k: v for k, v in head.state_dict().items()})
             for p in ("weight", "bias"):
-                state_dict[dst + p] = state_dict[src + p].clone()
+                state_dict[f"{dst}dense.{p}"] = state_dict[src + p].clone()

@@ -319,29 +319,30 @@ def import_split(task, files, lang, split, out, spm, dict_path, regions=None, an
     os.makedirs(dest, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".iglue-", dir=out)
     try:
-        raw = os.path.join(stage, f"{split}.txt")
+        raw = os.path.join(stage, "text.txt")
         with open(raw, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in texts)
         if retrieval:  # binarize() copies the ids beside the text after checking them line for line
-            with open(os.path.join(stage, f"{split}.ids"), "w", encoding="utf-8") as f:
+            with open(os.path.join(stage, "text.ids"), "w", encoding="utf-8") as f:
                 f.writelines(i + "\n" for i in ids)
-        try:
-            binarize(spm, dict_path, os.path.join(stage, "bin"), {split: raw}, progress=False)
+        try:  # (fairseq-preprocess names its outputs train/valid/test: renamed to the split below)
+            binarize(spm, dict_path, os.path.join(stage, "bin"), {"train": raw}, progress=False)
         except BinarizeError as e:
             raise DatasetError(str(e))
-        staged = [os.path.join(stage, "bin", f"{split}.{ext}") for ext in (("bin", "idx", "ids") if retrieval else
-                                                                            ("bin", "idx"))]
+        staged = {os.path.join(stage, "bin", f"train.{ext}"): f"{split}.{ext}"
+                  for ext in (("bin", "idx", "ids") if retrieval else ("bin", "idx"))}
         if not retrieval:
-            staged.append(os.path.join(stage, f"{split}.jsonl"))
-            with open(staged[-1], "w", encoding="utf-8") as f:
+            side_path = os.path.join(stage, "side.jsonl")
+            with open(side_path, "w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in side)
+            staged[side_path] = f"{split}.jsonl"
         if answer_labels is not None:
             _install_answers(os.path.join(out, folder, ANSWERS_FILE), answer_labels, answers, stage)
         if install_store and os.path.abspath(regions) != os.path.abspath(target_manifest):
             os.makedirs(os.path.dirname(target_manifest), exist_ok=True)
             merge_manifests(target_manifest, [regions])  # the split's store, its shards where they are
-        for path in staged:
-            os.replace(path, os.path.join(dest, os.path.basename(path)))
+        for path, name in staged.items():
+            os.replace(path, os.path.join(dest, name))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return len(texts), stats

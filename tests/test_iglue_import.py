@@ -59,11 +59,14 @@ def test_xvnli_jsonl_and_zipped_train(tmp_path, vocab):
     common = ["--out", data, "--regions", regions] + vocab
     main(["xvnli", f"{root}/en/train.jsonl.zip", "--lang", "en", "--split", "train"] + common)
     main(["xvnli", f"{root}/ar/test.jsonl", "--lang", "ar", "--split", "test"] + common)
+    shots = F.jsonl(f"{root}/ar/train_1.jsonl", F.xvnli_records(3, 42, ("لا", "ربما", "نعم")))  # few-shot: its shape
+    main(["xvnli", shots, "--lang", "ar", "--split", "train_1"] + common)
     assert len(texts(data, "xvnli/en", "train")) == 30  # the '-' pair skipped
     lines = side(data, "xvnli/en", "train")
     assert [r["label"] for r in lines[:3]] == [0, 1, 2]  # contradiction, neutral, entailment (volta's order)
     assert lines[0]["images"] == ["1000000000.jpg"]  # Flikr30kID 1000000000 is the store's 1000000000.jpg
     assert texts(data, "xvnli/ar", "test")[0].startswith("لا")
+    assert len(texts(data, "xvnli/ar", "train_1")) == 3 and len(side(data, "xvnli/ar", "train_1")) == 3
     assert os.path.exists(f"{data}/regions/test.ar.json") and os.path.exists(f"{data}/regions/train.en.json")
     # bad input: an image without features, named with file, line and id; nothing of the split written
     bad = F.jsonl(str(tmp_path / "bad.jsonl"), F.xvnli_records(1) + [dict(F.xvnli_records(1)[0], Flikr30kID="42")])

@@ -84,6 +84,7 @@ case "$MODE" in
     "${EVAL[@]}" --path "$CHECKPOINT" --split test_mt --langs "${LANGS:-$(langs_with test_mt)}" ;;
   fewshot)
     FEWSHOT_EPOCHS=${FEWSHOT_EPOCHS:-20}
+    mkdir -p "$OUT/fewshot"
     case "$TASK" in marvl) CAP=30 ;; xflickrco|wit) CAP=260 ;; *) CAP= ;; esac
     for lang in $(echo "${LANGS:-$(langs_with 'train_*')}" | tr , ' '); do
         [ "$lang" = en ] && [ -z "${LANGS:-}" ] && continue  # IGLUE's few-shot numbers are for the other languages

@@ -335,7 +335,7 @@ class M3PHub(nn.Module):
         """
         from .criterions.iglue import iglue_logits
         from .data.iglue_dataset import SOFT
-        from .data.region_dataset import collate_regions
+        from .data.region_dataset import text_image_input
 
         task = self.task
         if getattr(task, "head_name", None) not in getattr(self.model, "classification_heads", {}):
@@ -350,10 +350,9 @@ class M3PHub(nn.Module):
                 self._regions(image, store=store)
             regions.append({"features": feats.float(), "boxes": spatial.float(),
                             "classes": torch.zeros(len(feats), dtype=torch.long)})
-        batch = collate_regions(regions)
-        tokens = self.encode(text)[None].expand(len(images), -1)  # the text with each image
-        net_input = {"src_tokens": tokens.to(self.device), **{k: batch[k].to(self.device) for k in
-                                                              ("regions", "region_boxes", "region_padding_mask")}}
+        tokens = self.encode(text)
+        net_input = {k: v.to(self.device) for k, v in  # the text with each image
+                     text_image_input([tokens] * len(regions), regions, self.dictionary.pad()).items()}
         logits = iglue_logits(self.model, task, net_input)[0].float()
         probs = torch.sigmoid(logits) if task.target == SOFT else torch.softmax(logits, -1)
         return sorted(zip(task.labels, probs.tolist()), key=lambda x: -x[1])

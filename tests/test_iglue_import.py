@@ -6,13 +6,12 @@ import os
 import pickle
 
 import pytest
-import sentencepiece as spm
-from fairseq.data import Dictionary, data_utils
 
 from preprocess import build_spm
 from preprocess.iglue import image_key, main
 
 from . import iglue_files as F
+from .test_import_datasets import read_back
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +23,7 @@ def vocab(tmp_path_factory):
 
 
 def texts(data, folder, split):
-    d = Dictionary.load(os.path.join(data, "dict.txt"))
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "sentencepiece.bpe.model"))
-    ds = data_utils.load_indexed_dataset(os.path.join(data, folder, split), d)
-    return [sp.decode(d.string(ds[i]).split()) for i in range(len(ds))]
+    return read_back(data, folder, split)[0]
 
 
 def side(data, folder, split):

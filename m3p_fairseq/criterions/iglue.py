@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from ..errors import M3PInputError
-from .summed import log_loss_bits, summer
+from .summed import ClassifierMetrics
 
 CLASSIFICATION_LOSSES = ChoiceEnum(["ce", "bce"])
 
@@ -68,7 +67,7 @@ class IGLUECriterionConfig(FairseqDataclass):
 
 
 @register_criterion("m3p_iglue", dataclass=IGLUECriterionConfig)
-class IGLUECriterion(FairseqCriterion):
+class IGLUECriterion(ClassifierMetrics, FairseqCriterion):
     def __init__(self, task, classification_loss="ce"):
         super().__init__(task)
         self.classification_loss = classification_loss
@@ -85,15 +84,3 @@ class IGLUECriterion(FairseqCriterion):
             ncorrect = num_correct(logits, target)
         return loss, n, {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": n, "sample_size": n,
                          "ncorrect": ncorrect}
-
-    @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
-        total = summer(logging_outputs)
-        log_loss_bits(total)
-        n = total("nsentences")
-        if n > 0:
-            metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / n, n, round=2)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True

@@ -16,10 +16,9 @@ import json
 
 import numpy as np
 import torch
-from fairseq.data import data_utils
 
 from ..errors import M3PDataError
-from .region_dataset import RegionDataset, collate_regions
+from .region_dataset import RegionDataset, text_image_input
 from .sized import SizeOrderedDataset
 
 CLASS, SOFT = "class", "soft"  # target kinds
@@ -130,7 +129,6 @@ class IGLUEDataset(SizeOrderedDataset):
             return {}
         k = self.images_per_example
         texts = [s["text"] for s in samples for _ in range(k)]  # example i -> rows k*i .. k*i+k-1
-        regions = collate_regions([im for s in samples for im in s["images"]])
         if self.target == CLASS:
             target = torch.LongTensor([s["label"] for s in samples])
         else:
@@ -142,12 +140,6 @@ class IGLUEDataset(SizeOrderedDataset):
             "id": torch.LongTensor([s["id"] for s in samples]),
             "nsentences": len(samples),
             "ntokens": int(sum(len(t) for t in texts)),
-            "net_input": {
-                "src_tokens": data_utils.collate_tokens(texts, self.pad_idx, left_pad=False),
-                "src_lengths": torch.LongTensor([len(t) for t in texts]),
-                "regions": regions["regions"],
-                "region_boxes": regions["region_boxes"],
-                "region_padding_mask": regions["region_padding_mask"],
-            },
+            "net_input": text_image_input(texts, [im for s in samples for im in s["images"]], self.pad_idx),
             "target": target,
         }

@@ -4,7 +4,8 @@ The text side is fairseq's RoBERTa encoder unchanged (parameter names are XLM-R'
 weights load as they are). Regions enter through ``RegionEmbedding`` (FC of the L2-normalized
 feature + FC of the L2-normalized 5-d box, summed, layer-normed). Heads: masked LM tied to the
 token embeddings, MRM regression to the raw feature, MRM classification over the detector's K
-classes, VLM match / no match on the first position of the joint sequence.
+classes, VLM match / no match on the first position of the joint sequence; fine-tuning tasks add
+theirs (IGLUE's: ``iglue_heads.py``).
 
 How text and regions are joined (``--joint-layout``), and the details that differ between
 XLM-R's layout and the reference code's (microsoft/M3P), are model options kept in the

@@ -6,6 +6,7 @@ code-switching, and building a model of the kind a task trains (from a pre-train
     DATA/captions/{lang}/{split}.{bin,idx}         captions (fairseq-preprocess)
     DATA/captions/{lang}/{split}.ids               the image id of each caption line
     DATA/regions/{split}.json                      region store manifest (+ its HDF5 shards)
+    DATA/regions/{split}.{lang}.json               a language's own store for the split, where it has one
 
 Fine-tuning starts from a pre-trained M3P checkpoint either through the task flag
 ``--pretrained-checkpoint PATH`` (weights only; checked to be the right kind of model, and the

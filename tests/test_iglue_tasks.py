@@ -347,3 +347,20 @@ def test_finetune_xvnli_yaml_under_hydra(iglue_data, xvnli_checkpoint, tmp_path)
     assert cfg["optimizer"]["adam_eps"] == 1e-6 and cfg["optimizer"]["weight_decay"] == 1e-4
     assert cfg["checkpoint"]["best_checkpoint_metric"] == "accuracy" and cfg["dataset"]["valid_subset"] == "valid.en"
     assert cfg["optimization"]["lr"] == [2e-5] and cfg["common"]["seed"] == 0
+
+
+def test_iglue_table_beside_levels_and_averages():
+    from m3p_fairseq.errors import M3PInputError
+    from m3p_fairseq.evaluation.tables import render
+
+    doc = {"iglue": {"xgqa": {"en": {"acc": 53.75}, "de": {"acc": 33.42}, "avg": {"acc": 33.42, "langs": "de"},
+                              "majority": 20.1, "majority_answer": "no", "majority_from": "train.en"},
+                     "xflickrco": {"en": {"ir_r1": 31.35, "tr_r1": 24.6}, "chance_r1": 0.05}},
+           "iglue_few_shot": {"xvnli": {"48": {"ar": {"acc": 60.0, "lr": 1e-4}}, "5": {"ar": {"acc": 55.0}}}}}
+    text = render(doc, "iglue")
+    assert "| accuracy | 53.8 | 33.4 | 33.4 |" in text and "Majority answer (no): 20.1." in text
+    assert "| IR R@1 | 31.4 | - |" in text and "Chance level: R@1 0.05." in text
+    assert text.index("**xGQA**") < text.index("**xFlickr&CO**")  # IGLUE's order
+    assert text.index("| 5 shots accuracy") < text.index("| 48 shots accuracy")
+    with pytest.raises(M3PInputError, match="iglue.xgqa.de"):
+        render({"iglue": {"xgqa": {"de": 33.4}}}, "iglue")

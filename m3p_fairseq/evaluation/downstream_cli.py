@@ -153,11 +153,10 @@ def xnli(a, model, task, device):
 
 def iglue(a, model, task, device):
     """Accuracy (XVNLI, xGQA, MaRVL) or R@1 both ways (xFlickr&CO, WIT) per language, with the task's levels."""
-    from .iglue import evaluate, line
+    from .iglue import evaluate, fine_tuned_for, langs_with, line
 
-    langs = a.langs or (task.langs_with(a.split) if hasattr(task, "langs_with") else [])
-    if not langs:
-        raise M3PInputError(f"iglue {a.job}: give --langs (the languages to test)")
+    fine_tuned_for(a.job, task, a.path)
+    langs = a.langs or langs_with(a.job, task, a.split)
     metrics = evaluate(a.job, model, task, langs, a.split, a.batch_size, device, progress=bar)
     for lang in langs:
         print(line(a.job, lang, metrics[lang]), flush=True)
@@ -246,7 +245,7 @@ def main(argv=None):
     s = common("iglue", "IGLUE: accuracy (xvnli, xgqa, marvl) or R@1 both ways (xflickrco, wit) per language, "
                         "IGLUE's average over the non-English languages, the chance / majority level",
                ("job", {"choices": JOBS}))
-    s.add_argument("--langs", default="", help="default: every language with the split (xvnli, xgqa, marvl)")
+    s.add_argument("--langs", default="", help="default: every language that has the split")
     s = common("generate", "beam search + BLEU-4 / CIDEr per caption language, MMT direction or NTG language")
     s.add_argument("--targets", required=True, help="comma-separated: languages (captioning, NTG) or directions (MMT)")
     s.add_argument("--beam", type=int, default=10, help="beam size (paper: 10)")

@@ -85,6 +85,26 @@ def majority(task, langs, split, train_split="train"):
             "majority_from": f"{train_split}.{ENGLISH}" if train is not None else "the evaluated splits"}
 
 
+def fine_tuned_for(job, task, checkpoint="the checkpoint"):
+    """``task`` (the checkpoint's), checked to be the classification job's: its head is the one to evaluate."""
+    if job in CLASSIFICATION_JOBS and getattr(task, "name", None) != job:
+        raise M3PInputError(f"{checkpoint}: fine-tuned for {getattr(task, 'name', None) or task.cfg._name}, not {job} "
+                            f"(fine-tune it with --task m3p_{job})")
+    return task
+
+
+def langs_with(job, task, split):
+    """The languages that have ``split`` for ``job``: the task folder's (tasks/iglue.py), or the captions'."""
+    if job in CLASSIFICATION_JOBS:
+        return fine_tuned_for(job, task).langs_with(split)
+    folder = os.path.join(task.data_path(), "captions")
+    langs = sorted(d for d in os.listdir(folder) if os.path.exists(os.path.join(folder, d, f"{split}.ids"))) \
+        if os.path.isdir(folder) else []
+    if not langs:
+        raise M3PInputError(f"{folder}: no language has a {split!r} split (m3p-import-iglue {job} writes them)")
+    return langs
+
+
 def evaluate(job, model, task, langs, split="test", batch_size=64, device="cpu", progress=None):
     """{lang: metrics} of one IGLUE job on ``split`` of each language, plus its task-wide levels
     (``chance``; xGQA's ``majority``; retrieval's ``chance_r1``)."""
@@ -101,9 +121,7 @@ def evaluate(job, model, task, langs, split="test", batch_size=64, device="cpu",
         if len(chances) == 1:
             out["chance_r1"] = chances.pop()
         return out
-    if getattr(task, "name", None) != job:
-        raise M3PInputError(f"the checkpoint was fine-tuned for {getattr(task, 'name', None) or task.cfg._name}, "
-                            f"not {job}: fine-tune it with --task m3p_{job}")
+    fine_tuned_for(job, task)
     for lang in langs:
         name = f"{split}.{lang}"
         task.load_dataset(name)

@@ -32,7 +32,7 @@ def _check_languages(section, rows):
             if lang.startswith("chance"):  # a task-wide chance level, e.g. captioning.chance_object_precision
                 continue
             if not isinstance(value, dict):
-                where = f"{section}.{setting}" if setting not in ("accuracy", "BLEU-4", "CIDEr") else section
+                where = f"{section}.{setting}" if setting not in ("", "accuracy", "BLEU-4", "CIDEr") else section
                 raise M3PInputError(f"{where}.{lang}: expected a language holding metrics (e.g. {where}.en.{lang}), "
                                     f"found the value {value!r}")
 
@@ -145,7 +145,7 @@ def _iglue_jobs(section):
                                                             else len(IGLUE_TITLES), k))}
 
 
-def _iglue_rows(title, rows, where):
+def _iglue_rows(title, rows, where, label=""):
     """rows: {row name: {lang: metrics}} of one IGLUE job -> markdown, a column per language (English
     first), IGLUE's average over the others last, a row per (row name, metric)."""
     rows = {name: {l: m for l, m in r.items() if l not in IGLUE_LEVELS} for name, r in rows.items()}
@@ -160,7 +160,7 @@ def _iglue_rows(title, rows, where):
     for name, r in rows.items():
         for k in metrics:
             cells = [f"{r[l][k]:.1f}" if isinstance(r.get(l), dict) and k in r[l] else "-" for l in langs + ["avg"]]
-            out.append(f"| {name}{' ' if name else ''}{IGLUE_METRICS[k]} | " + " | ".join(cells) + " |")
+            out.append(f"| {name}{label}{' ' if name else ''}{IGLUE_METRICS[k]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -183,8 +183,8 @@ def iglue_table(doc):
             title = IGLUE_TITLES.get(job, job) + what
             parts.append(_iglue_rows(title, {"": per_lang}, f"{section}.{job}") + _iglue_level(per_lang))
     for job, by_shots in _iglue_jobs(doc.get("iglue_few_shot", {})).items():
-        rows = {f"{shots} shots": v for shots, v in sorted(_settings(by_shots).items(), key=lambda kv: _shots(kv[0]))}
-        parts.append(_iglue_rows(IGLUE_TITLES.get(job, job) + ", few-shot", rows, f"iglue_few_shot.{job}"))
+        rows = dict(sorted(_settings(by_shots).items(), key=lambda kv: _shots(kv[0])))
+        parts.append(_iglue_rows(IGLUE_TITLES.get(job, job) + ", few-shot", rows, f"iglue_few_shot.{job}", " shots"))
     return "\n".join(p for p in parts if p)
 
 

@@ -364,3 +364,18 @@ def test_iglue_table_beside_levels_and_averages():
     assert text.index("| 5 shots accuracy") < text.index("| 48 shots accuracy")
     with pytest.raises(M3PInputError, match="iglue.xgqa.de"):
         render({"iglue": {"xgqa": {"de": 33.4}}}, "iglue")
+
+
+def test_iglue_sh_finetune_selects_on_english_dev_and_tests(iglue_data, xvnli_checkpoint, tmp_path):
+    """examples/m3p/iglue.sh TASK finetune: IGLUE's settings, validation on valid.en, checkpoint_best tested on English."""
+    from .conftest import ROOT, run
+
+    out = tmp_path / "out"
+    run(["bash", os.path.join(ROOT, "examples", "m3p", "iglue.sh"), "xvnli", "finetune", iglue_data["xvnli"],
+         f"{xvnli_checkpoint}/checkpoint_best.pt", str(out), *TINY[2:]],
+        env={"ARCH": "m3p_tiny", "EPOCHS": "2", "BATCH": "6", "UPDATE_FREQ": "1", "DEVICE": "--cpu", "LOG_INTERVAL": "1"})
+    log = (out / "xvnli.log").read_text()
+    assert "valid on 'valid.en' subset" in log and "best_accuracy" in log and "adam_eps': 1e-06" in log
+    assert extra_state(str(out / "xvnli" / "checkpoint_best.pt"))["val_loss"] is not None
+    doc = json.load(open(out / "results.json"))["iglue"]["xvnli"]
+    assert doc["en"]["n"] == 9 and doc["chance"] == 33.33

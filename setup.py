@@ -48,6 +48,7 @@ setup(
             "m3p-import-regions = preprocess.detectors:main",
             "m3p-merge-manifests = preprocess.detectors:merge_main",
             "m3p-import-dataset = preprocess.datasets:main",
+            "m3p-import-iglue = preprocess.iglue:main",
             "m3p-caption-score = m3p_fairseq.evaluation.caption_score_cli:main",
             "m3p-downstream-eval = m3p_fairseq.evaluation.downstream_cli:main",
         ],

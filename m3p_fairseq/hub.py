@@ -20,6 +20,13 @@ checkpoint (``m3p_seq2seq_*``) captions images and translates:
 >>> gen.translate("a red dog left of a blue car", "test_000003", "en", "de", store=store)
 >>> gen.extract_features(gen.encode("ein Hund", "de"), lang="de").shape   # the encoder's, 1 x T x C
 
+A model fine-tuned on an IGLUE task (``--task m3p_xvnli``, ``m3p_xgqa``, ``m3p_marvl``) runs its head:
+
+>>> gqa = M3PHub.from_pretrained("xgqa/checkpoint_best.pt", data_name_or_path="data-bin/xgqa")
+>>> gqa.answer("n161313", "Is it overcast?", store=RegionStore("data-bin/xgqa/regions/test.en.json"))
+>>> xvnli.entail("2487069642", "a woman pours drinks", store=store)   # {label: probability}
+>>> marvl.reason("39-n-5", "39-n-2", "the pot on the right has a lid", store=store)   # P(true)
+
 ``M3PModel.from_pretrained`` and ``M3PSeq2SeqModel.from_pretrained`` return this hub too (as
 ``RobertaModel.from_pretrained`` returns a RobertaHubInterface), and refuse a checkpoint of the
 other model kind. A method that does not fit the model kind (``score`` on a generation model,
@@ -314,3 +321,62 @@ class M3PHub(nn.Module):
         if regions is not None:
             feats, spatial = self._regions(regions, boxes, width, height, store)
         return self._generate(tokens, src, tgt, feats, spatial, beam, **gen_overrides)
+
+    # ---- IGLUE heads (a model fine-tuned with --task m3p_xvnli / m3p_xgqa / m3p_marvl) -------------------
+    @torch.no_grad()
+    def predict(self, images, text, store=None):
+        """The fine-tuned IGLUE head's reading of ``text`` with ``images``, best first: a list of (label,
+        probability); softmax over the classes (XVNLI, MaRVL), a sigmoid per answer (xGQA, trained on
+        soft scores). ``images``: one image, or the [left, right] pair for MaRVL; an image is an id (with
+        ``store``) or a tuple (features R x D, boxes R x 5, or R x 4 in pixels with width, height).
+
+        >>> xvnli.predict("2487069642", "a woman pours drinks on a plane", store=store)[0]
+        ('neutral', 0.71)
+        """
+        from .criterions.iglue import iglue_logits
+        from .data.iglue_dataset import SOFT
+        from .data.region_dataset import text_image_input
+
+        task = self.task
+        if getattr(task, "head_name", None) not in getattr(self.model, "classification_heads", {}):
+            raise M3PInputError("predict/answer/entail/reason need a model fine-tuned with --task m3p_xvnli, "
+                                "m3p_xgqa or m3p_marvl")
+        images = [images] if isinstance(images, (str, tuple)) else list(images)
+        if len(images) != task.images_per_example:
+            raise M3PInputError(f"{task.name} reads {task.images_per_example} image(s) per example, got {len(images)}")
+        regions = []
+        for image in images:
+            feats, spatial = self._regions(*image, store=store) if isinstance(image, tuple) else \
+                self._regions(image, store=store)
+            regions.append({"features": feats.float(), "boxes": spatial.float(),
+                            "classes": torch.zeros(len(feats), dtype=torch.long)})
+        tokens = self.encode(text)
+        net_input = {k: v.to(self.device) for k, v in  # the text with each image
+                     text_image_input([tokens] * len(regions), regions, self.dictionary.pad()).items()}
+        logits = iglue_logits(self.model, task, net_input)[0].float()
+        probs = torch.sigmoid(logits) if task.target == SOFT else torch.softmax(logits, -1)
+        return sorted(zip(task.labels, probs.tolist()), key=lambda x: -x[1])
+
+    def _job(self, name, method):
+        if getattr(self.task, "name", None) != name:
+            raise M3PInputError(f"{method} needs a model fine-tuned with --task m3p_{name}; this one has "
+                                f"{getattr(self.task, 'name', None) or self.task.cfg._name}")
+
+    def answer(self, image, question, store=None, top_k=1):
+        """xGQA: the ``top_k`` answers to ``question`` about ``image``, with their scores.
+
+        >>> gqa.answer("n161313", "Is it overcast?", store=store)
+        [('no', 0.94)]
+        """
+        self._job("xgqa", "answer")
+        return self.predict(image, question, store)[:top_k]
+
+    def entail(self, image, hypothesis, store=None):
+        """XVNLI: {contradiction, neutral, entailment: probability} of ``hypothesis`` given ``image``."""
+        self._job("xvnli", "entail")
+        return dict(self.predict(image, hypothesis, store))
+
+    def reason(self, left, right, statement, store=None):
+        """MaRVL / NLVR2: the probability that ``statement`` is true of the two images."""
+        self._job("marvl", "reason")
+        return dict(self.predict([left, right], statement, store))["true"]

@@ -29,6 +29,7 @@ import collections
 import csv
 import functools
 import gzip
+import io
 import itertools
 import json
 import os
@@ -36,6 +37,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from xml.etree import ElementTree
 from xml.parsers import expat
 
@@ -52,17 +54,29 @@ class DatasetError(M3PInputError):
 
 
 def _open(path, newline=None, binary=False):
-    """Text file or its .gz (Multi30K ships its raw files gzipped). ``newline="\\n"`` for
-    line-aligned corpora: a stray carriage return inside a sentence must not split its line. A UTF-8
-    byte-order mark (files saved by Windows tools) is dropped, not read as part of the first line."""
+    """Text file or its .gz (Multi30K ships its raw files gzipped), or the one file inside a .zip (IGLUE
+    ships its large training files zipped). ``newline="\\n"`` for line-aligned corpora: a stray
+    carriage return inside a sentence must not split its line. A UTF-8 byte-order mark (files saved
+    by Windows tools) is dropped, not read as part of the first line."""
     for p in (path, path + ".gz"):
         if os.path.isfile(p):
+            raw = gzip.open(p, "rb") if p.endswith(".gz") else _zip_member(p) if p.endswith(".zip") else open(p, "rb")
             if binary:
-                return gzip.open(p, "rb") if p.endswith(".gz") else open(p, "rb")
-            if p.endswith(".gz"):
-                return _Utf8Text(gzip.open(p, "rt", encoding="utf-8-sig", newline=newline), p)
-            return _Utf8Text(open(p, encoding="utf-8-sig", newline=newline), p)
+                return raw
+            return _Utf8Text(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=newline), p)
     raise DatasetError(f"{path}: no such file (nor {os.path.basename(path)}.gz)")
+
+
+def _zip_member(path):
+    """The one file of a zip archive (folders and macOS's __MACOSX entries aside), opened for reading."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{path}: not a zip archive ({e})")
+    files = [i for i in archive.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+    if len(files) != 1:
+        raise DatasetError(f"{path}: expected one file in the archive, found {len(files)}")
+    return archive.open(files[0])
 
 
 class _Utf8Text:
@@ -165,15 +179,7 @@ class Writer:
     def close(self):
         if not self.lines and not self.pairs:
             raise DatasetError("nothing to write: no lines read (or none kept by --only-ids)")
-        os.makedirs(self.out, exist_ok=True)
-        for name, src in (("dict.txt", self.dict_path), ("sentencepiece.bpe.model", self.spm)):
-            dst = os.path.join(self.out, name)
-            if os.path.exists(dst):
-                if not same_vocabulary(dst, src):
-                    raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
-            else:
-                shutil.copyfile(src, dst + ".tmp")
-                os.replace(dst + ".tmp", dst)
+        install_vocabulary(self.out, self.spm, self.dict_path)
         with tempfile.TemporaryDirectory(prefix=".raw-", dir=self.out) as tmp:
             for folder, splits in sorted(self.lines.items()):
                 raw = {}
@@ -205,6 +211,20 @@ class Writer:
         counts = {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
         counts.update({parallel_folder(*pair): {s: len(v) for s, v in splits.items()} for pair, splits in self.pairs.items()})
         return counts
+
+
+def install_vocabulary(out, spm, dict_path):
+    """DATA's dict.txt and sentencepiece model: copied from ``dict_path`` / ``spm``, or checked to be the
+    same vocabulary where DATA has them already (one DATA folder, one vocabulary)."""
+    os.makedirs(out, exist_ok=True)
+    for name, src in (("dict.txt", dict_path), ("sentencepiece.bpe.model", spm)):
+        dst = os.path.join(out, name)
+        if os.path.exists(dst):
+            if not same_vocabulary(dst, src):
+                raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
+        else:
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
 
 
 def _write_raw(path, texts):

@@ -11,6 +11,8 @@ WARMUP=${WARMUP:-$(( UPDATES / 10 ))}
 SCHEDULER=${SCHEDULER:-polynomial_decay}  # linear warm-up then decay to 0; "fixed": constant after warm-up
 CLIP_NORM=${CLIP_NORM:-1.0}            # gradient clipping (0: none)
 REGION_CACHE_MB=${REGION_CACHE_MB:-0}  # images kept in memory per run (--region-cache-mb); 0: read each time
+VALIDATION=${VALIDATION:---disable-validation}  # fairseq-train's validation flags, e.g. --valid-subset valid.en
+                                       # --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric (iglue.sh)
 BEAM=${BEAM:-10}                       # paper: beam 10 for captions
 THREADS=${THREADS:-}
 if [ -n "$THREADS" ]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
@@ -32,7 +34,7 @@ m3p_train() {
         $([ "$SCHEDULER" = polynomial_decay ] && echo --total-num-update "$UPDATES" || true) \
         --max-update "$UPDATES" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" $DEVICE --num-workers 0 \
         --data-buffer-size 0 --region-cache-mb "$REGION_CACHE_MB" \
-        --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints --disable-validation \
+        --seed "${SEED:-1}" --save-dir "$save" --no-epoch-checkpoints $VALIDATION \
         --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" > "$save.log" 2>&1 \
         || { echo "fairseq-train failed: see $save.log" >&2; tail -n 3 "$save.log" >&2; return 1; }
     grep -E "train \| epoch" "$save.log" | tail -n 1 | cut -c1-200 >&2 || true

@@ -8,12 +8,11 @@ stays True.
 from dataclasses import dataclass, field
 
 import torch.nn.functional as F
-from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..objectives import RetrievalLoss, RetrievalLossConfig, reduce_retrieval
-from .summed import log_loss_bits, summer
+from .summed import ClassifierMetrics, log_loss_bits, summer
 
 
 @register_criterion("m3p_retrieval", dataclass=RetrievalLossConfig)
@@ -47,7 +46,7 @@ class M3PClassificationCriterionConfig(FairseqDataclass):
 
 
 @register_criterion("m3p_classification", dataclass=M3PClassificationCriterionConfig)
-class M3PClassificationCriterion(FairseqCriterion):
+class M3PClassificationCriterion(ClassifierMetrics, FairseqCriterion):
     """Cross-entropy of a classification head over the [CLS] output (XNLI), with accuracy."""
 
     def __init__(self, task, classification_head_name="xnli"):
@@ -64,14 +63,3 @@ class M3PClassificationCriterion(FairseqCriterion):
         ncorrect = (logits.argmax(-1) == target).sum()
         return loss, n, {"loss": loss.data, "ntokens": sample["ntokens"], "nsentences": n, "sample_size": n,
                          "ncorrect": ncorrect}
-
-    @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
-        total = summer(logging_outputs)
-        n = log_loss_bits(total)
-        if n > 0:
-            metrics.log_scalar("accuracy", 100.0 * total("ncorrect") / n, n, round=2)
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True

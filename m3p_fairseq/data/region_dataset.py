@@ -1,6 +1,8 @@
-"""Regions of one image as model input: features, 5-d spatial vectors, detector classes; padded batches."""
+"""Regions of one image as model input: features, 5-d spatial vectors, detector classes; padded batches, and
+batches of (text, image) rows."""
 import numpy as np
 import torch
+from fairseq.data import data_utils
 
 from .region_store import RegionStore, spatial_features
 from .sized import SizedDataset
@@ -56,3 +58,15 @@ def collate_regions(images, pad_len=None):
         classes[i, :n] = im["classes"]
         pad[i, :n] = False
     return {"regions": feats, "region_boxes": boxes, "region_padding_mask": pad, "region_classes": classes}
+
+
+def text_image_input(texts, images, pad_idx):
+    """A batch's ``net_input`` of rows each pairing ``texts[i]`` (1-D tokens) with ``images[i]`` (region dicts)."""
+    regions = collate_regions(images)
+    return {
+        "src_tokens": data_utils.collate_tokens(texts, pad_idx, left_pad=False),
+        "src_lengths": torch.LongTensor([len(t) for t in texts]),
+        "regions": regions["regions"],
+        "region_boxes": regions["region_boxes"],
+        "region_padding_mask": regions["region_padding_mask"],
+    }

@@ -18,7 +18,7 @@ from fairseq.dataclass import FairseqDataclass
 
 from ..errors import M3PDataError
 from .image_caption_dataset import require_two_images
-from .region_dataset import RegionDataset, collate_regions
+from .region_dataset import RegionDataset, text_image_input
 from .sized import SizeOrderedDataset
 
 POSITIVE, TEXT_REPLACED, IMAGE_REPLACED = 0, 1, 2
@@ -149,19 +149,12 @@ class RetrievalDataset(SizeOrderedDataset):
         if len(samples) == 0:
             return {}
         texts = [t for s in samples for t in s["texts"]]
-        regions = collate_regions([im for s in samples for im in s["images"]])
         group = self.num_negatives + 1
         return {
             "id": torch.LongTensor([s["id"] for s in samples]),
             "nsentences": len(texts),
             "ntokens": int(sum(len(t) for t in texts)),
-            "net_input": {
-                "src_tokens": data_utils.collate_tokens(texts, self.pad_idx, left_pad=False),
-                "src_lengths": torch.LongTensor([len(t) for t in texts]),
-                "regions": regions["regions"],
-                "region_boxes": regions["region_boxes"],
-                "region_padding_mask": regions["region_padding_mask"],
-            },
+            "net_input": text_image_input(texts, [im for s in samples for im in s["images"]], self.pad_idx),
             "vlm_target": torch.tensor([l for s in samples for l in s["labels"]], dtype=torch.float),
             "image_rows": torch.LongTensor([r for s in samples for r in s["rows"]]),
             # the dual encoder sees each positive once: its caption alone, its image alone

@@ -6,6 +6,7 @@ for all languages, and merge the numbers into the results JSON.
     m3p-downstream-eval retrieval DATA/mild_corpus --path ckpt.pt --langs en,de --context --key retrieval.mild.with_context
     m3p-downstream-eval xnli DATA --path ckpt.pt --results R --key xnli
     m3p-downstream-eval generate DATA --path ckpt.pt --targets en-de,de-en --beam 10 --results R --key mmt
+    m3p-downstream-eval iglue xvnli DATA --path ckpt.pt --langs en,ar,es,fr,ru --results R   # evaluation/iglue.py
 
 ``m3p-retrieval-eval DATA ...`` is ``m3p-downstream-eval retrieval DATA ...`` with the key
 ``retrieval.zero_shot`` by default. Retrieval scores every (image, caption) pair with the VLM head
@@ -32,7 +33,7 @@ from ..checkpoints import GENERATION, UNDERSTANDING, load_model_of_kind
 from ..errors import M3PInputError
 from .results import update_results
 
-KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION}
+KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION, "iglue": UNDERSTANDING}
 DEFAULT_KEY = {"retrieval": "retrieval.finetuned", "xnli": "xnli", "generate": "generation"}
 
 
@@ -150,6 +151,20 @@ def xnli(a, model, task, device):
     return metrics
 
 
+# ---- IGLUE ------------------------------------------------------------------------------------------
+
+def iglue(a, model, task, device):
+    """Accuracy (XVNLI, xGQA, MaRVL) or R@1 both ways (xFlickr&CO, WIT) per language, with the task's levels."""
+    from .iglue import evaluate, fine_tuned_for, langs_with, line
+
+    fine_tuned_for(a.job, task, a.path)
+    langs = a.langs or langs_with(a.job, task, a.split)
+    metrics = evaluate(a.job, model, task, langs, a.split, a.batch_size, device, progress=bar)
+    for lang in langs:
+        print(line(a.job, lang, metrics[lang]), flush=True)
+    return metrics
+
+
 # ---- generation (captioning, MMT, NTG) ---------------------------------------------------------------
 
 def generation_dataset(task, split, target):
@@ -222,8 +237,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(name, help):
+    def common(name, help, *first):
         s = sub.add_parser(name, help=help, description=help)
+        for positional, kwargs in first:
+            s.add_argument(positional, **kwargs)
         s.add_argument("data")
         s.add_argument("--path", required=True, help="checkpoint to evaluate")
         s.add_argument("--split", default="test")
@@ -246,6 +263,12 @@ def main(argv=None):
     s.add_argument("--merge", nargs="+", help="shard files to merge instead of scoring")
     s = common("xnli", "XNLI accuracy per language")
     s.add_argument("--langs", default="", help="default: every language under DATA/xnli")
+    from .iglue import JOBS
+
+    s = common("iglue", "IGLUE: accuracy (xvnli, xgqa, marvl) or R@1 both ways (xflickrco, wit) per language, "
+                        "IGLUE's average over the non-English languages, the chance / majority level",
+               ("job", {"choices": JOBS}))
+    s.add_argument("--langs", default="", help="default: every language that has the split")
     s = common("generate", "beam search + BLEU-4 / CIDEr per caption language, MMT direction or NTG language")
     s.add_argument("--targets", required=True, help="comma-separated: languages (captioning, NTG) or directions (MMT)")
     s.add_argument("--beam", type=int, default=10, help="beam size (paper: 10)")
@@ -262,11 +285,18 @@ def main(argv=None):
     kind = KIND_OF_COMMAND[a.command]
     model, task = load_model_of_kind(a.path, a.data, kind, f"'{a.command}'")
     model.to(device)
-    metrics = {"retrieval": retrieval, "xnli": xnli, "generate": generate}[a.command](a, model, task, device)
+    metrics = {"retrieval": retrieval, "xnli": xnli, "generate": generate, "iglue": iglue}[a.command](a, model, task,
+                                                                                                    device)
     if metrics is None or not a.results:
         return
-    key = a.key or DEFAULT_KEY[a.command]
-    save_metrics(a.results, key, metrics)
+    if a.command == "iglue":
+        from .iglue import save as save_iglue
+
+        key = a.key or (f"iglue_translate_test.{a.job}" if a.split == "test_mt" else f"iglue.{a.job}")
+        save_iglue(a.results, key, metrics)
+    else:
+        key = a.key or DEFAULT_KEY[a.command]
+        save_metrics(a.results, key, metrics)
     print(f"{key} -> {a.results}", file=sys.stderr)
 
 

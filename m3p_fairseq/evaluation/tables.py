@@ -4,10 +4,12 @@
     m3p-results-table results.json --table retrieval      # one of the TABLES below
 
 Per-language sections hold ``{setting: {lang: {metric: value}}}`` (retrieval, mild) or
-``{lang: {metric: value}}`` (captioning, xnli, ntg; mmt by direction); a metric found where a
+``{lang: {metric: value}}`` (captioning, xnli, ntg; mmt by direction; iglue, iglue_translate_test by task,
+iglue_few_shot by task and shots); a metric found where a
 language should be stops with one line naming its key.
 """
 import argparse
+import re
 import sys
 
 from ..errors import M3PInputError
@@ -30,7 +32,7 @@ def _check_languages(section, rows):
             if lang.startswith("chance"):  # a task-wide chance level, e.g. captioning.chance_object_precision
                 continue
             if not isinstance(value, dict):
-                where = f"{section}.{setting}" if setting not in ("accuracy", "BLEU-4", "CIDEr") else section
+                where = f"{section}.{setting}" if setting not in ("", "accuracy", "BLEU-4", "CIDEr") else section
                 raise M3PInputError(f"{where}.{lang}: expected a language holding metrics (e.g. {where}.en.{lang}), "
                                     f"found the value {value!r}")
 
@@ -164,11 +166,72 @@ def transfer_table(doc):
     return "\n".join(out) + "\n"
 
 
+IGLUE_TITLES = {"xvnli": "XVNLI", "xgqa": "xGQA", "marvl": "MaRVL", "xflickrco": "xFlickr&CO", "wit": "WIT"}
+IGLUE_METRICS = {"acc": "accuracy", "ir_r1": "IR R@1", "tr_r1": "TR R@1"}
+IGLUE_LEVELS = ("chance", "chance_r1", "majority", "majority_answer", "majority_from")  # beside the languages
+
+
+def _iglue_jobs(section):
+    """The task sections of an IGLUE results section, in IGLUE's order."""
+    jobs = {k: v for k, v in section.items() if isinstance(v, dict)}
+    return {k: jobs[k] for k in sorted(jobs, key=lambda k: (list(IGLUE_TITLES).index(k) if k in IGLUE_TITLES
+                                                            else len(IGLUE_TITLES), k))}
+
+
+def _iglue_rows(title, rows, where, label=""):
+    """rows: {row name: {lang: metrics}} of one IGLUE job -> markdown, a column per language (English
+    first), IGLUE's average over the others last, a row per (row name, metric)."""
+    rows = {name: {l: m for l, m in r.items() if l not in IGLUE_LEVELS} for name, r in rows.items()}
+    _check_languages(where, rows)
+    langs = sorted({l for r in rows.values() for l, m in r.items() if isinstance(m, dict) and l != "avg"},
+                   key=lambda l: (l != "en", l))
+    metrics = [k for k in IGLUE_METRICS if any(isinstance(m, dict) and k in m for r in rows.values() for m in r.values())]
+    if not langs or not metrics:
+        return ""
+    out = [f"**{title}**", "", "| | " + " | ".join(langs) + " | avg |",
+           "|---|" + "---|" * (len(langs) + 1)]
+    for name, r in rows.items():
+        for k in metrics:
+            cells = [f"{r[l][k]:.1f}" if isinstance(r.get(l), dict) and k in r[l] else "-" for l in langs + ["avg"]]
+            out.append(f"| {name}{label}{' ' if name else ''}{IGLUE_METRICS[k]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _iglue_level(section):
+    if "majority" in section:
+        return f"\nMajority answer ({section.get('majority_answer', '?')}): {section['majority']:.1f}.\n"
+    if "chance" in section:
+        return f"\nChance level: {section['chance']:.1f}.\n"
+    if "chance_r1" in section:
+        return f"\nChance level: R@1 {section['chance_r1']:.2f}.\n"
+    return ""
+
+
+def iglue_table(doc):
+    """IGLUE per task: zero-shot (English: the fine-tuned model on English), translate-test, few-shot by shots;
+    averages over the non-English languages, as IGLUE reports them."""
+    parts = []
+    for section, what in (("iglue", ""), ("iglue_translate_test", ", translate-test")):
+        for job, per_lang in _iglue_jobs(doc.get(section, {})).items():
+            title = IGLUE_TITLES.get(job, job) + what
+            parts.append(_iglue_rows(title, {"": per_lang}, f"{section}.{job}") + _iglue_level(per_lang))
+    for job, by_shots in _iglue_jobs(doc.get("iglue_few_shot", {})).items():
+        rows = dict(sorted(_settings(by_shots).items(), key=lambda kv: _shots(kv[0])))
+        parts.append(_iglue_rows(IGLUE_TITLES.get(job, job) + ", few-shot", rows, f"iglue_few_shot.{job}", " shots"))
+    return "\n".join(p for p in parts if p)
+
+
+def _shots(name):
+    digits = re.match(r"\d+", name)
+    return (int(digits.group()) if digits else 0, name)
+
+
 TABLES = {"retrieval": retrieval_table, "mild": mild_table, "captioning": captioning_table, "mmt": mmt_table,
-          "xnli": xnli_table, "ntg": ntg_table, "transfer": transfer_table}
+          "xnli": xnli_table, "ntg": ntg_table, "iglue": iglue_table, "transfer": transfer_table}
 
 
-SECTIONS = {"captioning": CAPTIONING}  # the results sections a table reads, where not just its name
+# the results sections a table reads, where not just its name
+SECTIONS = {"captioning": CAPTIONING, "iglue": ("iglue", "iglue_translate_test", "iglue_few_shot")}
 
 
 def render(doc, which=None):

@@ -4,7 +4,8 @@ The text side is fairseq's RoBERTa encoder unchanged (parameter names are XLM-R'
 weights load as they are). Regions enter through ``RegionEmbedding`` (FC of the L2-normalized
 feature + FC of the L2-normalized 5-d box, summed, layer-normed). Heads: masked LM tied to the
 token embeddings, MRM regression to the raw feature, MRM classification over the detector's K
-classes, VLM match / no match on the first position of the joint sequence.
+classes, VLM match / no match on the first position of the joint sequence; fine-tuning tasks add
+theirs (IGLUE's: ``iglue_heads.py``).
 
 How text and regions are joined (``--joint-layout``), and the details that differ between
 XLM-R's layout and the reference code's (microsoft/M3P), are model options kept in the
@@ -42,6 +43,7 @@ from fairseq.utils import safe_getattr
 
 from ..errors import M3PInputError
 from .attention import use_fused_attention
+from .iglue_heads import start_poolers_from_vlm
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +374,7 @@ class M3PModel(HubFromPretrained, RobertaModel):
             # --restore-file / --finetune-from-model with a generation checkpoint: say so in one line
             raise M3PInputError("the checkpoint holds an M3P generation model (m3p_seq2seq_*, it has a decoder); "
                                 "this task needs an understanding model (m3p_*): give an understanding checkpoint")
+        start_poolers_from_vlm(self, state_dict, prefix, VLM_HEAD)  # before fairseq fills missing heads at random
         super().upgrade_state_dict_named(state_dict, name)
         self._check_head_kinds(state_dict, prefix)
         # An XLM-R checkpoint has no region stream: start those modules from their initialization.

@@ -6,6 +6,7 @@ code-switching, and building a model of the kind a task trains (from a pre-train
     DATA/captions/{lang}/{split}.{bin,idx}         captions (fairseq-preprocess)
     DATA/captions/{lang}/{split}.ids               the image id of each caption line
     DATA/regions/{split}.json                      region store manifest (+ its HDF5 shards)
+    DATA/regions/{split}.{lang}.json               a language's own store for the split, where it has one
 
 Fine-tuning starts from a pre-trained M3P checkpoint either through the task flag
 ``--pretrained-checkpoint PATH`` (weights only; checked to be the right kind of model, and the
@@ -216,20 +217,38 @@ class M3PTaskBase(FairseqTask):
                 raise M3PDataError(f"{os.path.join(path, lang)}: no {what} for language {lang!r}")
         return langs
 
-    def region_manifest(self, split):
+    def region_manifest(self, split, lang=None):
+        """``regions/{split}.json``; with ``lang``, the language's own store ``regions/{split}.{lang}.json``
+        where there is one (IGLUE: MaRVL's images differ per language)."""
         base = self.cfg.regions_dir or os.path.join(self.data_path(), "regions")
-        return os.path.join(base, f"{split}.json")
+        own = os.path.join(base, f"{split}.{lang}.json") if lang else None
+        return own if own and os.path.exists(own) else os.path.join(base, f"{split}.json")
 
-    def region_store(self, split) -> RegionStore:
-        if split not in self._stores:
-            self._stores[split] = RegionStore(self.region_manifest(split), cache_mb=self.cfg.region_cache_mb)
-        return self._stores[split]
+    def region_store(self, split, lang=None) -> RegionStore:
+        return self.store_at(self.region_manifest(split, lang))
+
+    def store_at(self, manifest) -> RegionStore:
+        """The region store of a manifest, opened once per task."""
+        if manifest not in self._stores:
+            self._stores[manifest] = RegionStore(manifest, cache_mb=self.cfg.region_cache_mb)
+        return self._stores[manifest]
 
     def load_tokens(self, prefix, what):
         ds = data_utils.load_indexed_dataset(prefix, self.dictionary, combine=False)
         if ds is None:
             raise M3PDataError(f"{prefix}.bin: {what} not found")
         return ds
+
+    def check_text(self, prefix, lines, what):
+        """Every line of ``prefix.bin`` holds text and fits --tokens-per-sample with the ``<s>`` put in front."""
+        sizes = np.asarray(lines.sizes)
+        empty = np.nonzero(sizes <= 1)[0]  # </s> only
+        if len(empty):
+            raise M3PDataError(f"{prefix}.bin: line {empty[0] + 1} is an empty {what}")
+        too_long = np.nonzero(sizes + 1 > self.cfg.tokens_per_sample)[0]
+        if len(too_long):
+            raise M3PDataError(f"{prefix}.bin: line {too_long[0] + 1} has {sizes[too_long[0]] + 1} tokens, "
+                               f"more than --tokens-per-sample {self.cfg.tokens_per_sample}")
 
     def load_captions(self, lang, split, negatives=False):
         """Captions of one language with their image rows; checks every line (and, for ``negatives``,
@@ -248,14 +267,7 @@ class M3PTaskBase(FairseqTask):
             ids = [line.strip() for line in f]
         if len(ids) != len(captions):
             raise M3PDataError(f"{ids_path}: {len(ids)} image ids for {len(captions)} captions in {prefix}.bin")
-        sizes = np.asarray(captions.sizes)
-        empty = np.nonzero(sizes <= 1)[0]  # </s> only
-        if len(empty):
-            raise M3PDataError(f"{prefix}.bin: line {empty[0] + 1} is an empty caption")
-        too_long = np.nonzero(sizes + 1 > self.cfg.tokens_per_sample)[0]
-        if len(too_long):
-            raise M3PDataError(f"{prefix}.bin: line {too_long[0] + 1} has {sizes[too_long[0]] + 1} tokens, "
-                               f"more than --tokens-per-sample {self.cfg.tokens_per_sample}")
+        self.check_text(prefix, captions, "caption")
         try:
             rows = self.region_store(split).indices_of(ids, source=ids_path)
         except RegionDataError as e:
@@ -265,9 +277,9 @@ class M3PTaskBase(FairseqTask):
         # <s> caption </s>, as XLM-R sees a sentence
         return PrependTokenDataset(captions, self.dictionary.bos()), rows
 
-    def region_dataset(self, split):
+    def region_dataset(self, split, lang=None):
         try:
-            return RegionDataset(self.region_store(split), max_regions=self.cfg.max_regions)
+            return RegionDataset(self.region_store(split, lang), max_regions=self.cfg.max_regions)
         except RegionDataError as e:
             raise M3PDataError(str(e))
 

@@ -46,16 +46,15 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import traceback
 
 import numpy as np
 
 from m3p_fairseq.data.region_store import (RegionDataError, RegionIndex, RegionShardWriter, merge_manifests,
                                            write_manifest)
-from m3p_fairseq.errors import M3PInputError, not_utf8_message
+from m3p_fairseq.errors import M3PInputError, command, not_utf8_message
+from m3p_fairseq.outputs import Staging, check_writable
 
 FORMATS = ("mmf", "tsv", "npz", "hdf5")
 TSV_FIELDS = "image_id,image_w,image_h,num_boxes,boxes,features"
@@ -475,7 +474,7 @@ def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_c
     out_dir = os.path.dirname(os.path.abspath(manifest))
     stem = os.path.basename(manifest)
     stem = stem[:-len(".json")] if stem.endswith(".json") else stem
-    os.makedirs(out_dir, exist_ok=True)
+    check_writable(manifest)
     source = SOURCES[fmt](sources, num_classes=num_classes, feat_dim=feat_dim, tsv_fields=tsv_fields)
     if feat_dim is None:
         feat_dim = _first_feat_dim(source, sources)  # of the whole input: every slice and worker agree
@@ -483,31 +482,31 @@ def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_c
     ranges = [r for r in (_part(lo, hi, w, workers) for w in range(workers)) if r[0] < r[1]]
     job = {"images_per_shard": images_per_shard, "feat_dim": feat_dim, "num_classes": num_classes,
            "max_regions": max_regions, "with_class_probs": with_class_probs}
-    job["stage"] = stage = tempfile.mkdtemp(prefix=f".{stem}-regions-", dir=out_dir)
+    # shards, index and manifest appear together, or nothing (not even a folder made for them)
     try:
-        counts = [source.count(a, b) for a, b in ranges]
-        with tqdm(total=None if None in counts else sum(counts), disable=not progress, unit="img", desc=stem) as bar:
-            if len(ranges) > 1:
-                results = _in_workers(source, ranges, job, bar)
-            else:
-                results = [_convert_range(source, a, b, job, "w0.", bar.update) for a, b in ranges]
-        names = [name for shard_names, _ in results for name in shard_names]
-        count = sum(c for _, c in results)
-        if count == 0 and n == 1:
-            raise DetectorInputError(f"{', '.join(sources)}: no images")
-        staged = [os.path.join(stage, name) for name in names]
-        # ids across workers are checked here, before anything is moved next to the manifest
-        index = RegionIndex.build(staged, ", ".join(sources))
-        finals = []
-        for j, path in enumerate(staged):
-            finals.append(os.path.join(out_dir, f"{stem}.{j}.h5"))
-            os.replace(path, finals[-1])
-        extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
-        write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra)
+        with Staging() as out:
+            job["stage"] = out.scratch(out_dir)
+            counts = [source.count(a, b) for a, b in ranges]
+            total = None if None in counts else sum(counts)
+            with tqdm(total=total, disable=not progress, unit="img", desc=stem) as bar:
+                if len(ranges) > 1:
+                    results = _in_workers(source, ranges, job, bar)
+                else:
+                    results = [_convert_range(source, a, b, job, "w0.", bar.update) for a, b in ranges]
+            names = [name for shard_names, _ in results for name in shard_names]
+            count = sum(c for _, c in results)
+            if count == 0 and n == 1:
+                raise DetectorInputError(f"{', '.join(sources)}: no images")
+            # ids across workers are checked here, before anything is moved next to the manifest
+            index = RegionIndex.build([os.path.join(job["stage"], name) for name in names], ", ".join(sources))
+            finals = [os.path.join(out_dir, f"{stem}.{j}.h5") for j in range(len(names))]
+            staged = [out.file(final) for final in finals]
+            for name, path in zip(names, staged):
+                os.replace(os.path.join(job["stage"], name), path)
+            extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
+            write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra, staging=out, staged=staged)
     except RegionDataError as e:
         raise DetectorInputError(str(e))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return count
 
 
@@ -619,6 +618,7 @@ def _worker(source, lo, hi, job, prefix, done, conn):
     conn.close()
 
 
+@command("m3p-import-regions")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("format", choices=FORMATS, help="source format (see the module docstring)")
@@ -637,15 +637,12 @@ def main(argv=None):
                         "then m3p-merge-manifests OUT.json SLICE.json ... (every machine must see the same input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    try:
-        n = convert(a.format, a.sources, a.manifest, a.images_per_shard, a.feat_dim, a.num_classes, a.max_regions,
-                    a.with_class_probs, a.tsv_fields, progress=not a.quiet, workers=a.workers,
-                    part=parse_slice(a.slice))
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-regions: {e}")
+    n = convert(a.format, a.sources, a.manifest, a.images_per_shard, a.feat_dim, a.num_classes, a.max_regions,
+                a.with_class_probs, a.tsv_fields, progress=not a.quiet, workers=a.workers, part=parse_slice(a.slice))
     print(f"{a.manifest}: {n} images", file=sys.stderr)
 
 
+@command("m3p-merge-manifests")
 def merge_main(argv=None):
     p = argparse.ArgumentParser(description="Merge region manifests into one, with its index: the slices of "
                                             "m3p-import-regions --slice K/N (all of them, put in slice order), or any "
@@ -653,10 +650,8 @@ def merge_main(argv=None):
     p.add_argument("out", help="the merged manifest, e.g. DATA/regions/train.json")
     p.add_argument("manifests", nargs="+", help="the manifests to merge (one: rewrite its index)")
     a = p.parse_args(argv)
-    try:
-        n = merge_manifests(a.out, a.manifests)
-    except M3PInputError as e:
-        sys.exit(f"m3p-merge-manifests: {e}")
+    check_writable(a.out)
+    n = merge_manifests(a.out, a.manifests)
     print(f"{a.out}: {n} images", file=sys.stderr)
 
 

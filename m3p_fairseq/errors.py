@@ -8,7 +8,8 @@ What counts as the user's input's fault, and its one line (``one_line``):
   file, where that is the cause);
 * a ``UnicodeDecodeError`` while a text file was read: the file and the line, found by looking
   for the open file in the traceback and decoding it line by line (so every reader, fairseq's
-  own included, is covered without wrapping it);
+  own included, is covered without wrapping it); gzip data that ends early or is damaged, the same
+  way;
 * a checkpoint that fairseq could not load into one of the plugin's models (another architecture,
   another dictionary size).
 
@@ -31,9 +32,10 @@ through ``m3p_fairseq.outputs`` (staged, moved into place only when complete) so
 nothing behind.
 
 Inside ``fairseq-train`` / ``fairseq-generate`` (which the plugin cannot wrap), the plugin installs
-a ``sys.excepthook`` that prints ``error: <line>`` for the same errors, where the error was raised
-by the plugin's own code or is an ``M3PInputError``; a stock fairseq error keeps its traceback and
-reads as without the plugin (the pass-through wrappers of fairseq functions are left out of it).
+a ``sys.excepthook`` that prints ``error: <line>`` for the same errors, where they are an
+``M3PInputError``, were raised by the plugin's own code, or the run is one of the plugin's tasks
+(fairseq's own ``--save-dir`` under a file, say); a stock task's error keeps its traceback and reads
+as without the plugin (the pass-through wrappers of fairseq functions are left out of it).
 The process then ends as Python ends it after any uncaught exception: buffered output is flushed,
 atexit handlers run (tensorboard writers, loggers), exit status 1.
 """
@@ -167,33 +169,53 @@ def os_error_message(exc):
     return f"{path}{target}: {what}"
 
 
-def first_line_not_utf8(path):
-    """(line number, raw bytes, UnicodeDecodeError) of the first line of ``path`` (plain or gzip) that is not
-    UTF-8, or None."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return n, raw, e
+def first_line_not_utf8(path, gz=False):
+    """(line number, raw bytes, UnicodeDecodeError) of the first line of ``path`` (``gz``: its gunzipped text)
+    that is not UTF-8, or None (also when the file cannot be read again)."""
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return n, raw, e
+    except (OSError, EOFError, ValueError):
+        return None
     return None
 
 
-def _text_files_read(tb):
-    """Paths of the text files open for reading in the frames of ``tb``, innermost frame first."""
+def _files_read(tb, wanted):
+    """(path, file object) of the open files (objects for which ``wanted(f)``) in the frames of ``tb``, innermost
+    frame first: what was being read when the error was raised."""
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
-    seen = []
+    seen = {}
     for frame in reversed(frames):
         for value in list(frame.f_locals.values()):
-            name = getattr(value, "name", None) if isinstance(value, io.TextIOBase) else None
-            if isinstance(name, (str, bytes)) and os.path.isfile(name) and name not in seen:
-                seen.append(os.fsdecode(name))
-    return seen
+            name = getattr(value, "name", None) if wanted(value) else None
+            if isinstance(name, (str, bytes)) and os.path.isfile(name):
+                seen.setdefault(os.fsdecode(name), value)
+    return list(seen.items())
+
+
+def _gzip_file(f):
+    return isinstance(f, gzip.GzipFile) or isinstance(getattr(f, "buffer", None), gzip.GzipFile)
+
+
+def compressed_data_message(exc):
+    """One line for gzip data that ends early or is damaged (EOFError, zlib.error, BadGzipFile), naming the file
+    being read; None when no gzip file was being read (an EOFError can be a bug)."""
+    import zlib
+
+    for e in _chain(exc):
+        if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)):
+            files = _files_read(e.__traceback__, _gzip_file)
+            if files:
+                return (f"{files[0][0]}: damaged or truncated gzip data ({str(e) or type(e).__name__}; a partial "
+                        f"download?)")
+    return None
 
 
 def decode_error_message(exc):
@@ -201,11 +223,8 @@ def decode_error_message(exc):
     for e in _chain(exc):
         if not isinstance(e, UnicodeDecodeError):
             continue
-        for path in _text_files_read(e.__traceback__):
-            try:
-                bad = first_line_not_utf8(path)
-            except OSError:
-                continue
+        for path, f in _files_read(e.__traceback__, lambda f: isinstance(f, io.TextIOBase)):
+            bad = first_line_not_utf8(path, gz=_gzip_file(f))
             if bad is not None:
                 n, raw, error = bad
                 return not_utf8_message(f"{path}: line {n}", raw, error)
@@ -227,10 +246,23 @@ def _raised_by_plugin(exc):
     return False
 
 
+def _plugin_task_run():
+    """Whether this process runs one of the plugin's tasks (``--task NAME`` / ``task._name=NAME`` on its command
+    line): then fairseq's own file-system errors (a --save-dir under a file ...) are the run's input errors too."""
+    try:
+        from fairseq.tasks import TASK_REGISTRY
+    except ImportError:
+        return False
+    argv = sys.argv[1:]
+    names = [b for a, b in zip(argv, argv[1:]) if a == "--task"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith(("--task=", "task._name="))]
+    return any(getattr(TASK_REGISTRY.get(n), "__module__", "").startswith(__package__ + ".") for n in names)
+
+
 def one_line(exc, ours=None):
     """The one-line message for an exception that is the user's input's fault, else None. ``ours``: the
     code that raised it is the plugin's (a console script); None: find out from the traceback (fairseq's
-    processes, where a stock error must keep its traceback)."""
+    processes, where a stock task's error must keep its traceback)."""
     chain = _chain(exc)
     inner = next((e for e in chain if isinstance(e, M3PInputError)), None)
     if inner is not None:
@@ -245,8 +277,13 @@ def one_line(exc, ours=None):
     message = checkpoint_load_message(exc)
     if message is not None:
         return message
+    if not (ours or (ours is None and (_raised_by_plugin(exc) or _plugin_task_run()))):
+        return None
+    message = compressed_data_message(exc)
+    if message is not None:
+        return message
     system = next((e for e in chain if isinstance(e, (OSError, UnicodeDecodeError))), None)
-    if system is None or not (ours or (ours is None and _raised_by_plugin(exc))):
+    if system is None:
         return None
     return decode_error_message(system) if isinstance(system, UnicodeDecodeError) else os_error_message(system)
 

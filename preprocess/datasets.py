@@ -52,15 +52,15 @@ class DatasetError(M3PInputError):
 
 
 def _open(path, newline=None, binary=False):
-    """Text file or its .gz (Multi30K ships its raw files gzipped). ``newline="\\n"`` for
+    """Text file or its .gz (Multi30K ships its raw files gzipped; gzip is told by the bytes, not the name). ``newline="\\n"`` for
     line-aligned corpora: a stray carriage return inside a sentence must not split its line. A UTF-8
     byte-order mark (files saved by Windows tools) is dropped, not read as part of the first line.
     (Bytes that are not UTF-8 end the command in one line naming the file and the line: the boundary
     of m3p_fairseq.errors finds the file being read.)"""
     for p in (path, path + ".gz"):
         if os.path.isfile(p):
-            gz = p.endswith(".gz")
-            if gz and not _is_gzip(p):
+            gz = _is_gzip(p)
+            if p.endswith(".gz") and not gz:
                 raise DatasetError(f"{p}: not gzip-compressed, although named .gz (a partial download?)")
             if binary:
                 return gzip.open(p, "rb") if gz else open(p, "rb")

@@ -53,7 +53,7 @@ import numpy as np
 
 from m3p_fairseq.data.region_store import (RegionDataError, RegionIndex, RegionShardWriter, merge_manifests,
                                            write_manifest)
-from m3p_fairseq.errors import M3PInputError, command, not_utf8_message
+from m3p_fairseq.errors import M3PInputError, command, not_utf8_message, require_file
 from m3p_fairseq.outputs import Staging, check_writable
 
 FORMATS = ("mmf", "tsv", "npz", "hdf5")
@@ -250,8 +250,7 @@ class TsvLines:
             except OverflowError:
                 limit //= 2
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
+            require_file(path, "TSV file")
         self.files = [(path, os.path.getsize(path)) for path in paths]
         self.units, self.num_classes = sum(size for _, size in self.files), num_classes
 
@@ -324,7 +323,7 @@ class NpzFiles(MmfFiles):
     def __init__(self, paths, num_classes, feat_dim=None, **unused):
         files = []
         for p in paths:
-            files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [p]
+            files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [require_file(p, ".npz file")]
         if not files:
             raise DetectorInputError(f"{', '.join(paths)}: no .npz files")
         self.files, self.units, self.num_classes, self.feat_dim = files, len(files), num_classes, feat_dim
@@ -360,8 +359,7 @@ class ReferenceHdf5:
 
         self.files = []  # (path, images, wh rows are height, width)
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
+            require_file(path, "HDF5 file")
             try:
                 f = h5py.File(path, "r")
             except OSError as e:

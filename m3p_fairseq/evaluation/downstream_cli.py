@@ -31,6 +31,7 @@ from ..checkpoints import GENERATION, UNDERSTANDING, load_model_of_kind
 from ..errors import M3PInputError, command, require_file
 from ..outputs import Staging, check_writable
 from .results import check_results_file, update_results, write_results
+from .retrieval import load_shard_scores
 
 KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION}
 DEFAULT_KEY = {"retrieval": "retrieval.finetuned", "xnli": "xnli", "generate": "generation"}
@@ -47,8 +48,8 @@ def retrieval(a, model, task, device, staging):
     """Recall per language: every pair scored by the cross-encoder (zero-shot or fine-tuned), or two-stage;
     sharded over machines and merged exactly. Returns {lang: metrics, with the language's chance_mR}."""
     from ..models.dual_encoder import has_dual_heads
-    from .retrieval import (chance_recall, image_contexts, language_split, load_shard_scores, merge_shards, recall_at_k,
-                            recall_line, save_shard_scores, score_pairs)
+    from .retrieval import (chance_recall, image_contexts, language_split, merge_shards, recall_at_k, recall_line,
+                            save_shard_scores, score_pairs)
     from .two_stage import merge_two_stage, two_stage_scores
 
     if a.two_stage and not has_dual_heads(model):
@@ -237,7 +238,7 @@ def main(argv=None):
     for name in ("langs", "targets"):
         if hasattr(a, name):
             setattr(a, name, [x for x in getattr(a, name).split(",") if x])
-    check_outputs(a, p)
+    check_up_front(a, p)
     device = "cuda" if torch.cuda.is_available() and not a.cpu else "cpu"
     kind = KIND_OF_COMMAND[a.command]
     model, task = load_model_of_kind(a.path, a.data, kind, f"'{a.command}'")
@@ -251,7 +252,7 @@ def main(argv=None):
     print(f"{key} -> {a.results}", file=sys.stderr)
 
 
-def check_outputs(a, parser):
+def check_up_front(a, parser):
     """Before any model is loaded: the outputs can be written and the flags that shape them agree, so that
     no evaluation runs to lose its numbers at the end."""
     check_results_file(a.results)
@@ -264,6 +265,8 @@ def check_outputs(a, parser):
             parser.error("--num-shards > 1 needs --scores-out (the shard's scores, merged later with --merge)")
     for path in getattr(a, "merge", None) or ():
         require_file(path, "scores file (--merge)")
+        for lang in a.langs:
+            load_shard_scores(path, lang, a.two_stage)
 
 
 def save_metrics(path, key, metrics, staging=None):

@@ -372,6 +372,32 @@ def test_not_a_checkpoint_on_every_load_path(name, not_checkpoints, tiny_world, 
     assert str(e.value).startswith(f"{path}: {not_checkpoints[name]}") and "\n" not in str(e.value)
 
 
+def test_each_kind_of_file_given_as_a_checkpoint_is_named(tiny_world, tmp_path):
+    """What the loader says a file is, through the hub (every load path shares the loader)."""
+    from m3p_fairseq import M3PHub
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    files = {
+        "empty.pt": (b"", "an empty file, not a checkpoint"),
+        "lfs.pt": (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n", "a Git LFS pointer"),
+        "model.safetensors": (len(header).to_bytes(8, "little") + header + bytes(4), "a safetensors file"),
+        "w.gz": (gzip.compress(b"weights"), "a gzip-compressed file, not a checkpoint: decompress it"),
+    }
+    for name, (raw, _) in files.items():
+        (tmp_path / name).write_bytes(raw)
+    np.save(str(tmp_path / "a.npy"), np.zeros(3))
+    np.savez(str(tmp_path / "a.npz"), a=np.zeros(3))
+    torch.save({"encoder.weight": torch.zeros(2)}, str(tmp_path / "state.pt"))  # weights without fairseq's keys
+    expected = {name: needle for name, (_, needle) in files.items()}
+    expected.update({"a.npy": "a NumPy array file (.npy)", "a.npz": "a zip archive, not a torch checkpoint",
+                     "state.pt": "a torch file but not a fairseq checkpoint"})
+    for name, needle in expected.items():
+        path = str(tmp_path / name)
+        with pytest.raises(M3PInputError) as e:
+            M3PHub.from_pretrained(path, data_name_or_path=tiny_world["data"])
+        assert str(e.value).startswith(f"{path}: {needle}") and "\n" not in str(e.value), str(e.value)
+
+
 def test_dictionary_of_another_size_than_the_checkpoint(tiny_world, tiny_checkpoint, tmp_path):
     data = _data_copy(tiny_world, tmp_path, "dict.txt")
     with open(os.path.join(data, "dict.txt"), "a") as f:
@@ -528,8 +554,12 @@ def test_fairseq_train_bad_inputs(tiny_world, not_checkpoints, tmp_path, monkeyp
     lines = open(ids, "rb").read().splitlines(keepends=True)
     lines[6] = lines[6].strip() + b"\xe9\n"
     open(ids, "wb").write(b"".join(lines))
+    dict_data = _data_copy(tiny_world, tmp_path / "dict", "dict.txt")
+    with open(os.path.join(dict_data, "dict.txt"), "ab") as f:
+        f.write("caf\xe9 1\n".encode("latin-1"))
     (tmp_path / "afile").write_text("x")
     data, notck = tiny_world["data"], not_checkpoints["path"]
+    n_dict = len(open(os.path.join(dict_data, "dict.txt"), "rb").read().splitlines())
     cases = {  # name: (data, flags, what the line says)
         "missing --finetune-from-model": (data, ["--finetune-from-model", str(tmp_path / "typo.pt")],
                                           f"{tmp_path / 'typo.pt'}: --finetune-from-model not found"),
@@ -541,6 +571,7 @@ def test_fairseq_train_bad_inputs(tiny_world, not_checkpoints, tmp_path, monkeyp
                                    "notes.pt: a text file, not a checkpoint"),
         "NaN box in the store": (nan_data, [], "image 'train_"),
         "captions .ids not UTF-8": (ids_data, [], f"{ids}: line 7: not UTF-8"),
+        "dict.txt not UTF-8": (dict_data, [], f"{os.path.join(dict_data, 'dict.txt')}: line {n_dict}: not UTF-8"),
         "--save-dir under a file": (data, [], f"{tmp_path / 'afile' / 'ck'}: {tmp_path / 'afile'} is a file, not a folder"),
     }
     for k, (name, (d, flags, needle)) in enumerate(cases.items()):

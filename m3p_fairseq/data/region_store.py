@@ -15,7 +15,9 @@ One shard (``*.h5``) holds, for N images and M regions in all:
 
 and the attributes ``format="m3p-regions"``, ``version``, ``feat_dim``, ``num_classes``. Shards
 written here carry HDF5's Fletcher-32 checksum on every chunk of the flat arrays, so bytes damaged
-after writing fail the read (one line naming shard and image) instead of becoming wrong numbers.
+after writing fail the read (one line naming shard and image) instead of becoming wrong numbers, and
+every image read is checked as the writer checks it (finite features, boxes finite and inside the
+image: ``geometry_problem``), so a store written by other tools cannot feed a NaN box to a model.
 A manifest (``*.json``) names the shards of one corpus/split; the reader sees them as one store and
 opens each shard lazily, once per process, reading an image as one contiguous slice.
 

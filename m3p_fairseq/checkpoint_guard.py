@@ -174,7 +174,8 @@ def not_a_checkpoint(path):
                     f"the .pt file inside; XLM-R's folder is imported with m3p-import-xlmr")
         return "a gzip-compressed file, not a checkpoint: decompress it (gunzip) and give the file inside"
     if len(head) >= 262 and head[257:262] == b"ustar":
-        return f"a tar archive, not a checkpoint: unpack it (tar -xf {os.path.basename(path)}) and give the .pt file inside"
+        return (f"a tar archive, not a checkpoint: unpack it (tar -xf {os.path.basename(path)}) and give the .pt file "
+                f"inside")
     for magic, what in ((b"BZh", "a bzip2-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
                         (b"\x28\xb5\x2f\xfd", "a zstd-compressed file")):
         if head.startswith(magic):
@@ -191,7 +192,8 @@ def not_a_checkpoint(path):
     if head.startswith(ZIP_MAGIC):
         why = incomplete(path)
         if why == "truncated":
-            return "truncated (the file ends before its end record: an interrupted copy or download?); use a complete copy"
+            return ("truncated (the file ends before its end record: an interrupted copy or download?); use a "
+                    "complete copy")
         if why is not None:
             return "a zip archive, not a torch checkpoint (no data.pkl; an .npz or another archive?)"
         return None
@@ -255,7 +257,8 @@ def _explaining_failures(original):
 
             if PathManager.path_requires_pathmanager(path):
                 raise  # a remote path: fairseq's own handling
-            message = unloadable_message(path, e, fairseq_step=not isinstance(e, OSError) and not _raised_in_torch_load(e))
+            torch_read_it = not isinstance(e, OSError) and not _raised_in_torch_load(e)
+            message = unloadable_message(path, e, fairseq_step=torch_read_it)
             error = RefusedCheckpointError if message.startswith("refused") else CheckpointError
             raise error(f"{path}: {message}") from e
 

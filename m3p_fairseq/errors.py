@@ -160,7 +160,8 @@ def os_error_message(exc):
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     path = os.fsdecode(exc.filename)
     what = exc.strerror or type(exc).__name__
-    blocker = file_in_the_way(path) if isinstance(exc, (NotADirectoryError, FileExistsError, FileNotFoundError)) else None
+    missing_way = isinstance(exc, (NotADirectoryError, FileExistsError, FileNotFoundError))
+    blocker = file_in_the_way(path) if missing_way else None
     if blocker is not None:
         what = f"{blocker} is a file, not a folder"
     elif isinstance(exc, IsADirectoryError):
@@ -194,9 +195,12 @@ def _files_read(tb, wanted):
     seen = {}
     for frame in reversed(frames):
         for value in list(frame.f_locals.values()):
-            name = getattr(value, "name", None) if wanted(value) else None
-            if isinstance(name, (str, bytes)) and os.path.isfile(name):
-                seen.setdefault(os.fsdecode(name), value)
+            try:  # any object may sit in a frame: none may break the error's report
+                name = getattr(value, "name", None) if wanted(value) else None
+                if isinstance(name, (str, bytes)) and os.path.isfile(name):
+                    seen.setdefault(os.fsdecode(name), value)
+            except Exception:
+                continue
     return list(seen.items())
 
 

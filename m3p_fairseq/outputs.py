@@ -86,7 +86,8 @@ class Staging:
         check_writable(target, folder=folder)
         parent = self._made_parent(os.path.dirname(os.path.abspath(target)))
         # the target's name last: some writers add their extension when it is missing (np.savez)
-        return os.path.join(parent, f"{TMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{os.path.basename(os.path.abspath(target))}")
+        name = os.path.basename(os.path.abspath(target))
+        return os.path.join(parent, f"{TMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{name}")
 
     def file(self, target):
         tmp = self._temporary(target, folder=False)

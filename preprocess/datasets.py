@@ -52,9 +52,9 @@ class DatasetError(M3PInputError):
 
 
 def _open(path, newline=None, binary=False):
-    """Text file or its .gz (Multi30K ships its raw files gzipped; gzip is told by the bytes, not the name). ``newline="\\n"`` for
-    line-aligned corpora: a stray carriage return inside a sentence must not split its line. A UTF-8
-    byte-order mark (files saved by Windows tools) is dropped, not read as part of the first line.
+    """Text file or its .gz (Multi30K ships its raw files gzipped; gzip is told by the bytes, not the name).
+    ``newline="\\n"`` for line-aligned corpora: a stray carriage return inside a sentence must not split its
+    line. A UTF-8 byte-order mark (files saved by Windows tools) is dropped, not read as part of the first line.
     (Bytes that are not UTF-8 end the command in one line naming the file and the line: the boundary
     of m3p_fairseq.errors finds the file being read.)"""
     for p in (path, path + ".gz"):
@@ -163,7 +163,7 @@ class Writer:
                 binarize_pair(self.spm, self.dict_path, os.path.join(self.out, parallel_folder(src, tgt)), src,
                               tgt, raw, workers=self.workers, staging=out)
             if self.labels:
-                _write_labels(self, out)
+                write_labels(self, out)
         counts = {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
         counts.update({parallel_folder(*pair): {s: len(v) for s, v in splits.items()} for pair, splits in self.pairs.items()})
         return counts
@@ -401,9 +401,13 @@ def import_xnli(w, xnli_dir, train_dir=None, train_langs=("en",), langs=XNLI_LAN
                 add(lang, "train", parts[0], parts[1], parts[2], f"{path}: line {n}")
 
 
-def _write_labels(w, out):
+def write_labels(w, out=None):
     """Labels binarized with a fixed dictionary (entailment=4, neutral=5, contradiction=6), as
-    fairseq's sentence_prediction reads DATA/label; staged in ``out`` with the rest of the import."""
+    fairseq's sentence_prediction reads DATA/label; ``Writer.close`` stages them in ``out`` (an
+    outputs.Staging) with the rest of the import."""
+    if out is None:
+        with Staging() as out:
+            return write_labels(w, out)
     by_folder = collections.defaultdict(dict)
     for (folder, split), labels in w.labels.items():
         by_folder[folder][split] = labels

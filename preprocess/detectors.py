@@ -502,7 +502,8 @@ def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_c
             for name, path in zip(names, staged):
                 os.replace(os.path.join(job["stage"], name), path)
             extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
-            write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra, staging=out, staged=staged)
+            write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra, staging=out,
+                           staged=staged)
     except RegionDataError as e:
         raise DetectorInputError(str(e))
     return count

@@ -427,8 +427,8 @@ def test_nan_box_at_evaluation(tiny_world, tiny_checkpoint, tmp_path):
     store = RegionStore(os.path.join(data, "regions", "test.json"))
     image = store.image_ids[int(np.searchsorted(np.cumsum(store.num_regions), 4, side="right"))]
     results = _place(tmp_path / "out")
-    _refused(_retrieval_main(), [data, "--path", tiny_checkpoint, "--cpu", "--results", os.path.join(results, "r.json")],
-             "test.0.h5", f"image {image!r}: boxes contain NaN or Inf")
+    argv = [data, "--path", tiny_checkpoint, "--cpu", "--results", os.path.join(results, "r.json")]
+    _refused(_retrieval_main(), argv, "test.0.h5", f"image {image!r}: boxes contain NaN or Inf")
     _as_it_was(results)
 
 
@@ -572,7 +572,7 @@ def test_fairseq_train_bad_inputs(tiny_world, not_checkpoints, tmp_path, monkeyp
         "NaN box in the store": (nan_data, [], "image 'train_"),
         "captions .ids not UTF-8": (ids_data, [], f"{ids}: line 7: not UTF-8"),
         "dict.txt not UTF-8": (dict_data, [], f"{os.path.join(dict_data, 'dict.txt')}: line {n_dict}: not UTF-8"),
-        "--save-dir under a file": (data, [], f"{tmp_path / 'afile' / 'ck'}: {tmp_path / 'afile'} is a file, not a folder"),
+        "--save-dir under a file": (data, [], f"{tmp_path / 'afile' / 'ck'}: {tmp_path / 'afile'} is a file"),
     }
     for k, (name, (d, flags, needle)) in enumerate(cases.items()):
         save = str(tmp_path / "afile" / "ck") if name == "--save-dir under a file" else _place(tmp_path / f"ck{k}")
@@ -589,6 +589,7 @@ def test_fairseq_train_bad_inputs(tiny_world, not_checkpoints, tmp_path, monkeyp
 
 # ---- every console script, the same classes --------------------------------------------------------
 # (script, argv, needle): {x} are the files below, {data}/{spm}/{dict}/{ck} the tiny world's and a checkpoint
+VOCAB = ["--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"]
 SWEEP = {
     "m3p-make-world": [
         (["{afile}/world", "--quiet"], "{afile} is a file, not a folder")],
@@ -599,24 +600,23 @@ SWEEP = {
         (["{out}", "{latin1}"], "{latin1}: line 1: not UTF-8"),
         (["{afile}", "{text}"], "{afile}: cannot write here: a file, where a folder is to be written")],
     "m3p-binarize": [
-        (["--spm", "{missing}", "--dict", "{dict}", "--out", "{out}", "--train", "{text}"], "{missing}: sentencepiece model not found"),
-        (["--spm", "{garbage}", "--dict", "{dict}", "--out", "{out}", "--train", "{text}"], "{garbage}: not a sentencepiece model"),
-        (["--spm", "{spm}", "--dict", "{garbage}", "--out", "{out}", "--train", "{text}"], "{garbage}: not a fairseq dict.txt"),
-        (["--spm", "{spm}", "--dict", "{latin1}", "--out", "{out}", "--train", "{text}"], "{latin1}: line 1: not UTF-8"),
-        (["--spm", "{spm}", "--dict", "{dict}", "--out", "{out}", "--train", "{adir}"], "{adir}: a folder, where the raw text"),
-        (["--spm", "{spm}", "--dict", "{dict}", "--out", "{out}", "--train", "{empty}"], "{empty}: no lines")],
+        (["--train", "{text}", *VOCAB, "--spm", "{missing}"], "{missing}: sentencepiece model not found"),
+        (["--train", "{text}", *VOCAB, "--spm", "{garbage}"], "{garbage}: not a sentencepiece model"),
+        (["--train", "{text}", *VOCAB, "--dict", "{garbage}"], "{garbage}: not a fairseq dict.txt"),
+        (["--train", "{text}", *VOCAB, "--dict", "{latin1}"], "{latin1}: line 1: not UTF-8"),
+        (["--train", "{adir}", *VOCAB], "{adir}: a folder, where the raw text"),
+        (["--train", "{empty}", *VOCAB], "{empty}: no lines")],
     "m3p-prepare-world": [
         (["{missing}", "{out}"], "{missing}/raw: no world text or captions")],
     "m3p-import-dataset": [
-        (["cc", "--train", "{missing}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "{missing}: no such file"),
-        (["cc", "--train", "{adir}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "{adir}: a folder, where a file"),
-        (["cc", "--train", "{empty}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "nothing to write: no lines read"),
-        (["cc", "--train", "{latin1}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "{latin1}: line 1: not UTF-8"),
-        (["cc", "--train", "{gz_cut}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "{gz_cut}: damaged or truncated gzip"),
-        (["coco", "{garbage}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"], "{garbage}: not JSON"),
-        (["tmx", "--pair", "en-de", "--train", "{empty}", "--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"],
-         "{empty}: line 1, column 1: not well-formed XML"),
-        (["wiki", "{text}", "--out", "{afile}", "--spm", "{spm}", "--dict", "{dict}"], "{afile}: cannot write here"),
+        (["cc", "--train", "{missing}", *VOCAB], "{missing}: no such file"),
+        (["cc", "--train", "{adir}", *VOCAB], "{adir}: a folder, where a file"),
+        (["cc", "--train", "{empty}", *VOCAB], "nothing to write: no lines read"),
+        (["cc", "--train", "{latin1}", *VOCAB], "{latin1}: line 1: not UTF-8"),
+        (["cc", "--train", "{gz_cut}", *VOCAB], "{gz_cut}: damaged or truncated gzip"),
+        (["coco", "{garbage}", *VOCAB], "{garbage}: not JSON"),
+        (["tmx", "--pair", "en-de", "--train", "{empty}", *VOCAB], "{empty}: line 1, column 1: not well-formed XML"),
+        (["wiki", "{text}", *VOCAB, "--out", "{afile}"], "{afile}: cannot write here"),
         (["muse", "{missing}", "--out", "{out}"], "{missing}: expected a MUSE file name")],
     "m3p-import-regions": [
         (["tsv", "{missing}", "{out}/train.json", "--quiet"], "{missing}: TSV file not found"),
@@ -645,14 +645,17 @@ SWEEP = {
         (["{data}", "--path", "{ck}", "--cpu", "--results", "{garbage}"], "{garbage}: not valid JSON"),
         (["{data}", "--path", "{ck}", "--cpu", "--merge", "{empty}"], "{empty}: not a scores file")],
     "m3p-downstream-eval": [
-        (["xnli", "{data}", "--path", "{ck}", "--cpu", "--results", "{afile}/r.json"], "{afile}/r.json: cannot write here"),
+        (["xnli", "{data}", "--path", "{ck}", "--cpu", "--results", "{afile}/r.json"],
+         "{afile}/r.json: cannot write here"),
         (["generate", "{data}", "--path", "{missing}", "--targets", "de", "--cpu"], "{missing}: checkpoint not found"),
         (["generate", "{data}", "--path", "{ck}", "--targets", "de", "--cpu", "--hyps-dir", "{afile}"],
          "{afile}: cannot write here: a file, where a folder")],
     "m3p-caption-score": [
         (["--hyp", "{missing}", "--ref", "{text}"], "{missing}: hypothesis file not found"),
         (["--hyp", "{text}", "--ref", "{adir}"], "{adir}: a folder, where the reference file is expected"),
-        (["--hyp", "{empty}", "--ref", "{text}"], "{empty}: empty hypothesis file")],
+        (["--hyp", "{empty}", "--ref", "{text}"], "{empty}: empty hypothesis file"),
+        (["--hyp", "{text}", "--ref", "{text}", "--results", "{badjson}", "--key", "retrieval.zero_shot.en.mR.x"],
+         "{badjson}: retrieval.zero_shot.en.mR holds 'high', not an object")],
     "m3p-results-table": [
         (["{missing}"], "{missing}: results file not found"),
         (["{adir}"], "{adir}: a folder, where the results file is expected"),

@@ -43,7 +43,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.results and not a.key:
         p.error("--results needs --key")
-    check_results_file(a.results)
+    check_results_file(a.results, a.key)
     hyps = read_captions(a.hyp, "D", "hypothesis")
     refs = [read_captions(r, "T", "reference") for r in a.ref]
     for path, stream in zip(a.ref, refs):

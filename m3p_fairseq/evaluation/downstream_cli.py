@@ -30,7 +30,7 @@ import torch
 from ..checkpoints import GENERATION, UNDERSTANDING, load_model_of_kind
 from ..errors import M3PInputError, command, require_file
 from ..outputs import Staging, check_writable
-from .results import check_results_file, update_results, write_results
+from .results import check_results_file, load_results, set_result, write_results
 from .retrieval import load_shard_scores
 
 KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION}
@@ -255,7 +255,7 @@ def main(argv=None):
 def check_up_front(a, parser):
     """Before any model is loaded: the outputs can be written and the flags that shape them agree, so that
     no evaluation runs to lose its numbers at the end."""
-    check_results_file(a.results)
+    check_results_file(a.results, a.key or DEFAULT_KEY[a.command])
     check_writable(getattr(a, "scores_out", None))
     check_writable(getattr(a, "hyps_dir", None), folder=True)
     if hasattr(a, "num_shards"):
@@ -271,16 +271,13 @@ def check_up_front(a, parser):
 
 def save_metrics(path, key, metrics, staging=None):
     """Merge ``{lang: metrics}`` under ``key``. Each language's chance level (``chance_mR``) stays beside its
-    own numbers; the section gets a chance line (``chance_mR`` next to ``key``) only when every language shares it."""
-    doc = update_results(path, key, metrics, staging)
+    own numbers; the section gets a chance line (``chance_mR`` next to ``key``) only when every language shares it.
+    ``staging``: an outputs.Staging the file joins (default: written at once)."""
+    doc = set_result(path, load_results(path), key, metrics)
     chances = {m["chance_mR"] for m in metrics.values() if isinstance(m, dict) and "chance_mR" in m}
     if len(chances) == 1 and "." in key:
-        parts = key.rsplit(".", 1)[0].split(".")
-        node = doc
-        for part in parts:
-            node = node[part]
-        node["chance_mR"] = chances.pop()
-        write_results(path, doc, staging)
+        set_result(path, doc, key.rsplit(".", 1)[0] + ".chance_mR", chances.pop())
+    write_results(path, doc, staging)
 
 
 @command("m3p-retrieval-eval")

@@ -20,12 +20,23 @@ def load_results(path):
     return doc
 
 
-def check_results_file(path):
-    """At a command's start: ``path`` (if given) can be written and, if it exists, is a results document,
-    so that the numbers of a long evaluation are not lost at its end."""
+def check_results_file(path, key=None):
+    """At a command's start: ``path`` (if given) can be written and, if it exists, is a results document
+    that can take ``key``, so that the numbers of a long evaluation are not lost at its end."""
     if path:
         check_writable(path)
-        load_results(path)
+        _node(path, load_results(path), key.split(".")[:-1] if key else [])
+
+
+def _node(path, doc, parts):
+    """The object at ``parts`` of ``doc``, made where missing; one line where a value stands in the way."""
+    node = doc
+    for k, part in enumerate(parts):
+        if not isinstance(node.get(part, {}), dict):
+            raise M3PInputError(f"{path}: {'.'.join(parts[:k + 1])} holds {node[part]!r}, not an object: cannot "
+                                f"store {'.'.join(parts)}.* under it")
+        node = node.setdefault(part, {})
+    return node
 
 
 def _merge(into, new):
@@ -37,19 +48,18 @@ def _merge(into, new):
             into[k] = v
 
 
-def update_results(path, key, value, staging=None):
-    """Set ``doc[k1][k2]...`` = value for key "k1.k2..." (objects merged key by key, at every depth: the
-    numbers of one language written by another tool stay), then write atomically (or into ``staging``,
-    an outputs.Staging, with the command's other outputs)."""
-    doc = load_results(path)
-    node = doc
+def set_result(path, doc, key, value):
+    """``doc[k1][k2]...`` = value for key "k1.k2..." (objects merged key by key, at every depth: the numbers of
+    one language written by another tool stay); ``path``: the file ``doc`` comes from, for messages."""
     parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part, {}), dict):
-            raise M3PInputError(f"{path}: {part!r} holds {node[part]!r}, not an object: cannot store {key} under it")
-        node = node.setdefault(part, {})
-    _merge(node, {parts[-1]: value})
-    write_results(path, doc, staging)
+    _merge(_node(path, doc, parts[:-1]), {parts[-1]: value})
+    return doc
+
+
+def update_results(path, key, value):
+    """``set_result`` in the results file ``path``, written atomically."""
+    doc = set_result(path, load_results(path), key, value)
+    write_results(path, doc)
     return doc
 
 

@@ -49,7 +49,8 @@ def _table(title, rows, metric, fmt="{:.1f}", section=None):
         for lang in langs:
             v = per_lang.get(lang, {})
             if isinstance(v, dict) and metric in v and not isinstance(v[metric], (int, float)):
-                raise M3PInputError(f"{section or title}.{setting}.{lang}.{metric}: expected a number, found {v[metric]!r}")
+                raise M3PInputError(f"{section or title}.{setting}.{lang}.{metric}: expected a number, "
+                                    f"found {v[metric]!r}")
             cells.append(fmt.format(v[metric]) if isinstance(v, dict) and metric in v else "-")
         out.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

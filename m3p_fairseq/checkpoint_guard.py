@@ -242,6 +242,19 @@ def _raised_in_torch_load(exc):
     return False
 
 
+def _has_fairseq_keys(path):
+    """Whether the torch file ``path`` holds a fairseq checkpoint's keys (then a failure after torch read it
+    is not the file's fault, and keeps fairseq's traceback)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # unreadable after all: the file's fault
+        return False
+    return isinstance(state, dict) and "model" in state and ("args" in state or "cfg" in state) \
+        and ("optimizer_history" in state or "best_loss" in state)  # what fairseq's upgrade needs
+
+
 def _explaining_failures(original):
     """fairseq's load_checkpoint_to_cpu; a local file it cannot load raises one line naming the file and
     saying why (``CheckpointError``; ``RefusedCheckpointError``, still a pickle.UnpicklingError, for one
@@ -258,6 +271,8 @@ def _explaining_failures(original):
             if PathManager.path_requires_pathmanager(path):
                 raise  # a remote path: fairseq's own handling
             torch_read_it = not isinstance(e, OSError) and not _raised_in_torch_load(e)
+            if torch_read_it and _has_fairseq_keys(path):
+                raise
             message = unloadable_message(path, e, fairseq_step=torch_read_it)
             error = RefusedCheckpointError if message.startswith("refused") else CheckpointError
             raise error(f"{path}: {message}") from e

@@ -81,19 +81,10 @@ def load_checkpoint_of_kind(path, kind, needs, not_found="checkpoint not found",
     ending in ``needs`` (what the caller does with it). ``overrides``: fairseq's arg_overrides (e.g. data)."""
     from fairseq import checkpoint_utils
 
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise M3PInputError(f"{path}: {not_found}")
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path, overrides)
-    except M3PInputError:
-        raise
-    except Exception as e:  # truncated or foreign files raise many kinds of errors
-        from .errors import refused_checkpoint_message
-
-        refused = refused_checkpoint_message(e)
-        raise M3PInputError(f"{path}: {refused}" if refused else
-                            f"{path}: cannot load checkpoint ({e.__class__.__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})")
+    # the plugin's wrapper of this fairseq function says in one line what is wrong with a file it cannot load
+    state = checkpoint_utils.load_checkpoint_to_cpu(path, overrides)
     model_cfg = (state.get("cfg") or {}).get("model") if state.get("cfg") is not None else state.get("args")
     found, arch = kind_of_cfg(model_cfg) if model_cfg is not None else (None, None)
     if found != kind:
@@ -104,13 +95,28 @@ def load_checkpoint_of_kind(path, kind, needs, not_found="checkpoint not found",
 
 def load_model_of_kind(path, data, kind, who, overrides=None):
     """(model, task) of a checkpoint that must hold ``kind``, built as fairseq builds it, over ``data``."""
-    from fairseq import checkpoint_utils
-
     overrides = {"data": data, **(overrides or {})}
     # (fairseq applies arg_overrides while it reads the file: with a state given, they must be in it already)
     state, _ = load_checkpoint_of_kind(path, kind, f"{who} needs {describe(kind)}", overrides=overrides)
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
-    return models[0], task
+    model, _, task = load_model(path, overrides, state)
+    return model, task
+
+
+def load_model(path, overrides, state=None):
+    """(model, cfg, task) as fairseq's load_model_ensemble_and_task builds them; weights that do not fit the
+    model built (another architecture, a dict.txt of another size) are one line naming the file."""
+    from fairseq import checkpoint_utils
+
+    from .errors import checkpoint_load_message
+
+    try:
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, state=state)
+    except RuntimeError as e:
+        message = checkpoint_load_message(e)
+        if message is None:
+            raise
+        raise M3PInputError(f"{path}: {message}") from e
+    return models[0], cfg, task
 
 
 def inherit_model_args(cfg, model_cfg, kind, path):

@@ -91,8 +91,6 @@ class M3PHub(nn.Module):
 
         >>> M3PHub.from_pretrained("checkpoints/checkpoint_best.pt", data_name_or_path="data-bin/m3p")
         """
-        from fairseq import checkpoint_utils
-
         path = _checkpoint_path(model_name_or_path, checkpoint_file)
         data = data_name_or_path or os.path.dirname(os.path.abspath(path))
         if not os.path.isfile(os.path.join(data, "dict.txt")):
@@ -100,9 +98,8 @@ class M3PHub(nn.Module):
         spm_path = os.path.join(data, "sentencepiece.bpe.model")
         if not os.path.isfile(spm_path):
             raise M3PInputError(f"{data}: no sentencepiece.bpe.model")
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-            [path], arg_overrides=dict(overrides, data=os.path.abspath(data)))
-        hub = cls(cfg, task, models[0], spm_path)
+        model, cfg, task = checkpoints.load_model(path, dict(overrides, data=os.path.abspath(data)))
+        hub = cls(cfg, task, model, spm_path)
         hub.eval()
         return hub
 

@@ -8,8 +8,9 @@ One call makes one folder (a language of the text corpus, or the captions of one
 writes ``DATA/captions/en/{train,valid}.{bin,idx}`` (``--only-source --dataset-impl mmap``, the
 fairseq dictionary given) and, for captions, copies the sibling ``.ids`` file (the image id of
 each line) to ``{split}.ids`` after checking that it has as many lines as the captions. Empty
-lines and a line-count mismatch stop the run with the file and line named; nothing is written
-into ``--out`` unless every split succeeds. ``binarize_pair`` does the same for a language pair
+lines, bytes that are not UTF-8 and a line-count mismatch stop the run with the file and line
+named; nothing is written into ``--out`` unless every split succeeds, and a refused run leaves no
+folder behind (``m3p_fairseq.outputs``). ``binarize_pair`` does the same for a language pair
 (line-aligned source and target files), in the layout of fairseq's translation task.
 """
 import argparse
@@ -18,18 +19,19 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
+
+from m3p_fairseq.errors import M3PInputError, command, require_file
+from m3p_fairseq.outputs import Staging
 
 
-class BinarizeError(ValueError):
-    pass
+class BinarizeError(M3PInputError):
+    """Bad text to binarize; the message names the file and the line."""
 
 
 def _encode(sp, src, dst, max_tokens=None, progress=False):
     from tqdm import tqdm
 
-    if not os.path.isfile(src):
-        raise BinarizeError(f"{src}: no such file")
+    require_file(src, "raw text file")
     n = 0
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         lines = tqdm(f, desc=f"sentencepiece {os.path.basename(src)}", unit=" lines", mininterval=2,
@@ -69,39 +71,30 @@ def run_fairseq_preprocess(argv, what):
 
 
 @contextlib.contextmanager
-def _staged(out_dir):
-    """A temporary folder beside ``out_dir`` (its ``enc/`` for sentencepiece output), moved into
-    ``out_dir``'s place only when the block succeeds: a failed run leaves no half-written folder."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".binarize-", dir=parent)
-    try:
-        os.makedirs(os.path.join(stage, "enc"))
-        yield stage
-        shutil.rmtree(os.path.join(stage, "enc"))
-        for junk in ("preprocess.log",):
-            if os.path.exists(os.path.join(stage, junk)):
-                os.remove(os.path.join(stage, junk))
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(stage, out_dir)
-    finally:
-        if os.path.exists(stage):
-            shutil.rmtree(stage)
+def _staged(out_dir, staging=None):
+    """A temporary folder that becomes ``out_dir`` (replacing it) when the block and ``staging`` (an
+    ``outputs.Staging`` of several outputs; default: one of its own) succeed, and its scratch folder for
+    sentencepiece output: a failed run leaves no half-written folder and no folder it created."""
+    with contextlib.ExitStack() as stack:
+        if staging is None:
+            staging = stack.enter_context(Staging())
+        stage = staging.folder(out_dir)
+        yield stage, staging.scratch(os.path.dirname(stage))
+        if os.path.exists(os.path.join(stage, "preprocess.log")):
+            os.remove(os.path.join(stage, "preprocess.log"))
 
 
 def _progress(progress):
     return sys.stderr.isatty() if progress is None else progress
 
 
-def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False, progress=None):
+def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, require_ids=False, progress=None,
+             staging=None):
     """splits: {"train": raw_path, "valid": raw_path, "test": raw_path} (any subset). ``progress``: a
-    tqdm bar per file while encoding (default: when stderr is a terminal)."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
-    with _staged(out_dir) as stage:
-        enc = os.path.join(stage, "enc")
+    tqdm bar per file while encoding (default: when stderr is a terminal). ``staging``: the
+    ``outputs.Staging`` of a command writing several folders together (default: ``out_dir`` alone)."""
+    sp = _sentencepiece(spm_model, dict_path)
+    with _staged(out_dir, staging) as (stage, enc):
         args = []
         for split, raw in splits.items():
             n = _encode(sp, raw, os.path.join(enc, split), max_tokens, _progress(progress))
@@ -122,19 +115,18 @@ def binarize(spm_model, dict_path, out_dir, splits, workers=1, max_tokens=None, 
                                 "--dataset-impl", "mmap", "--workers", str(workers)] + args, out_dir)
 
 
-def binarize_pair(spm_model, dict_path, out_dir, src, tgt, splits, workers=1, max_tokens=None, progress=None):
+def binarize_pair(spm_model, dict_path, out_dir, src, tgt, splits, workers=1, max_tokens=None, progress=None,
+                  staging=None):
     """A language pair as fairseq's translation task reads it. splits: {split: (src_path, tgt_path)},
     line-aligned raw files; writes ``out_dir/{split}.{src}-{tgt}.{src,tgt}.{bin,idx}`` and
     ``dict.{src,tgt}.txt`` (both the one dictionary given: one vocabulary for all languages)."""
-    import sentencepiece as spm
-
     if src == tgt:
         raise BinarizeError(f"{out_dir}: source and target are both {src!r}")
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
-    with _staged(out_dir) as stage:
+    sp = _sentencepiece(spm_model, dict_path)
+    with _staged(out_dir, staging) as (stage, enc):
         args = []
         for split, (src_raw, tgt_raw) in splits.items():
-            prefix = os.path.join(stage, "enc", split)
+            prefix = os.path.join(enc, split)
             n = _encode(sp, src_raw, f"{prefix}.{src}", max_tokens, _progress(progress))
             m = _encode(sp, tgt_raw, f"{prefix}.{tgt}", max_tokens, _progress(progress))
             if m != n:
@@ -145,6 +137,26 @@ def binarize_pair(spm_model, dict_path, out_dir, src, tgt, splits, workers=1, ma
                                 "--workers", str(workers)] + args, out_dir)
 
 
+def _sentencepiece(spm_model, dict_path):
+    """The sentencepiece model, after checking that both vocabulary files are there and readable."""
+    import sentencepiece as spm
+
+    require_file(spm_model, "sentencepiece model")
+    require_file(dict_path, "fairseq dictionary")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=spm_model)
+    except (OSError, RuntimeError) as e:
+        raise BinarizeError(f"{spm_model}: not a sentencepiece model ({(str(e).splitlines() or [''])[0][:200]})")
+    try:
+        from fairseq.data import Dictionary
+
+        Dictionary.load(dict_path)
+    except (ValueError, RuntimeError, IndexError) as e:
+        raise BinarizeError(f"{dict_path}: not a fairseq dict.txt ({(str(e).splitlines() or [''])[0][:200]})")
+    return sp
+
+
+@command("m3p-binarize")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--spm", required=True, help="sentencepiece model")
@@ -160,10 +172,7 @@ def main(argv=None):
     splits = {s: getattr(a, s) for s in ("train", "valid", "test") if getattr(a, s)}
     if not splits:
         p.error("give at least one of --train/--valid/--test")
-    try:
-        binarize(a.spm, a.dict, a.out, splits, a.workers, a.max_tokens, a.require_ids, progress=False if a.quiet else None)
-    except BinarizeError as e:
-        sys.exit(f"m3p-binarize: {e}")
+    binarize(a.spm, a.dict, a.out, splits, a.workers, a.max_tokens, a.require_ids, progress=False if a.quiet else None)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import zipfile
 from xml.etree import ElementTree
 from xml.parsers import expat
 
-from m3p_fairseq.errors import M3PInputError, not_utf8_message
-from preprocess.binarize import BinarizeError, binarize, binarize_pair, run_fairseq_preprocess
+from m3p_fairseq.errors import M3PInputError, command, require_file
+from m3p_fairseq.outputs import Staging, check_writable
+from preprocess.binarize import binarize, binarize_pair, run_fairseq_preprocess
 
 SPLIT_NAMES = ("train", "valid", "test")
 XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
@@ -54,17 +54,33 @@ class DatasetError(M3PInputError):
 
 
 def _open(path, newline=None, binary=False):
-    """Text file or its .gz (Multi30K ships its raw files gzipped), or the one file inside a .zip (IGLUE
-    ships its large training files zipped). ``newline="\\n"`` for line-aligned corpora: a stray
-    carriage return inside a sentence must not split its line. A UTF-8 byte-order mark (files saved
-    by Windows tools) is dropped, not read as part of the first line."""
+    """Text file or its .gz (Multi30K ships its raw files gzipped; gzip is told by the bytes, not the name), or
+    the one file inside a .zip (IGLUE ships its large training files zipped). ``newline="\\n"`` for line-aligned
+    corpora: a stray carriage return inside a sentence must not split its line. A UTF-8 byte-order mark (files
+    saved by Windows tools) is dropped, not read as part of the first line. (Bytes that are not UTF-8 end the
+    command in one line naming the file and the line: the boundary of m3p_fairseq.errors finds the file being
+    read.)"""
     for p in (path, path + ".gz"):
         if os.path.isfile(p):
-            raw = gzip.open(p, "rb") if p.endswith(".gz") else _zip_member(p) if p.endswith(".zip") else open(p, "rb")
+            if p.endswith(".zip"):
+                raw = _zip_member(p)
+                return raw if binary else io.TextIOWrapper(raw, encoding="utf-8-sig", newline=newline)
+            gz = _is_gzip(p)
+            if p.endswith(".gz") and not gz:
+                raise DatasetError(f"{p}: not gzip-compressed, although named .gz (a partial download?)")
             if binary:
-                return raw
-            return _Utf8Text(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=newline), p)
+                return gzip.open(p, "rb") if gz else open(p, "rb")
+            if gz:
+                return gzip.open(p, "rt", encoding="utf-8-sig", newline=newline)
+            return open(p, encoding="utf-8-sig", newline=newline)
+    if os.path.isdir(path):
+        raise DatasetError(f"{path}: a folder, where a file is expected")
     raise DatasetError(f"{path}: no such file (nor {os.path.basename(path)}.gz)")
+
+
+def _is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def _zip_member(path):
@@ -77,51 +93,6 @@ def _zip_member(path):
     if len(files) != 1:
         raise DatasetError(f"{path}: expected one file in the archive, found {len(files)}")
     return archive.open(files[0])
-
-
-class _Utf8Text:
-    """A text file whose bytes that are not UTF-8 stop the import with one line naming the file and the
-    line, not a UnicodeDecodeError traceback."""
-
-    def __init__(self, f, path):
-        self.f, self.path = f, path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def _failed(self, e):
-        # the decoder works ahead of the line being read: find the line by decoding line by line
-        with _open(self.path, binary=True) as fb:
-            for n, raw in enumerate(fb, 1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as bad:
-                    return DatasetError(not_utf8_message(f"{self.path}: line {n}", raw, bad))
-        return DatasetError(f"{self.path}: not UTF-8 ({e.reason})")
-
-    def __iter__(self):
-        try:
-            yield from self.f
-        except UnicodeDecodeError as e:
-            raise self._failed(e) from None
-
-    def _decoded(self, method, *size):
-        try:
-            return method(*size)
-        except UnicodeDecodeError as e:
-            raise self._failed(e) from None
-
-    def read(self, *size):
-        return self._decoded(self.f.read, *size)
-
-    def readline(self, *size):
-        return self._decoded(self.f.readline, *size)
 
 
 def _exists(path):
@@ -156,9 +127,9 @@ class Writer:
 
     def __init__(self, out, spm, dict_path, only_ids=None, workers=1):
         self.out, self.spm, self.dict_path, self.workers = out, spm, dict_path, workers
-        for path in (spm, dict_path):
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: no such file")
+        require_file(spm, "sentencepiece model (--spm)")
+        require_file(dict_path, "fairseq dictionary (--dict)")
+        check_writable(out, folder=True)
         self.only_ids = load_id_filter(only_ids) if only_ids else None
         self.dropped = 0
         self.labels = collections.defaultdict(list)  # (folder, split) -> class names (xnli)
@@ -177,10 +148,12 @@ class Writer:
         self.pairs[(src, tgt)][split].append((_clean(src_text, src_where), _clean(tgt_text, tgt_where)))
 
     def close(self):
+        """Binarize everything collected into DATA, all folders (and labels) moved into place together."""
         if not self.lines and not self.pairs:
             raise DatasetError("nothing to write: no lines read (or none kept by --only-ids)")
-        install_vocabulary(self.out, self.spm, self.dict_path)
-        with tempfile.TemporaryDirectory(prefix=".raw-", dir=self.out) as tmp:
+        with Staging() as out:
+            install_vocabulary(self.out, self.spm, self.dict_path, out)
+            tmp = out.scratch(self.out)
             for folder, splits in sorted(self.lines.items()):
                 raw = {}
                 for split, items in splits.items():
@@ -188,13 +161,10 @@ class Writer:
                     os.makedirs(os.path.dirname(base), exist_ok=True)
                     _write_raw(base + ".txt", (t for t, _ in items))
                     if items[0][1] is not None:
-                        with open(base + ".ids", "w", encoding="utf-8") as f:
-                            f.writelines(i + "\n" for _, i in items)
+                        _write_raw(base + ".ids", (i for _, i in items))
                     raw[split] = base + ".txt"
-                try:
-                    binarize(self.spm, self.dict_path, os.path.join(self.out, folder), raw, workers=self.workers)
-                except BinarizeError as e:
-                    raise DatasetError(str(e))
+                binarize(self.spm, self.dict_path, os.path.join(self.out, folder), raw, workers=self.workers,
+                         staging=out)
             for (src, tgt), splits in sorted(self.pairs.items()):
                 raw = {}
                 for split, items in splits.items():
@@ -203,28 +173,25 @@ class Writer:
                     for lang, side in ((src, 0), (tgt, 1)):
                         _write_raw(f"{base}.{lang}", (pair[side] for pair in items))
                     raw[split] = (f"{base}.{src}", f"{base}.{tgt}")
-                try:
-                    binarize_pair(self.spm, self.dict_path, os.path.join(self.out, parallel_folder(src, tgt)), src,
-                                  tgt, raw, workers=self.workers)
-                except BinarizeError as e:
-                    raise DatasetError(str(e))
+                binarize_pair(self.spm, self.dict_path, os.path.join(self.out, parallel_folder(src, tgt)), src,
+                              tgt, raw, workers=self.workers, staging=out)
+            if self.labels:
+                write_labels(self, out)
         counts = {f: {s: len(v) for s, v in splits.items()} for f, splits in self.lines.items()}
         counts.update({parallel_folder(*pair): {s: len(v) for s, v in splits.items()} for pair, splits in self.pairs.items()})
         return counts
 
 
-def install_vocabulary(out, spm, dict_path):
-    """DATA's dict.txt and sentencepiece model: copied from ``dict_path`` / ``spm``, or checked to be the
-    same vocabulary where DATA has them already (one DATA folder, one vocabulary)."""
-    os.makedirs(out, exist_ok=True)
+def install_vocabulary(out, spm, dict_path, staging):
+    """DATA's dict.txt and sentencepiece model, copied from ``dict_path`` / ``spm`` into ``staging`` (an
+    outputs.Staging), or checked to be the same vocabulary where DATA has them already (one DATA folder, one
+    vocabulary)."""
     for name, src in (("dict.txt", dict_path), ("sentencepiece.bpe.model", spm)):
         dst = os.path.join(out, name)
-        if os.path.exists(dst):
-            if not same_vocabulary(dst, src):
-                raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
-        else:
-            shutil.copyfile(src, dst + ".tmp")
-            os.replace(dst + ".tmp", dst)
+        if not os.path.exists(dst):
+            shutil.copyfile(src, staging.file(dst))
+        elif not same_vocabulary(dst, src):
+            raise DatasetError(f"{dst}: differs from {src} (one DATA folder, one vocabulary)")
 
 
 def _write_raw(path, texts):
@@ -459,28 +426,28 @@ def import_xnli(w, xnli_dir, train_dir=None, train_langs=("en",), langs=XNLI_LAN
                 add(lang, "train", parts[0], parts[1], parts[2], f"{path}: line {n}")
 
 
-def write_labels(w):
+def write_labels(w, out=None):
     """Labels binarized with a fixed dictionary (entailment=4, neutral=5, contradiction=6), as
-    fairseq's sentence_prediction reads DATA/label."""
+    fairseq's sentence_prediction reads DATA/label; ``Writer.close`` stages them in ``out`` (an
+    outputs.Staging) with the rest of the import."""
+    if out is None:
+        with Staging() as out:
+            return write_labels(w, out)
     by_folder = collections.defaultdict(dict)
     for (folder, split), labels in w.labels.items():
         by_folder[folder][split] = labels
-    with tempfile.TemporaryDirectory(prefix=".labels-", dir=w.out) as tmp:
-        label_dict = os.path.join(tmp, "dict.txt")
-        with open(label_dict, "w") as f:
-            f.writelines(f"{lab} 1\n" for lab in XNLI_LABELS)
-        for folder, splits in by_folder.items():
-            stage = tempfile.mkdtemp(prefix=".label-", dir=tmp)
-            argv = ["--only-source", "--srcdict", label_dict, "--destdir", stage, "--workers", "1"]
-            for split, labels in splits.items():
-                with open(os.path.join(tmp, f"{split}.label"), "w") as f:
-                    f.writelines(lab + "\n" for lab in labels)
-                argv += [f"--{split}pref", os.path.join(tmp, f"{split}.label")]
-            run_fairseq_preprocess(argv, folder)
-            dest = os.path.join(w.out, folder)
-            if os.path.exists(dest):
-                shutil.rmtree(dest)
-            os.replace(stage, dest)
+    tmp = out.scratch(w.out)
+    label_dict = os.path.join(tmp, "dict.txt")
+    _write_raw(label_dict, (f"{lab} 1" for lab in XNLI_LABELS))
+    for folder, splits in by_folder.items():
+        stage = out.folder(os.path.join(w.out, folder))
+        argv = ["--only-source", "--srcdict", label_dict, "--destdir", stage, "--workers", "1"]
+        for split, labels in splits.items():
+            _write_raw(os.path.join(tmp, f"{split}.label"), labels)
+            argv += [f"--{split}pref", os.path.join(tmp, f"{split}.label")]
+        run_fairseq_preprocess(argv, folder)
+        if os.path.exists(os.path.join(stage, "preprocess.log")):
+            os.remove(os.path.join(stage, "preprocess.log"))
 
 
 def import_ntg(w, root, langs=("en", "de", "es", "fr", "ru")):
@@ -661,29 +628,32 @@ def import_parallel(w, read, sources, src, tgt, valid_lines=0):
 
 def import_muse(out, files):
     """MUSE bilingual dictionaries ({src}-{tgt}.txt: 'word translation' a line) -> DATA/dictionaries/{src}-{tgt}.tsv,
-    duplicates dropped, order kept (MUSE lists the most frequent source words first)."""
-    os.makedirs(os.path.join(out, "dictionaries"), exist_ok=True)
+    duplicates dropped, order kept (MUSE lists the most frequent source words first). Every file is read
+    and checked before any is written: all appear together, or none."""
+    check_writable(os.path.join(out, "dictionaries"), folder=True)
     counts = {}
-    for path in files:
-        name = os.path.basename(path).split(".")[0]
-        if not re.match(r"^[a-z]{2,3}-[a-z]{2,3}$", name):
-            raise DatasetError(f"{path}: expected a MUSE file name like en-de.txt")
-        pairs, seen = [], set()
-        with _open(path) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise DatasetError(f"{path}: line {n}: expected 'word translation', found {len(parts)} fields")
-                if tuple(parts) not in seen:
-                    seen.add(tuple(parts))
-                    pairs.append(parts)
-        dst = os.path.join(out, "dictionaries", name + ".tsv")
-        with open(dst + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(f"{a}\t{b}\n" for a, b in pairs)
-        os.replace(dst + ".tmp", dst)
-        counts[name] = len(pairs)
+    with Staging() as staging:
+        for path in files:
+            name = os.path.basename(path).split(".")[0]
+            if not re.match(r"^[a-z]{2,3}-[a-z]{2,3}$", name):
+                raise DatasetError(f"{path}: expected a MUSE file name like en-de.txt")
+            if name in counts:
+                raise DatasetError(f"{path}: a second {name} dictionary (one file per language pair)")
+            pairs, seen = [], set()
+            with _open(path) as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    parts = line.split()
+                    if len(parts) != 2:
+                        raise DatasetError(f"{path}: line {n}: expected 'word translation', found {len(parts)} fields")
+                    if tuple(parts) not in seen:
+                        seen.add(tuple(parts))
+                        pairs.append(parts)
+            if not pairs:
+                raise DatasetError(f"{path}: no 'word translation' lines")
+            _write_raw(staging.file(os.path.join(out, "dictionaries", name + ".tsv")), (f"{a}\t{b}" for a, b in pairs))
+            counts[name] = len(pairs)
     return counts
 
 
@@ -696,6 +666,7 @@ def _columns(value):
     return int(m.group(1)), int(m.group(2))
 
 
+@command("m3p-import-dataset")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -766,43 +737,38 @@ def main(argv=None):
 
     a = p.parse_args(argv)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
-    try:
-        if a.kind == "muse":
-            counts = import_muse(a.out, a.files)
-            print("; ".join(f"{k}: {v} pairs" for k, v in counts.items()), file=sys.stderr)
-            return
-        w = Writer(a.out, a.spm, a.dict, getattr(a, "only_ids", None), a.workers)
-        if a.kind == "cc":
-            import_cc(w, a.train, a.valid, a.id_from)
-        elif a.kind == "multi30k":
-            import_multi30k(w, a.root, split(a.langs), a.keep_ext, a.task1_only)
-        elif a.kind == "coco":
-            import_karpathy(w, a.json, a.lang, a.test_images)
-        elif a.kind == "stair":
-            import_coco_annotations(w, {"train": a.train, "valid": a.valid}, a.lang, a.karpathy)
-        elif a.kind == "coco-cn":
-            import_coco_cn(w, a.root, a.keep_names, split(a.captions))
-        elif a.kind == "mild":
-            import_mild(w, a.root, split(a.langs))
-        elif a.kind == "wiki":
-            import_wiki(w, a.files, a.valid_lines)
-        elif a.kind == "xnli":
-            import_xnli(w, a.xnli_dir, a.train_dir, split(a.train_langs), split(a.langs))
-        elif a.kind == "ntg":
-            import_ntg(w, a.root, split(a.langs))
-        elif a.kind in PARALLEL_READERS:
-            read = PARALLEL_READERS[a.kind]
-            if a.kind == "tsv":
-                read = functools.partial(read_tsv, columns=_columns(a.columns))
-            sources = {s: getattr(a, s) for s in SPLIT_NAMES if getattr(a, s)}
-            if not sources:
-                raise DatasetError(f"{a.kind}: give --train, --valid or --test")
-            import_parallel(w, read, sources, *parse_pair(a.pair), a.valid_lines)
-        counts = w.close()
-        if w.labels:
-            write_labels(w)
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-dataset: {e}")
+    if a.kind == "muse":
+        counts = import_muse(a.out, a.files)
+        print("; ".join(f"{k}: {v} pairs" for k, v in counts.items()), file=sys.stderr)
+        return
+    w = Writer(a.out, a.spm, a.dict, getattr(a, "only_ids", None), a.workers)
+    if a.kind == "cc":
+        import_cc(w, a.train, a.valid, a.id_from)
+    elif a.kind == "multi30k":
+        import_multi30k(w, a.root, split(a.langs), a.keep_ext, a.task1_only)
+    elif a.kind == "coco":
+        import_karpathy(w, a.json, a.lang, a.test_images)
+    elif a.kind == "stair":
+        import_coco_annotations(w, {"train": a.train, "valid": a.valid}, a.lang, a.karpathy)
+    elif a.kind == "coco-cn":
+        import_coco_cn(w, a.root, a.keep_names, split(a.captions))
+    elif a.kind == "mild":
+        import_mild(w, a.root, split(a.langs))
+    elif a.kind == "wiki":
+        import_wiki(w, a.files, a.valid_lines)
+    elif a.kind == "xnli":
+        import_xnli(w, a.xnli_dir, a.train_dir, split(a.train_langs), split(a.langs))
+    elif a.kind == "ntg":
+        import_ntg(w, a.root, split(a.langs))
+    elif a.kind in PARALLEL_READERS:
+        read = PARALLEL_READERS[a.kind]
+        if a.kind == "tsv":
+            read = functools.partial(read_tsv, columns=_columns(a.columns))
+        sources = {s: getattr(a, s) for s in SPLIT_NAMES if getattr(a, s)}
+        if not sources:
+            raise DatasetError(f"{a.kind}: give --train, --valid or --test")
+        import_parallel(w, read, sources, *parse_pair(a.pair), a.valid_lines)
+    counts = w.close()
     for folder, splits in sorted(counts.items()):
         print(f"{a.out}/{folder}: " + ", ".join(f"{s} {n}" for s, n in sorted(splits.items())), file=sys.stderr)
     if w.dropped:

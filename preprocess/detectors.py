@@ -63,16 +63,15 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import traceback
 
 import numpy as np
 
 from m3p_fairseq.data.region_store import (H5_READ_ERRORS, RegionDataError, RegionIndex, RegionShardWriter,
                                            merge_manifests, write_manifest)
-from m3p_fairseq.errors import M3PInputError, not_utf8_message
+from m3p_fairseq.errors import M3PInputError, command, not_utf8_message, require_file
+from m3p_fairseq.outputs import Staging, check_writable
 
 FORMATS = ("mmf", "tsv", "npz", "hdf5", "boxes36", "lmdb")
 TSV_FIELDS = "image_id,image_w,image_h,num_boxes,boxes,features"
@@ -284,8 +283,7 @@ class TsvLines:
             except OverflowError:
                 limit //= 2
         for path in paths:
-            if not os.path.isfile(path):
-                raise DetectorInputError(f"{path}: no such file")
+            require_file(path, "TSV file")
         self.files = [(path, os.path.getsize(path)) for path in paths]
         self.units, self.num_classes = sum(size for _, size in self.files), num_classes
 
@@ -358,7 +356,7 @@ class NpzFiles(MmfFiles):
     def __init__(self, paths, num_classes, feat_dim=None, **unused):
         files = []
         for p in paths:
-            files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [p]
+            files += sorted(glob.glob(os.path.join(p, "*.npz"))) if os.path.isdir(p) else [require_file(p, ".npz file")]
         if not files:
             raise DetectorInputError(f"{', '.join(paths)}: no .npz files")
         self.files, self.units, self.num_classes, self.feat_dim = files, len(files), num_classes, feat_dim
@@ -445,8 +443,7 @@ class ReferenceHdf5:
 def _open_hdf5(path):
     import h5py
 
-    if not os.path.isfile(path):
-        raise DetectorInputError(f"{path}: no such file")
+    require_file(path, "HDF5 file")
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -702,46 +699,19 @@ def convert(fmt, sources, manifest, images_per_shard=20000, feat_dim=None, num_c
     store is the one a single process writes: same ids, rows and arrays; shard boundaries may
     differ). ``part`` (K, N): convert only the K-th of N slices of the input, to merge later with
     ``merge_manifests`` (m3p-merge-manifests)."""
+    from tqdm import tqdm
+
     if fmt not in SOURCES:
         raise DetectorInputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if images_per_shard < 1:
         raise DetectorInputError("--images-per-shard must be at least 1")
     if workers < 1:
         raise DetectorInputError("--workers must be at least 1")
+    k, n = part
     out_dir = os.path.dirname(os.path.abspath(manifest))
     stem = os.path.basename(manifest)
     stem = stem[:-len(".json")] if stem.endswith(".json") else stem
-    created = _missing_folders(out_dir)
-    try:
-        return _convert(fmt, sources, manifest, out_dir, stem, images_per_shard, feat_dim, num_classes, max_regions,
-                        with_class_probs, tsv_fields, progress, workers, part)
-    except BaseException:
-        for folder in created:  # deepest first: a failed run leaves no empty folders behind
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
-        raise
-
-
-def _missing_folders(folder):
-    """The folders that creating ``folder`` makes, deepest first."""
-    missing = []
-    while folder and not os.path.isdir(folder):
-        missing.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return missing
-
-
-def _convert(fmt, sources, manifest, out_dir, stem, images_per_shard, feat_dim, num_classes, max_regions,
-             with_class_probs, tsv_fields, progress, workers, part):
-    from tqdm import tqdm
-
-    k, n = part
-    os.makedirs(out_dir, exist_ok=True)
+    check_writable(manifest)
     source = SOURCES[fmt](sources, num_classes=num_classes, feat_dim=feat_dim, tsv_fields=tsv_fields)
     if feat_dim is None:
         feat_dim = _first_feat_dim(source, sources)  # of the whole input: every slice and worker agree
@@ -749,31 +719,32 @@ def _convert(fmt, sources, manifest, out_dir, stem, images_per_shard, feat_dim, 
     ranges = [r for r in (_part(lo, hi, w, workers) for w in range(workers)) if r[0] < r[1]]
     job = {"images_per_shard": images_per_shard, "feat_dim": feat_dim, "num_classes": num_classes,
            "max_regions": max_regions, "with_class_probs": with_class_probs}
-    job["stage"] = stage = tempfile.mkdtemp(prefix=f".{stem}-regions-", dir=out_dir)
+    # shards, index and manifest appear together, or nothing (not even a folder made for them)
     try:
-        counts = [source.count(a, b) for a, b in ranges]
-        with tqdm(total=None if None in counts else sum(counts), disable=not progress, unit="img", desc=stem) as bar:
-            if len(ranges) > 1:
-                results = _in_workers(source, ranges, job, bar)
-            else:
-                results = [_convert_range(source, a, b, job, "w0.", bar.update) for a, b in ranges]
-        names = [name for shard_names, _ in results for name in shard_names]
-        count = sum(c for _, c in results)
-        if count == 0 and n == 1:
-            raise DetectorInputError(f"{', '.join(sources)}: no images")
-        staged = [os.path.join(stage, name) for name in names]
-        # ids across workers are checked here, before anything is moved next to the manifest
-        index = RegionIndex.build(staged, ", ".join(sources))
-        finals = []
-        for j, path in enumerate(staged):
-            finals.append(os.path.join(out_dir, f"{stem}.{j}.h5"))
-            os.replace(path, finals[-1])
-        extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
-        write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra)
+        with Staging() as out:
+            job["stage"] = out.scratch(out_dir)
+            counts = [source.count(a, b) for a, b in ranges]
+            total = None if None in counts else sum(counts)
+            with tqdm(total=total, disable=not progress, unit="img", desc=stem) as bar:
+                if len(ranges) > 1:
+                    results = _in_workers(source, ranges, job, bar)
+                else:
+                    results = [_convert_range(source, a, b, job, "w0.", bar.update) for a, b in ranges]
+            names = [name for shard_names, _ in results for name in shard_names]
+            count = sum(c for _, c in results)
+            if count == 0 and n == 1:
+                raise DetectorInputError(f"{', '.join(sources)}: no images")
+            # ids across workers are checked here, before anything is moved next to the manifest
+            index = RegionIndex.build([os.path.join(job["stage"], name) for name in names], ", ".join(sources))
+            finals = [os.path.join(out_dir, f"{stem}.{j}.h5") for j in range(len(names))]
+            staged = [out.file(final) for final in finals]
+            for name, path in zip(names, staged):
+                os.replace(os.path.join(job["stage"], name), path)
+            extra = {"slice": {"index": k, "count": n, "format": fmt, "units": source.units}} if n > 1 else None
+            write_manifest(manifest, finals, feat_dim, num_classes, index=index, extra=extra, staging=out,
+                           staged=staged)
     except RegionDataError as e:
         raise DetectorInputError(str(e))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return count
 
 
@@ -885,6 +856,7 @@ def _worker(source, lo, hi, job, prefix, done, conn):
     conn.close()
 
 
+@command("m3p-import-regions")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("format", choices=FORMATS, help="source format (see the module docstring)")
@@ -903,15 +875,12 @@ def main(argv=None):
                         "then m3p-merge-manifests OUT.json SLICE.json ... (every machine must see the same input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    try:
-        n = convert(a.format, a.sources, a.manifest, a.images_per_shard, a.feat_dim, a.num_classes, a.max_regions,
-                    a.with_class_probs, a.tsv_fields, progress=not a.quiet, workers=a.workers,
-                    part=parse_slice(a.slice))
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-regions: {e}")
+    n = convert(a.format, a.sources, a.manifest, a.images_per_shard, a.feat_dim, a.num_classes, a.max_regions,
+                a.with_class_probs, a.tsv_fields, progress=not a.quiet, workers=a.workers, part=parse_slice(a.slice))
     print(f"{a.manifest}: {n} images", file=sys.stderr)
 
 
+@command("m3p-merge-manifests")
 def merge_main(argv=None):
     p = argparse.ArgumentParser(description="Merge region manifests into one, with its index: the slices of "
                                             "m3p-import-regions --slice K/N (all of them, put in slice order), or any "
@@ -919,10 +888,8 @@ def merge_main(argv=None):
     p.add_argument("out", help="the merged manifest, e.g. DATA/regions/train.json")
     p.add_argument("manifests", nargs="+", help="the manifests to merge (one: rewrite its index)")
     a = p.parse_args(argv)
-    try:
-        n = merge_manifests(a.out, a.manifests)
-    except M3PInputError as e:
-        sys.exit(f"m3p-merge-manifests: {e}")
+    check_writable(a.out)
+    n = merge_manifests(a.out, a.manifests)
     print(f"{a.out}: {n} images", file=sys.stderr)
 
 

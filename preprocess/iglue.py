@@ -38,15 +38,14 @@ import json
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 
 from m3p_fairseq.data.iglue_dataset import side_record
 from m3p_fairseq.data.region_store import RegionStore, manifest_shards, merge_manifests, read_manifest
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import command
+from m3p_fairseq.outputs import Staging, check_writable
 from m3p_fairseq.tasks.iglue import ANSWERS_FILE, M3PMaRVLTask, M3PXGQATask, M3PXVNLITask
-from preprocess.binarize import BinarizeError, binarize
+from preprocess.binarize import binarize
 from preprocess.datasets import DatasetError, _clean, _open, install_vocabulary
 
 RETRIEVAL = ("xflickrco", "wit")
@@ -314,41 +313,32 @@ def import_split(task, files, lang, split, out, spm, dict_path, regions=None, an
     if not texts:
         raise DatasetError(f"{', '.join(files)}: no examples")
 
-    install_vocabulary(out, spm, dict_path)
     dest = os.path.join(out, "captions" if retrieval else folder, lang)
-    os.makedirs(dest, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".iglue-", dir=out)
-    try:
+    with Staging() as staging:  # every file of the split moves into place together, or none
+        install_vocabulary(out, spm, dict_path, staging)
+        stage = staging.scratch(out)
         raw = os.path.join(stage, "text.txt")
         with open(raw, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in texts)
         if retrieval:  # binarize() copies the ids beside the text after checking them line for line
             with open(os.path.join(stage, "text.ids"), "w", encoding="utf-8") as f:
                 f.writelines(i + "\n" for i in ids)
-        try:  # (fairseq-preprocess names its outputs train/valid/test: renamed to the split below)
-            binarize(spm, dict_path, os.path.join(stage, "bin"), {"train": raw}, progress=False)
-        except BinarizeError as e:
-            raise DatasetError(str(e))
-        staged = {os.path.join(stage, "bin", f"train.{ext}"): f"{split}.{ext}"
-                  for ext in (("bin", "idx", "ids") if retrieval else ("bin", "idx"))}
+        # (fairseq-preprocess names its outputs train/valid/test: renamed to the split below)
+        binarize(spm, dict_path, os.path.join(stage, "bin"), {"train": raw}, progress=False)
+        for ext in (("bin", "idx", "ids") if retrieval else ("bin", "idx")):
+            os.replace(os.path.join(stage, "bin", f"train.{ext}"), staging.file(os.path.join(dest, f"{split}.{ext}")))
         if not retrieval:
-            side_path = os.path.join(stage, "side.jsonl")
-            with open(side_path, "w", encoding="utf-8") as f:
+            with open(staging.file(os.path.join(dest, f"{split}.jsonl")), "w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in side)
-            staged[side_path] = f"{split}.jsonl"
         if answer_labels is not None:
-            _install_answers(os.path.join(out, folder, ANSWERS_FILE), answer_labels, answers, stage)
+            _install_answers(os.path.join(out, folder, ANSWERS_FILE), answer_labels, answers, staging)
         if install_store and os.path.abspath(regions) != os.path.abspath(target_manifest):
             os.makedirs(os.path.dirname(target_manifest), exist_ok=True)
             merge_manifests(target_manifest, [regions])  # the split's store, its shards where they are
-        for path, name in staged.items():
-            os.replace(path, os.path.join(dest, name))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return len(texts), stats
 
 
-def _install_answers(path, answers, source, stage):
+def _install_answers(path, answers, source, staging):
     """DATA/xgqa/answers.txt, one answer a line in label order; an existing one must be the same."""
     lines = [a for a, _ in sorted(answers.items(), key=lambda kv: kv[1])]
     if os.path.exists(path):
@@ -356,13 +346,11 @@ def _install_answers(path, answers, source, stage):
             if f.read().split("\n")[:-1] != lines:
                 raise DatasetError(f"{path}: another answer vocabulary than {source} (one DATA folder, one vocabulary)")
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(stage, ANSWERS_FILE)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(staging.file(path), "w", encoding="utf-8") as f:
         f.writelines(a + "\n" for a in lines)
-    os.replace(tmp, path)
 
 
+@command("m3p-import-iglue")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("task", choices=sorted(TASKS))
@@ -376,11 +364,8 @@ def main(argv=None):
     p.add_argument("--answers", help="xgqa: the answer vocabulary, trainval_ans2label.json (or .pkl)")
     p.add_argument("--max-tokens", type=int, help="cut longer texts (pieces + <s> + </s>; default IGLUE's: 80, xgqa 40)")
     a = p.parse_args(argv)
-    try:
-        n, stats = import_split(a.task, a.files, a.lang, a.split, a.out, a.spm, a.dict, a.regions, a.answers,
-                                a.max_tokens)
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-iglue: {e}")
+    check_writable(a.out, folder=True)
+    n, stats = import_split(a.task, a.files, a.lang, a.split, a.out, a.spm, a.dict, a.regions, a.answers, a.max_tokens)
     folder = TASKS[a.task][1] or "captions"
     extra = "".join(f"; {k}: {v}" for k, v in sorted(stats.items()))
     print(f"{a.out}/{folder}/{a.lang}/{a.split}: {n} {TASKS[a.task][3]}{extra}", file=sys.stderr)

@@ -53,7 +53,7 @@ from collections import Counter
 
 import torch
 
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import command, require_file
 from m3p_fairseq.models.m3p import split_langs
 from preprocess import weights
 from preprocess.weights import Dims, WeightImportError
@@ -211,10 +211,10 @@ def import_m3p(path, out_dir, spm_path, heads=None, langs=None, trust=False):
         note = {"source": os.path.abspath(path), "format": "m3p-release", "unused": len(unused),
                 "unknown": len(unknown)}
         weights.save_model_folder(staging, args, model, note, spm_path)
-        staging.commit()
     return dims
 
 
+@command("m3p-import-m3p")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="the release's .pth (understanding weights)")
@@ -227,12 +227,8 @@ def main(argv=None):
                    help="load pickled objects that safe loading refuses (only for files you trust: they can run code)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        if not os.path.isfile(a.spm):
-            raise WeightImportError(f"{a.spm}: no such file")
-        dims = import_m3p(a.checkpoint, a.out_dir, a.spm, a.heads, split_langs(a.langs), a.trust_checkpoint)
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-m3p: {e}")
+    require_file(a.spm, "sentencepiece model (--spm)")
+    dims = import_m3p(a.checkpoint, a.out_dir, a.spm, a.heads, split_langs(a.langs), a.trust_checkpoint)
     print(f"{a.out_dir}: {dims.layers} layers x {dims.embed_dim}, {dims.heads} heads, the reference's function; "
           f"to train from it: --arch {dims.arch}" + (f" --langs {dims.langs}" if dims.langs else ""), file=sys.stderr)
 

@@ -29,10 +29,11 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 
 import torch
 
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import command
 from preprocess import weights
 from preprocess.weights import Dims, WeightImportError
 
@@ -59,6 +60,10 @@ _HF_IGNORED = re.compile(r"^(pooler\..*|embeddings\.position_ids|embeddings\.tok
 
 def detect(src):
     """'fairseq' or 'hf' from the files in ``src``; one line naming the folder otherwise."""
+    if os.path.isfile(src) and tarfile.is_tarfile(src):
+        raise WeightImportError(f"{src}: a tar archive (the download as it is), not a model folder: unpack it "
+                                f"(tar -xzf {os.path.basename(src)}) and give the folder inside (model.pt, dict.txt, "
+                                f"sentencepiece.bpe.model)")
     if not os.path.isdir(src):
         raise WeightImportError(f"{src}: not a folder (expected a fairseq XLM-R or HuggingFace model folder)")
     if os.path.isfile(os.path.join(src, "config.json")):
@@ -345,10 +350,10 @@ def import_xlmr(src, out_dir, region_feat_dim=None, num_region_classes=None, tru
             weights.load_strict(model, state, note["source"])
             note["model"] = "generation"
         weights.save_model_folder(staging, args, model, note, spm_path)
-        staging.commit()
     return dims
 
 
+@command("m3p-import-xlmr")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("src", help="fairseq XLM-R folder (model.pt, dict.txt, sentencepiece.bpe.model) or HuggingFace "
@@ -368,11 +373,8 @@ def main(argv=None):
     if a.generation and not a.langs:
         p.error("--generation needs --langs (the generation model's languages, in id order)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        dims = import_xlmr(a.src, a.out_dir, a.region_feat_dim, a.num_region_classes, a.trust_checkpoint,
-                           a.langs if a.generation else None)
-    except M3PInputError as e:
-        sys.exit(f"m3p-import-xlmr: {e}")
+    dims = import_xlmr(a.src, a.out_dir, a.region_feat_dim, a.num_region_classes, a.trust_checkpoint,
+                       a.langs if a.generation else None)
     print(f"{a.out_dir}: {dims.layers} layers x {dims.embed_dim}, {dims.heads} heads", file=sys.stderr)
 
 

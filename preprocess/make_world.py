@@ -44,6 +44,8 @@ import sys
 import numpy as np
 
 from m3p_fairseq.data.region_store import RegionShardWriter, write_manifest
+from m3p_fairseq.errors import command
+from m3p_fairseq.outputs import check_writable
 
 CAPTION_LANGS = ["en", "de", "fr", "cs", "ja", "zh"]
 TEXT_LANGS = CAPTION_LANGS + ["es", "it", "ru", "ar"]
@@ -454,6 +456,7 @@ def write_mild(world, out, scenes, seed, langs=MILD_LANGS):
             _write_lines(os.path.join(out, "raw", "mild", lang, f"{name}.tsv"), rows[lang])
 
 
+@command("m3p-make-world")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="output folder")
@@ -481,6 +484,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.train_images < 1 or a.test_images < 2 or a.feat_dim < 8:
         p.error("need at least 1 training image, 2 test images and an 8-d feature")
+    check_writable(a.out, folder=True)
     progress = (lambda x, desc: x) if a.quiet else _tqdm
     world = World(a.seed, a.feat_dim)
     scenes = {

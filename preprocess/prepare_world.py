@@ -19,20 +19,22 @@ import sys
 
 from tqdm import tqdm
 
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq.errors import M3PInputError, command
+from m3p_fairseq.outputs import check_writable
 
-from .binarize import BinarizeError, binarize
+from .binarize import binarize
 from .build_spm import train as train_spm
 from .make_world import raw_captions
 
 
 def prepare(world, data, vocab_size=2000, progress=True):
     raw = os.path.join(world, "raw")
-    os.makedirs(data, exist_ok=True)
     text_files = sorted(glob.glob(os.path.join(raw, "text", "*.train.txt")))
     caption_files = sorted(glob.glob(raw_captions(world, "train", "*")))
     if not text_files or not caption_files:
-        raise BinarizeError(f"{raw}: no world text or captions (run m3p-make-world first)")
+        raise M3PInputError(f"{raw}: no world text or captions (run m3p-make-world first)")
+    check_writable(data, folder=True)
+    os.makedirs(data, exist_ok=True)
     train_spm(text_files + caption_files, data, vocab_size=vocab_size)
     spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
     jobs = []
@@ -68,7 +70,7 @@ def _tsv_languages(path):
 
 def prepare_downstream(world, data, xnli_train_langs=("en",)):
     """XNLI and NTG into DATA, MILD into DATA/mild_corpus (with the world's regions linked)."""
-    from .datasets import Writer, import_mild, import_ntg, import_xnli, write_labels
+    from .datasets import Writer, import_mild, import_ntg, import_xnli
 
     raw = os.path.join(world, "raw")
     spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
@@ -83,8 +85,6 @@ def prepare_downstream(world, data, xnli_train_langs=("en",)):
             langs = sorted({name.split(".")[2] for name in os.listdir(ntg) if name.startswith("xglue.ntg.")})
             import_ntg(w, ntg, langs)
         w.close()
-        if w.labels:
-            write_labels(w)
     if os.path.isdir(mild):
         out = os.path.join(data, MILD_CORPUS)
         w = Writer(out, spm_model, dict_path)
@@ -110,16 +110,14 @@ def prepare_parallel(world, data):
     w.close()
 
 
+@command("m3p-prepare-world")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("world", help="folder written by m3p-make-world")
     p.add_argument("data", help="output data folder")
     p.add_argument("--vocab-size", type=int, default=2000)
     a = p.parse_args(argv)
-    try:
-        prepare(a.world, a.data, a.vocab_size)
-    except (BinarizeError, M3PInputError) as e:
-        sys.exit(f"m3p-prepare-world: {e}")
+    prepare(a.world, a.data, a.vocab_size)
     print(f"data ready in {a.data}", file=sys.stderr)
 
 

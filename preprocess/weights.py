@@ -15,11 +15,11 @@ import argparse
 import logging
 import os
 import shutil
-import tempfile
 
 import torch
 
-from m3p_fairseq.errors import M3PInputError
+from m3p_fairseq import outputs
+from m3p_fairseq.errors import M3PInputError, require_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,14 @@ def load_torch(path, trust=False):
     """
     import m3p_fairseq  # noqa: F401  (registers the allowlist)
 
-    if not os.path.isfile(path):
-        raise WeightImportError(f"{path}: no such file")
+    from m3p_fairseq.checkpoint_guard import unloadable_message
+
+    require_file(path, "checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or pickle errors by case
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        if "Unsupported global" in str(e) or "weights_only" in str(e):
-            raise WeightImportError(f"{path}: the checkpoint holds objects that safe loading refuses ({first[:200]}); "
-                                    f"if you trust its origin, rerun with --trust-checkpoint")
-        raise WeightImportError(f"{path}: not a torch checkpoint ({e.__class__.__name__}: {first[:200]})")
+        raise WeightImportError(f"{path}: " + unloadable_message(
+            path, e, trust_hint="if you trust its origin, rerun with --trust-checkpoint"))
 
 
 def find_spm(folder):
@@ -76,14 +74,12 @@ def write_dict_from_spm(spm_path, out_path):
     except (OSError, RuntimeError) as e:
         raise WeightImportError(f"{spm_path}: not a sentencepiece model ({str(e).splitlines()[0] if str(e) else e})")
     n = 0
-    tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(out_path, "w", encoding="utf-8") as f:  # into the importer's staging folder
         for i in range(sp.get_piece_size()):
             if sp.is_control(i) or sp.is_unknown(i):
                 continue
             f.write(f"{sp.id_to_piece(i)} 1\n")
             n += 1
-    os.replace(tmp, out_path)
     return n
 
 
@@ -191,36 +187,23 @@ def checkpoint_state(args, model, note):
 
 
 class Staging:
-    """A temporary folder beside OUT_DIR; ``commit()`` moves its files into OUT_DIR.
-
-    Each file is renamed into place (atomic on one file system); OUT_DIR keeps any other files it
-    had. On error nothing under OUT_DIR changes.
-    """
+    """OUT_DIR staged (``m3p_fairseq.outputs``): ``file(name)`` lies in a temporary folder beside it (``path``),
+    whose files join OUT_DIR when the block succeeds (OUT_DIR keeps its other files); on error nothing
+    under OUT_DIR changes and no folder is left behind."""
 
     def __init__(self, out_dir):
         self.out_dir = os.path.abspath(out_dir)
-        parent = os.path.dirname(self.out_dir)
-        os.makedirs(parent, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix=".import-", dir=parent)
+        self._outputs = outputs.Staging()
+        self.path = self._outputs.folder(self.out_dir, merge=True)
 
     def file(self, name):
         return os.path.join(self.path, name)
-
-    def commit(self):
-        os.makedirs(self.out_dir, exist_ok=True)
-        for name in sorted(os.listdir(self.path)):
-            os.replace(os.path.join(self.path, name), os.path.join(self.out_dir, name))
-        self.cleanup()
-
-    def cleanup(self):
-        if os.path.exists(self.path):
-            shutil.rmtree(self.path)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.cleanup()
+        self._outputs.__exit__(exc_type, exc, tb)
 
 
 def save_model_folder(staging, args, model, note, spm_path):

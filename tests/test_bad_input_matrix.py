@@ -1,8 +1,17 @@
 """The bad-input matrix: each malformed input ends in one error line naming the file and the id or line,
-and leaves no partial output. (The README's "Bad input" table lists the same cases.)"""
+and leaves no partial output. (The README's "Bad input" table lists the same cases.)
+
+The first part checks the readers and writers themselves; the second (``commands``) runs the commands
+users run: the console scripts' ``main(argv)`` in this process (their error boundary ends them with
+``SystemExit``, which is what the script's exit status and stderr line come from) and
+``fairseq-train`` as a process, with files already in the output place checked to survive."""
+import gzip
 import json
+import logging
 import os
 import shutil
+import sys
+import tarfile
 
 import h5py
 import numpy as np
@@ -251,18 +260,463 @@ def test_config_criterion_of_another_task(case, tiny_world, tmp_path):
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
-def test_checkpoint_truncated(tiny_world, tmp_path):
-    ck = str(tmp_path / "ck.pt")
-    torch.save({"model": {"w": torch.zeros(1000)}, "args": None}, ck)
-    with open(ck, "r+b") as f:
-        f.truncate(os.path.getsize(ck) // 2)
-    res = run([os.path.join(BIN, "m3p-retrieval-eval"), tiny_world["data"], "--path", ck], check=False)
-    assert res.returncode != 0
-    last = res.stderr.strip().splitlines()[-1]
-    assert "ck.pt: cannot load checkpoint" in last and "Traceback" not in res.stderr
-
-
 def test_checkpoint_missing(tiny_world, tmp_path):
     res = run([os.path.join(BIN, "m3p-retrieval-eval"), tiny_world["data"], "--path", str(tmp_path / "none.pt")],
               check=False)
     assert res.returncode != 0 and "none.pt: checkpoint not found" in res.stderr.strip().splitlines()[-1]
+
+
+# ---- commands ----------------------------------------------------------------------------------
+# Each case runs a command as its user does and checks: one line naming the file (and the line or id),
+# a non-zero exit, and the output place as it was (files already there survive, no half-written file,
+# no folder the command made).
+KEEP = "keep.txt"
+
+
+def _refused(main, argv, *needles):
+    """The one line ``main(argv)`` ends with (its console script prints it on stderr, exit status 1)."""
+    root = logging.getLogger()
+    level = root.level  # the evaluation commands quieten the root logger for their process
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    finally:
+        root.setLevel(level)
+    message = str(e.value.code)
+    assert e.value.code not in (0, None) and "\n" not in message and "Traceback" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def _place(folder):
+    """An output folder holding a file of the user's, which a refused command must leave alone."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, KEEP), "w") as f:
+        f.write("mine\n")
+    return str(folder)
+
+
+def _as_it_was(folder, *also):
+    assert sorted(os.listdir(folder)) == sorted([KEEP, *also]), os.listdir(folder)
+    assert open(os.path.join(folder, KEEP)).read() == "mine\n"
+
+
+def _data_copy(tiny_world, tmp_path, *copied):
+    """A data folder that links to the tiny world's, except ``copied`` entries (real copies, to damage)."""
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    for name in os.listdir(tiny_world["data"]):
+        src = os.path.realpath(os.path.join(tiny_world["data"], name))
+        if name in copied:
+            (shutil.copytree if os.path.isdir(src) else shutil.copyfile)(src, str(data / name))
+        else:
+            os.symlink(src, str(data / name))
+    return str(data)
+
+
+def _nan_box(regions, shard, rows):
+    with h5py.File(os.path.join(regions, shard), "r+") as h:
+        h["boxes"][rows, 2] = np.nan
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_world, tmp_path_factory):
+    """An untrained m3p_tiny checkpoint over the tiny world's dictionary, as fairseq saves one."""
+    from fairseq import options, tasks
+
+    from preprocess.weights import checkpoint_state
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        tiny_world["data"], "--task", "multitask_multimodal", "--arch", "m3p_tiny", "--criterion", "m3p_pretrain",
+        "--cpu"])
+    model = tasks.setup_task(args).build_model(args)
+    path = str(tmp_path_factory.mktemp("ck") / "tiny.pt")
+    torch.save(checkpoint_state(args, model, {}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def not_checkpoints(tiny_checkpoint, tmp_path_factory):
+    """Files people give where a checkpoint belongs, and the start of what each must be called."""
+    base = tmp_path_factory.mktemp("notck")
+    whole = open(tiny_checkpoint, "rb").read()
+    (base / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (base / "notes.pt").write_text("trained for 3 days\n")
+    with tarfile.open(str(base / "xlmr.base.tar.gz"), "w:gz") as t:  # fairseq's XLM-R download, as it comes
+        t.add(tiny_checkpoint, arcname="xlmr.base/model.pt")
+    return {"truncated.pt": "truncated", "notes.pt": "a text file, not a checkpoint",
+            "xlmr.base.tar.gz": "a gzip-compressed tar archive", "path": str(base)}
+
+
+def _retrieval_main():
+    from m3p_fairseq.evaluation.downstream_cli import retrieval_main
+
+    return retrieval_main
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "notes.pt", "xlmr.base.tar.gz"])
+def test_not_a_checkpoint_on_every_load_path(name, not_checkpoints, tiny_world, tmp_path):
+    """The evaluation commands and the hub (fairseq-train below) say what the file is: truncated, text, a
+    download still packed, never "would run code"."""
+    from m3p_fairseq import M3PHub
+
+    path = os.path.join(not_checkpoints["path"], name)
+    results = _place(tmp_path / "out")
+    message = _refused(_retrieval_main(), [tiny_world["data"], "--path", path, "--cpu", "--results",
+                                           os.path.join(results, "r.json")], f"{path}: {not_checkpoints[name]}")
+    assert "run code" not in message
+    _as_it_was(results)
+    with pytest.raises(M3PInputError) as e:
+        M3PHub.from_pretrained(path, data_name_or_path=tiny_world["data"])
+    assert str(e.value).startswith(f"{path}: {not_checkpoints[name]}") and "\n" not in str(e.value)
+
+
+def test_each_kind_of_file_given_as_a_checkpoint_is_named(tiny_world, tmp_path):
+    """What the loader says a file is, through the hub (every load path shares the loader)."""
+    from m3p_fairseq import M3PHub
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    files = {
+        "empty.pt": (b"", "an empty file, not a checkpoint"),
+        "lfs.pt": (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n", "a Git LFS pointer"),
+        "model.safetensors": (len(header).to_bytes(8, "little") + header + bytes(4), "a safetensors file"),
+        "w.gz": (gzip.compress(b"weights"), "a gzip-compressed file, not a checkpoint: decompress it"),
+    }
+    for name, (raw, _) in files.items():
+        (tmp_path / name).write_bytes(raw)
+    np.save(str(tmp_path / "a.npy"), np.zeros(3))
+    np.savez(str(tmp_path / "a.npz"), a=np.zeros(3))
+    torch.save({"encoder.weight": torch.zeros(2)}, str(tmp_path / "state.pt"))  # weights without fairseq's keys
+    expected = {name: needle for name, (_, needle) in files.items()}
+    expected.update({"a.npy": "a NumPy array file (.npy)", "a.npz": "a zip archive, not a torch checkpoint",
+                     "state.pt": "a torch file but not a fairseq checkpoint"})
+    for name, needle in expected.items():
+        path = str(tmp_path / name)
+        with pytest.raises(M3PInputError) as e:
+            M3PHub.from_pretrained(path, data_name_or_path=tiny_world["data"])
+        assert str(e.value).startswith(f"{path}: {needle}") and "\n" not in str(e.value), str(e.value)
+
+
+def test_dictionary_of_another_size_than_the_checkpoint(tiny_world, tiny_checkpoint, tmp_path):
+    data = _data_copy(tiny_world, tmp_path, "dict.txt")
+    with open(os.path.join(data, "dict.txt"), "a") as f:
+        f.write("zzextra1 1\nzzextra2 1\n")
+    _refused(_retrieval_main(), [data, "--path", tiny_checkpoint, "--cpu"],
+             f"{tiny_checkpoint}: the checkpoint's vocabulary has", "the dictionary given has")
+
+
+def test_results_place_is_checked_before_evaluating(tiny_world, tiny_checkpoint, tmp_path, monkeypatch):
+    from m3p_fairseq.evaluation import downstream_cli
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output place was checked")
+
+    monkeypatch.setattr(downstream_cli, "load_model_of_kind", evaluated)
+    (tmp_path / "afile").write_text("x")
+    for flags, needle in ((["--results", str(tmp_path / "afile" / "r.json")], "afile is a file, not a folder"),
+                          (["--results", str(tmp_path)], "a folder, where a file is to be written"),
+                          (["--num-shards", "2", "--scores-out", str(tmp_path / "afile" / "s.npz")], "afile is a file"),
+                          (["--merge", str(tmp_path / "afile")], "not a scores file of --scores-out")):
+        _refused(_retrieval_main(), [tiny_world["data"], "--path", tiny_checkpoint, "--cpu", *flags], needle)
+
+
+def test_nan_box_at_evaluation(tiny_world, tiny_checkpoint, tmp_path):
+    data = _data_copy(tiny_world, tmp_path, "regions")
+    _nan_box(os.path.join(data, "regions"), "test.0.h5", 4)
+    store = RegionStore(os.path.join(data, "regions", "test.json"))
+    image = store.image_ids[int(np.searchsorted(np.cumsum(store.num_regions), 4, side="right"))]
+    results = _place(tmp_path / "out")
+    argv = [data, "--path", tiny_checkpoint, "--cpu", "--results", os.path.join(results, "r.json")]
+    _refused(_retrieval_main(), argv, "test.0.h5", f"image {image!r}: boxes contain NaN or Inf")
+    _as_it_was(results)
+
+
+def test_region_store_checks_boxes_on_read(tmp_path):
+    p = _shard(str(tmp_path))
+    with h5py.File(p, "r+") as h:
+        h["boxes"][3] = [6, 1, 2, 5]  # second image's first region: x2 < x1
+        h["boxes"][1, 3] = np.nan  # first image
+    store = RegionStore(p)
+    with pytest.raises(M3PInputError, match=r"s.h5: image 'a': boxes contain NaN or Inf"):
+        store.get(0)
+    with pytest.raises(M3PInputError, match=r"s.h5: image 'b': a box lies outside the 10x10 image or has x2<x1"):
+        store.get(1)
+
+
+def test_binarize_refusals_leave_nothing(tiny_world, tmp_path):
+    from preprocess.binarize import main
+
+    spm, dic = (os.path.join(tiny_world["data"], n) for n in ("sentencepiece.bpe.model", "dict.txt"))
+    raw = tmp_path / "raw.en.txt"
+    raw.write_bytes("a red dog\n".encode() + "une tête\n".encode("latin-1"))
+    data = _place(tmp_path / "data")
+    _refused(main, ["--spm", spm, "--dict", dic, "--out", os.path.join(data, "captions", "en"), "--train", str(raw)],
+             f"{raw}: line 2: not UTF-8 (byte 6 of the line is b'\\xea')")
+    _as_it_was(data)  # no captions/ folder made for the refused output
+    (tmp_path / "afile").write_text("x")
+    _refused(main, ["--spm", spm, "--dict", dic, "--out", str(tmp_path / "afile" / "en"), "--train", str(raw)],
+             "afile is a file, not a folder")
+
+
+def test_caption_score_refusals(tmp_path):
+    from m3p_fairseq.evaluation.caption_score_cli import main
+
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
+    hyp.write_text("a dog\na cat\n")
+    ref.write_bytes(b"a dog\n\xff a cat\n")
+    results = _place(tmp_path / "out")
+    _refused(main, ["--hyp", str(hyp), "--ref", str(ref), "--results", os.path.join(results, "r.json"), "--key", "c"],
+             f"{ref}: line 2: not UTF-8")
+    _as_it_was(results)
+    (tmp_path / "afile").write_text("x")  # checked before the (missing) hypotheses are read
+    _refused(main, ["--hyp", str(tmp_path / "missing.txt"), "--ref", str(hyp), "--results",
+                    str(tmp_path / "afile" / "r.json"), "--key", "c"], "afile/r.json: cannot write here")
+
+
+def test_muse_second_dictionary_bad_writes_none(tmp_path):
+    from preprocess.datasets import main
+
+    (tmp_path / "en-de.txt").write_text("dog Hund\ncat Katze\n", encoding="utf-8")
+    (tmp_path / "en-fr.txt").write_text("dog chien\ncat\n", encoding="utf-8")
+    data = tmp_path / "data"
+    dictionaries = _place(data / "dictionaries")
+    _refused(main, ["muse", str(tmp_path / "en-de.txt"), str(tmp_path / "en-fr.txt"), "--out", str(data)],
+             "en-fr.txt: line 2: expected 'word translation', found 1 fields")
+    _as_it_was(dictionaries)  # not even en-de.tsv, read before the bad file
+
+
+def test_tmx_gz_that_is_not_gzip(tiny_world, tmp_path):
+    from preprocess.datasets import main
+
+    (tmp_path / "en-de.tmx.gz").write_text('<?xml version="1.0"?><tmx version="1.4"><body></body></tmx>\n')
+    data = _place(tmp_path / "data")
+    _refused(main, ["tmx", "--pair", "en-de", "--train", str(tmp_path / "en-de.tmx.gz"), "--out", data,
+                    "--spm", os.path.join(tiny_world["data"], "sentencepiece.bpe.model"),
+                    "--dict", os.path.join(tiny_world["data"], "dict.txt")],
+             "en-de.tmx.gz: not gzip-compressed")
+    _as_it_was(data)
+
+
+def test_import_regions_refusal_leaves_no_folder(tmp_path):
+    from preprocess.detectors import main
+
+    src = tmp_path / "npz"
+    src.mkdir()
+    boxes = np.array([[1, 1, 5, 5], [2, 2, 6, np.nan]], np.float32)
+    for name, b in (("img1", boxes[:1].repeat(2, 0)), ("img2", boxes)):
+        np.savez(str(src / f"{name}.npz"), features=np.ones((2, 8), np.float32), boxes=b, objects=np.zeros(2, int),
+                 image_w=10, image_h=10)
+    regions = _place(tmp_path / "regions")
+    (tmp_path / "regions" / "train.json").write_text("{}")
+    for manifest, left in ((os.path.join(regions, "train.json"), ["train.json"]),
+                           (str(tmp_path / "new" / "deep" / "train.json"), None)):
+        _refused(main, ["npz", str(src), manifest, "--num-classes", "4", "--quiet", "--images-per-shard", "1"],
+                 "img2.npz: image 'img2': boxes contain NaN or Inf")
+    _as_it_was(regions, "train.json")
+    assert open(os.path.join(regions, "train.json")).read() == "{}"
+    assert not os.path.exists(tmp_path / "new")
+
+
+def _train_argv(data, save_dir, *flags):
+    return [data, "--user-dir", "m3p_fairseq", "--task", "multitask_multimodal", "--arch", "m3p_tiny", "--criterion",
+            "m3p_pretrain", "--optimizer", "adam", "--lr", "1e-4", "--max-update", "2", "--batch-size", "4", "--cpu",
+            "--num-workers", "0", "--disable-validation", "--save-dir", save_dir, *flags]
+
+
+def test_fairseq_train_missing_restore_file(tiny_world, tmp_path):
+    """The process: a typo in --restore-file is one line and exit status 1 (fairseq alone would train from
+    scratch and end with 0)."""
+    save = _place(tmp_path / "ck")
+    res = run([os.path.join(BIN, "fairseq-train"), *_train_argv(tiny_world["data"], save, "--restore-file",
+                                                                  str(tmp_path / "typo.pt"))], check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == \
+        f"error: {tmp_path / 'typo.pt'}: --restore-file not found (without it training would start from scratch)"
+    _as_it_was(save)
+
+
+def test_fairseq_train_bad_inputs(tiny_world, not_checkpoints, tmp_path, monkeypatch):
+    """fairseq-train --user-dir m3p_fairseq through fairseq_cli's own main in this process (a process each
+    would cost seconds of imports; the one above is one): the line the plugin's excepthook prints (one_line of
+    the exception fairseq-train ends with), and the save folder as it was (no checkpoint, no crash.pt)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli import train
+
+    from m3p_fairseq.errors import one_line
+
+    nan_data = _data_copy(tiny_world, tmp_path / "nan", "regions")
+    for shard in ("train.0.h5", "train.1.h5"):  # every image: the first batch meets one
+        _nan_box(os.path.join(nan_data, "regions"), shard, slice(None))
+    ids_data = _data_copy(tiny_world, tmp_path / "ids", "captions")
+    ids = os.path.join(ids_data, "captions", "en", "train.ids")
+    lines = open(ids, "rb").read().splitlines(keepends=True)
+    lines[6] = lines[6].strip() + b"\xe9\n"
+    open(ids, "wb").write(b"".join(lines))
+    dict_data = _data_copy(tiny_world, tmp_path / "dict", "dict.txt")
+    with open(os.path.join(dict_data, "dict.txt"), "ab") as f:
+        f.write("caf\xe9 1\n".encode("latin-1"))
+    (tmp_path / "afile").write_text("x")
+    data, notck = tiny_world["data"], not_checkpoints["path"]
+    n_dict = len(open(os.path.join(dict_data, "dict.txt"), "rb").read().splitlines())
+    cases = {  # name: (data, flags, what the line says)
+        "missing --finetune-from-model": (data, ["--finetune-from-model", str(tmp_path / "typo.pt")],
+                                          f"{tmp_path / 'typo.pt'}: --finetune-from-model not found"),
+        "gzip download as --restore-file": (data, ["--restore-file", os.path.join(notck, "xlmr.base.tar.gz")],
+                                            "xlmr.base.tar.gz: a gzip-compressed tar archive"),
+        "truncated --restore-file": (data, ["--restore-file", os.path.join(notck, "truncated.pt")],
+                                     "truncated.pt: truncated"),
+        "text as --restore-file": (data, ["--restore-file", os.path.join(notck, "notes.pt")],
+                                   "notes.pt: a text file, not a checkpoint"),
+        "NaN box in the store": (nan_data, [], "image 'train_"),
+        "captions .ids not UTF-8": (ids_data, [], f"{ids}: line 7: not UTF-8"),
+        "dict.txt not UTF-8": (dict_data, [], f"{os.path.join(dict_data, 'dict.txt')}: line {n_dict}: not UTF-8"),
+        "--save-dir under a file": (data, [], f"{tmp_path / 'afile' / 'ck'}: {tmp_path / 'afile'} is a file"),
+    }
+    for k, (name, (d, flags, needle)) in enumerate(cases.items()):
+        save = str(tmp_path / "afile" / "ck") if name == "--save-dir under a file" else _place(tmp_path / f"ck{k}")
+        argv = _train_argv(d, save, *flags)
+        monkeypatch.setattr(sys, "argv", ["fairseq-train", *argv])  # the excepthook reads the task from it
+        args = options.parse_args_and_arch(options.get_training_parser(), argv)
+        with pytest.raises(Exception) as e:
+            train.main(convert_namespace_to_omegaconf(args))
+        line = one_line(e.value)
+        assert line is not None and needle in line and "\n" not in line, (name, line, repr(e.value)[:2000])
+        if os.path.isdir(save):
+            _as_it_was(save)
+
+
+# ---- every console script, the same classes --------------------------------------------------------
+# (script, argv, needle): {x} are the files below, {data}/{spm}/{dict}/{ck} the tiny world's and a checkpoint
+VOCAB = ["--out", "{out}", "--spm", "{spm}", "--dict", "{dict}"]
+IGLUE = ["--lang", "en", "--split", "test", *VOCAB, "--regions", "{data}/regions/test.json"]
+SWEEP = {
+    "m3p-make-world": [
+        (["{afile}/world", "--quiet"], "{afile} is a file, not a folder")],
+    "m3p-build-spm": [
+        (["{out}", "{missing}"], "{missing}: raw text file not found"),
+        (["{out}", "{adir}"], "{adir}: a folder, where the raw text file is expected"),
+        (["{out}", "{empty}"], "{empty}: sentencepiece cannot train on this text"),
+        (["{out}", "{latin1}"], "{latin1}: line 1: not UTF-8"),
+        (["{afile}", "{text}"], "{afile}: cannot write here: a file, where a folder is to be written")],
+    "m3p-binarize": [
+        (["--train", "{text}", *VOCAB, "--spm", "{missing}"], "{missing}: sentencepiece model not found"),
+        (["--train", "{text}", *VOCAB, "--spm", "{garbage}"], "{garbage}: not a sentencepiece model"),
+        (["--train", "{text}", *VOCAB, "--dict", "{garbage}"], "{garbage}: not a fairseq dict.txt"),
+        (["--train", "{text}", *VOCAB, "--dict", "{latin1}"], "{latin1}: line 1: not UTF-8"),
+        (["--train", "{adir}", *VOCAB], "{adir}: a folder, where the raw text"),
+        (["--train", "{empty}", *VOCAB], "{empty}: no lines")],
+    "m3p-prepare-world": [
+        (["{missing}", "{out}"], "{missing}/raw: no world text or captions")],
+    "m3p-import-dataset": [
+        (["cc", "--train", "{missing}", *VOCAB], "{missing}: no such file"),
+        (["cc", "--train", "{adir}", *VOCAB], "{adir}: a folder, where a file"),
+        (["cc", "--train", "{empty}", *VOCAB], "nothing to write: no lines read"),
+        (["cc", "--train", "{latin1}", *VOCAB], "{latin1}: line 1: not UTF-8"),
+        (["cc", "--train", "{gz_cut}", *VOCAB], "{gz_cut}: damaged or truncated gzip"),
+        (["coco", "{garbage}", *VOCAB], "{garbage}: not JSON"),
+        (["tmx", "--pair", "en-de", "--train", "{empty}", *VOCAB], "{empty}: line 1, column 1: not well-formed XML"),
+        (["wiki", "{text}", *VOCAB, "--out", "{afile}"], "{afile}: cannot write here"),
+        (["muse", "{missing}", "--out", "{out}"], "{missing}: expected a MUSE file name")],
+    "m3p-import-regions": [
+        (["tsv", "{missing}", "{out}/train.json", "--quiet"], "{missing}: TSV file not found"),
+        (["tsv", "{adir}", "{out}/train.json", "--quiet"], "{adir}: a folder, where the TSV file is expected"),
+        (["tsv", "{empty}", "{out}/train.json", "--quiet"], "{empty}: no images"),
+        (["hdf5", "{garbage}", "{out}/train.json", "--quiet"], "{garbage}: not an HDF5 file"),
+        (["npz", "{missing}", "{out}/train.json", "--quiet"], "{missing}: .npz file not found"),
+        (["mmf", "{afile}", "{out}/train.json", "--quiet"], "{afile}: not a folder"),
+        (["hdf5", "{garbage}", "{afile}/train.json", "--quiet"], "{afile}/train.json: cannot write here")],
+    "m3p-merge-manifests": [
+        (["{out}/m.json", "{missing}"], "{missing}: cannot read the region manifest"),
+        (["{out}/m.json", "{garbage}"], "{garbage}: not a JSON region manifest"),
+        (["{adir}", "{data}/regions/test.json"], "{adir}: cannot write here: a folder")],
+    "m3p-import-iglue": [
+        (["xvnli", "{missing}", *IGLUE], "{missing}: no such file"),
+        (["xvnli", "{adir}", *IGLUE], "{adir}: a folder, where a file is expected"),
+        (["xvnli", "{empty}", *IGLUE], "{empty}: no examples"),
+        (["xvnli", "{garbage}", *IGLUE], "{garbage}: line 1: "),
+        (["xvnli", "{latin1}", *IGLUE], "{latin1}: line 1: not UTF-8"),
+        (["xvnli", "{text}", *IGLUE[:4], "--out", "{afile}", *IGLUE[6:]], "{afile}: cannot write here")],
+    "m3p-import-xlmr": [
+        (["{missing}", "{out}"], "{missing}: not a folder"),
+        (["{tar}", "{out}"], "{tar}: a tar archive (the download as it is), not a model folder")],
+    "m3p-import-m3p": [
+        (["{missing}", "{out}", "--spm", "{spm}"], "{missing}: checkpoint not found"),
+        (["{adir}", "{out}", "--spm", "{spm}"], "{adir}: a folder, where the checkpoint is expected"),
+        (["{empty}", "{out}", "--spm", "{spm}"], "{empty}: an empty file, not a checkpoint"),
+        (["{tar}", "{out}", "--spm", "{spm}"], "{tar}: a gzip-compressed tar archive")],
+    "m3p-retrieval-eval": [
+        (["{missing}", "--path", "{ck}", "--cpu"], "{missing}: data folder not found"),
+        (["{data}", "--path", "{adir}", "--cpu"], "{adir}: a folder, not a checkpoint file"),
+        (["{data}", "--path", "{empty}", "--cpu"], "{empty}: an empty file, not a checkpoint"),
+        (["{data}", "--path", "{ck}", "--cpu", "--results", "{garbage}"], "{garbage}: not valid JSON"),
+        (["{data}", "--path", "{ck}", "--cpu", "--merge", "{empty}"], "{empty}: not a scores file")],
+    "m3p-downstream-eval": [
+        (["xnli", "{data}", "--path", "{ck}", "--cpu", "--results", "{afile}/r.json"],
+         "{afile}/r.json: cannot write here"),
+        (["generate", "{data}", "--path", "{missing}", "--targets", "de", "--cpu"], "{missing}: checkpoint not found"),
+        (["generate", "{data}", "--path", "{ck}", "--targets", "de", "--cpu", "--hyps-dir", "{afile}"],
+         "{afile}: cannot write here: a file, where a folder")],
+    "m3p-caption-score": [
+        (["--hyp", "{missing}", "--ref", "{text}"], "{missing}: hypothesis file not found"),
+        (["--hyp", "{text}", "--ref", "{adir}"], "{adir}: a folder, where the reference file is expected"),
+        (["--hyp", "{empty}", "--ref", "{text}"], "{empty}: empty hypothesis file"),
+        (["--hyp", "{text}", "--ref", "{text}", "--results", "{badjson}", "--key", "retrieval.zero_shot.en.mR.x"],
+         "{badjson}: retrieval.zero_shot.en.mR holds 'high', not an object")],
+    "m3p-results-table": [
+        (["{missing}"], "{missing}: results file not found"),
+        (["{adir}"], "{adir}: a folder, where the results file is expected"),
+        (["{empty}"], "{empty}: not valid JSON"),
+        (["{badjson}"], "{badjson}: retrieval.zero_shot.en.mR: expected a number")],
+    "m3p-plots": [
+        (["--results", "{missing}", "--out", "{out}"], "{missing}: results file not found"),
+        (["--results", "{garbage}", "--out", "{out}"], "{garbage}: not valid JSON"),
+        (["--train-log", "{adir}", "--out", "{out}"], "{adir}: a folder, where the training log is expected"),
+        (["--train-log", "{text}", "--out", "{afile}"], "{afile}: cannot write here")],
+}
+
+
+def _console_mains():
+    """script name -> its main, from setup.py's entry points (every console script is swept)."""
+    import importlib
+    import re
+
+    setup = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")).read()
+    return {name: getattr(importlib.import_module(module), func)
+            for name, module, func in re.findall(r'"(m3p-[\w-]+) = ([\w.]+):(\w+)"', setup)}
+
+
+def test_every_console_script_is_swept():
+    assert sorted(_console_mains()) == sorted(SWEEP)
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tiny_world, tiny_checkpoint, not_checkpoints, tmp_path_factory):
+    base = tmp_path_factory.mktemp("sweep")
+    (base / "afile").write_text("x\n")
+    (base / "adir").mkdir()
+    (base / "empty").write_text("")
+    (base / "garbage").write_bytes(b"\x00\x01garbage\x00")
+    (base / "latin1").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (base / "text").write_text("a red dog\ta\n" * 3)
+    (base / "badjson").write_text(json.dumps({"retrieval": {"zero_shot": {"en": {"mR": "high"}}}}))
+    with gzip.open(str(base / "full.gz"), "wt") as f:
+        f.writelines(f"caption {i} {i * 7919 % 10007}\thttp://x/{i}\n" for i in range(5000))
+    cut = open(str(base / "full.gz"), "rb").read()
+    (base / "gz_cut").write_bytes(cut[: len(cut) // 2])
+    names = {n: str(base / n) for n in ("afile", "adir", "empty", "garbage", "latin1", "text", "badjson")}
+    return dict(names, gz_cut=str(base / "gz_cut"), missing=str(base / "missing"), data=tiny_world["data"],
+                spm=os.path.join(tiny_world["data"], "sentencepiece.bpe.model"),
+                dict=os.path.join(tiny_world["data"], "dict.txt"), ck=tiny_checkpoint,
+                tar=os.path.join(not_checkpoints["path"], "xlmr.base.tar.gz"))
+
+
+@pytest.mark.parametrize("script,k", [(s, k) for s, cases in SWEEP.items() for k in range(len(cases))])
+def test_console_script_bad_input(script, k, sweep_files, tmp_path):
+    """Missing file, a folder given for a file, an empty file, a file of another format, an output place
+    that cannot be written: one line naming the file, and nothing left in the output place."""
+    argv, needle = SWEEP[script][k]
+    names = dict(sweep_files, out=str(tmp_path / "out" / "deep"))
+    _refused(_console_mains()[script], [a.format(**names) for a in argv], needle.format(**names))
+    assert not os.path.exists(tmp_path / "out")  # not even the folders on the way to the output

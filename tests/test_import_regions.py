@@ -43,9 +43,9 @@ def _check_round_trip(manifest, images=IMAGES, probs=False):
 
 
 def _no_leftovers(folder):
-    if not os.path.exists(folder):  # a failed run removes the folders it made
-        return []
-    return [n for n in os.listdir(folder) if n.endswith((".h5", ".json", ".index")) or "-regions-" in n]
+    """What a refused conversion left in the manifest's folder (a folder it had to create is gone too)."""
+    return [n for n in os.listdir(folder) if n.endswith((".h5", ".json", ".index")) or n.startswith(".tmp-")] \
+        if os.path.exists(folder) else []
 
 
 def write_mmf(folder, images=IMAGES):

@@ -260,7 +260,7 @@ def test_wrong_inputs_give_one_line(tmp_path, capsys, spm_dir):
     shutil.copy(os.path.join(spm_dir, "sentencepiece.bpe.model"), bad)
     with pytest.raises(SystemExit) as e:
         main([str(bad), str(tmp_path / "out")])
-    assert "pytorch_model.bin: not a torch checkpoint" in str(e.value) and "\n" not in str(e.value)
+    assert "pytorch_model.bin: a text file, not a checkpoint" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

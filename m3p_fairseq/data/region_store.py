@@ -15,7 +15,9 @@ One shard (``*.h5``) holds, for N images and M regions in all:
 
 and the attributes ``format="m3p-regions"``, ``version``, ``feat_dim``, ``num_classes``. Shards
 written here carry HDF5's Fletcher-32 checksum on every chunk of the flat arrays, so bytes damaged
-after writing fail the read (one line naming shard and image) instead of becoming wrong numbers.
+after writing fail the read (one line naming shard and image) instead of becoming wrong numbers, and
+every image read is checked as the writer checks it (finite features, boxes finite and inside the
+image: ``geometry_problem``), so a store written by other tools cannot feed a NaN box to a model.
 A manifest (``*.json``) names the shards of one corpus/split; the reader sees them as one store and
 opens each shard lazily, once per process, reading an image as one contiguous slice.
 
@@ -40,6 +42,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import M3PInputError
+from ..outputs import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +112,26 @@ def check_image(path, image_id, features, boxes, classes, width, height, feat_di
     if max(hi, -lo) > FLOAT16_MAX:
         raise RegionDataError(f"{where}: features reach {max(hi, -lo):g}, beyond float16's {FLOAT16_MAX:g} "
                               f"(the store keeps float16)")
+    problem = geometry_problem(boxes, width, height)
+    if problem is not None:
+        raise RegionDataError(f"{where}: {problem}")
+    if num_classes and (classes.min() < 0 or classes.max() >= num_classes):
+        raise RegionDataError(f"{where}: detector class outside [0, {num_classes})")
+
+
+def geometry_problem(boxes, width, height):
+    """What is wrong with an image's (n, 4) pixel boxes x1, y1, x2, y2 and its size, or None: checked where
+    a store is written and where it is read (a NaN box must never become a number the model sees)."""
     box_lo, box_hi = boxes.min(axis=0).tolist(), boxes.max(axis=0).tolist()
     if not all(math.isfinite(v) for v in box_lo + box_hi):
-        raise RegionDataError(f"{where}: boxes contain NaN or Inf")
+        return "boxes contain NaN or Inf"
     if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
-        raise RegionDataError(f"{where}: image size {width}x{height} is not positive")
+        return f"image size {width}x{height} is not positive"
     tol = 1.0  # detectors round to the pixel grid
     if box_lo[0] < -tol or box_lo[1] < -tol or box_hi[2] > width + tol or box_hi[3] > height + tol \
             or (boxes[:, 2:] < boxes[:, :2]).any():
-        raise RegionDataError(f"{where}: a box lies outside the {width:g}x{height:g} image or has x2<x1 / y2<y1")
-    if num_classes and (classes.min() < 0 or classes.max() >= num_classes):
-        raise RegionDataError(f"{where}: detector class outside [0, {num_classes})")
+        return f"a box lies outside the {width:g}x{height:g} image or has x2<x1 / y2<y1"
+    return None
 
 
 class RegionShardWriter:
@@ -263,25 +275,25 @@ def index_path(manifest):
     return stem + ".index"
 
 
-def _replace_atomically(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _write_output(path, write, staging):
+    """``write(temporary path)``, the file then in ``staging`` (an outputs.Staging) or, without one, in place."""
+    if staging is None:
+        write_atomically(path, write)
+    else:
+        write(staging.file(path))
 
 
-def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=None):
+def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=None, staging=None, staged=None):
     """Write the manifest listing shards (paths stored relative to the manifest).
 
     ``index``: also write the per-image table beside it (True: read from the shards, which checks
     them first and writes nothing if one is bad; or a RegionIndex of these shards built already).
     Without it, a table left at that place by an earlier manifest is removed. ``extra``: more keys
-    for the document (a converted slice records itself under "slice")."""
+    for the document (a converted slice records itself under "slice"). ``staging``: an
+    ``outputs.Staging`` the index and the manifest join (last, after the shards it holds already),
+    ``staged``: where those shards are until it commits."""
     if index is True:
-        index = RegionIndex.build(shard_paths, path)
+        index = RegionIndex.build(staged or shard_paths, path)
     elif index is False:
         index = None
     base = os.path.dirname(os.path.abspath(path))
@@ -290,7 +302,7 @@ def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=
     else:
         h5py = _h5py()
         sizes = []
-        for sp in shard_paths:
+        for sp in staged or shard_paths:
             with h5py.File(sp, "r") as f:
                 sizes.append((int(f["offsets"].shape[0] - 1), int(f["offsets"][-1])))
     shards = [{"path": os.path.relpath(os.path.abspath(sp), base), "num_images": int(n), "num_regions": int(m)}
@@ -302,11 +314,11 @@ def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=
         with open(tmp, "w") as fh:
             json.dump(doc, fh, indent=1)
 
-    _replace_atomically(path, dump)
     if index is not None:
-        index.write(index_path(path), shard_paths)
+        index.write(index_path(path), shard_paths, staging, staged)
     elif os.path.exists(index_path(path)):
         os.remove(index_path(path))
+    _write_output(path, dump, staging)
 
 
 def merge_manifests(out, inputs):
@@ -492,11 +504,13 @@ class RegionIndex:
         return cls(arrays, images, regions, check.feat_dim, check.num_classes, check.has_class_probs)
 
     # -- as a file ---------------------------------------------------------------------------------
-    def write(self, path, shard_paths):
+    def write(self, path, shard_paths, staging=None, staged=None):
+        """The table as the file ``path`` (for ``shard_paths``: with ``staging``, an outputs.Staging, the shards
+        are still at ``staged`` and the file joins them there)."""
         base = os.path.dirname(os.path.abspath(path))
         shards = []
-        for sp, n, m in zip(shard_paths, self.shard_images, self.shard_regions):
-            st = os.stat(sp)
+        for sp, now, n, m in zip(shard_paths, staged or shard_paths, self.shard_images, self.shard_regions):
+            st = os.stat(now)  # a rename into place keeps size and time
             shards.append({"path": os.path.relpath(os.path.abspath(sp), base), "size": st.st_size,
                            "mtime_ns": st.st_mtime_ns, "num_images": n, "num_regions": m})
         specs, offset = {}, 0
@@ -516,7 +530,7 @@ class RegionIndex:
                     fh.seek(data_start + specs[name]["offset"])
                     fh.write(np.ascontiguousarray(getattr(self, name)).tobytes())
 
-        _replace_atomically(path, dump)
+        _write_output(path, dump, staging)
 
     @classmethod
     def read(cls, path, shard_paths, manifest_feat_dim=None, manifest=None):
@@ -772,6 +786,10 @@ class RegionStore:
             raise RegionDataError(f"{where} cannot be read (the shard ends before its rows {a}:{b}: truncated?)")
         if not np.isfinite(feats).all():
             raise RegionDataError(f"{where} has NaN or Inf features")
+        w, h = self.image_wh[index]
+        problem = geometry_problem(boxes, float(w), float(h))
+        if problem is not None:
+            raise RegionDataError(f"{where}: {problem}")
         return feats, boxes, classes, probs
 
     def _remember(self, index, arrays):

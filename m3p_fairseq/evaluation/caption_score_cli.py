@@ -12,29 +12,29 @@ language identifier learned from DATA's text corpus (evaluation/language_id.py).
 """
 import argparse
 import json
-import os
 import sys
 
 from .caption_metrics import caption_scores, default_tokenize, read_generate_output
-from .results import update_results
+from ..errors import M3PInputError, command, require_file
+from .results import check_results_file, update_results
 
 
 def read_captions(path, kind, what):
     """Lines of ``path`` (or its ``kind`` lines when it is a fairseq-generate log)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"m3p-caption-score: {path}: {what} file not found")
+    require_file(path, f"{what} file")
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if not lines or not any(line.strip() for line in lines):
-        raise SystemExit(f"m3p-caption-score: {path}: empty {what} file")
+        raise M3PInputError(f"{path}: empty {what} file")
     from_log = read_generate_output(lines, kind)
     if from_log is not None:
         return from_log
     if any(read_generate_output([line], k) for line in lines[:50] for k in "STHDP"):
-        raise SystemExit(f"m3p-caption-score: {path}: a fairseq-generate log without {kind}- lines")
+        raise M3PInputError(f"{path}: a fairseq-generate log without {kind}- lines")
     return lines
 
 
+@command("m3p-caption-score")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hyp", required=True, help="generated captions (or a fairseq-generate log)")
@@ -51,14 +51,15 @@ def main(argv=None):
         p.error("--results needs --key")
     if a.lang_id and not a.lang:
         p.error("--lang-id needs --lang (the language the hypotheses should be in)")
+    check_results_file(a.results, a.key)
     hyps = read_captions(a.hyp, "D", "hypothesis")
     refs = [read_captions(r, "T", "reference") for r in a.ref]
     for path, stream in zip(a.ref, refs):
         if len(stream) != len(hyps):
-            raise SystemExit(f"m3p-caption-score: {path}: {len(stream)} references for {len(hyps)} hypotheses in {a.hyp}")
+            raise M3PInputError(f"{path}: {len(stream)} references for {len(hyps)} hypotheses in {a.hyp}")
         empty = [i for i, r in enumerate(stream) if not r.strip()]
         if empty:
-            raise SystemExit(f"m3p-caption-score: {path}: line {empty[0] + 1} is an empty reference")
+            raise M3PInputError(f"{path}: line {empty[0] + 1} is an empty reference")
     tokenize = a.tokenize or default_tokenize(a.lang)
     scores = caption_scores(hyps, refs, tokenize=tokenize)
     if a.lang_id:

@@ -26,12 +26,13 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 from ..checkpoints import GENERATION, UNDERSTANDING, load_model_of_kind
-from ..errors import M3PInputError
-from .results import update_results
+from ..errors import M3PInputError, command, require_file
+from ..outputs import Staging, check_writable
+from .results import check_results_file, load_results, set_result, write_results
+from .retrieval import load_shard_scores
 
 KIND_OF_COMMAND = {"retrieval": UNDERSTANDING, "xnli": UNDERSTANDING, "generate": GENERATION, "iglue": UNDERSTANDING}
 DEFAULT_KEY = {"retrieval": "retrieval.finetuned", "xnli": "xnli", "generate": "generation"}
@@ -44,7 +45,7 @@ def bar(what):
     return lambda items: tqdm(items, desc=what, file=sys.stderr, mininterval=2, leave=False, disable=None)
 
 
-def retrieval(a, model, task, device):
+def retrieval(a, model, task, device, staging):
     """Recall per language: every pair scored by the cross-encoder (zero-shot or fine-tuned), or two-stage;
     sharded over machines and merged exactly. Returns {lang: metrics, with the language's chance_mR}."""
     from ..models.dual_encoder import has_dual_heads
@@ -71,16 +72,21 @@ def retrieval(a, model, task, device):
         n_img, n_cap = len(images), len(captions)
         started = time.time()
         if a.merge:
-            files = [np.load(f) for f in a.merge]
+            files = [load_shard_scores(f, lang, a.two_stage) for f in a.merge]
             parts = [(z[f"{lang}_ids"], z[f"{lang}_scores"]) for z in files]
-            if a.two_stage:
-                matrix = merge_two_stage(files[0][f"{lang}_dual"], files[0][f"{lang}_pairs"], parts)
-                n_pairs = len(files[0][f"{lang}_pairs"])
-            else:
-                matrix, seen = merge_shards(parts, n_img, n_cap)
-                if not seen.all():
-                    raise M3PInputError(f"shards {' '.join(a.merge)} miss {int((~seen).sum())} pairs of {lang}")
-                n_pairs = n_img * n_cap
+            try:
+                if a.two_stage:
+                    matrix = merge_two_stage(files[0][f"{lang}_dual"], files[0][f"{lang}_pairs"], parts)
+                    n_pairs = len(files[0][f"{lang}_pairs"])
+                else:
+                    matrix, seen = merge_shards(parts, n_img, n_cap)
+                    if not seen.all():
+                        raise M3PInputError(f"shards {' '.join(a.merge)} miss {int((~seen).sum())} pairs of {lang}")
+                    n_pairs = n_img * n_cap
+            except M3PInputError:
+                raise
+            except (ValueError, IndexError) as e:
+                raise M3PInputError(f"shards {' '.join(a.merge)}, {lang}: {e}")
         elif a.two_stage:
             dual, pairs, (ids, scores) = two_stage_scores(model, captions, images, pad, bos, a.top_k, a.batch_size,
                                                           a.num_shards, a.shard_id, device,
@@ -115,10 +121,7 @@ def retrieval(a, model, task, device):
         extra += "".join(f"  {k} {m[k]:.1f}" for k in ("dual_mR", "full_mR") if k in m)
         print(recall_line(lang, m, m["chance_mR"], extra), flush=True)
     if shard_out:
-        try:
-            save_shard_scores(a.scores_out, shard_out)
-        except ValueError as e:
-            raise M3PInputError(str(e))
+        save_shard_scores(staging.file(a.scores_out), shard_out)
         print(a.scores_out)
         return None
     return metrics
@@ -127,7 +130,7 @@ def retrieval(a, model, task, device):
 # ---- XNLI -------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def xnli(a, model, task, device):
+def xnli(a, model, task, device, staging):
     """Accuracy per language of a model with an XNLI head, trained by the m3p_xnli task or with the ``xnli``
     objective among others (multitask_multimodal): the pairs are read the same way for both."""
     from ..data.xnli_dataset import XNLI_HEAD, xnli_dataset
@@ -153,7 +156,7 @@ def xnli(a, model, task, device):
 
 # ---- IGLUE ------------------------------------------------------------------------------------------
 
-def iglue(a, model, task, device):
+def iglue(a, model, task, device, staging):
     """Accuracy (XVNLI, xGQA, MaRVL) or R@1 both ways (xFlickr&CO, WIT) per language, with the task's levels."""
     from .iglue import evaluate, fine_tuned_for, langs_with, line
 
@@ -183,7 +186,7 @@ def generation_dataset(task, split, target):
 
 
 @torch.no_grad()
-def generate(a, model, task, device):
+def generate(a, model, task, device, staging):
     from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
@@ -212,8 +215,7 @@ def generate(a, model, task, device):
             scores["right_language"] = lid.share([hyp_ids[i] for i in order], out_lang)
         metrics[target] = scores
         if a.hyps_dir:
-            os.makedirs(a.hyps_dir, exist_ok=True)
-            with open(os.path.join(a.hyps_dir, f"{a.split}.{target}.hyp"), "w", encoding="utf-8") as f:
+            with open(staging.file(os.path.join(a.hyps_dir, f"{a.split}.{target}.hyp")), "w", encoding="utf-8") as f:
                 f.writelines(hyps[i] + "\n" for i in order)
         in_lang = f"  in {out_lang} {scores['right_language']:.0f}%" if "right_language" in scores else ""
         print(f"{target}: BLEU-4 {scores['bleu4']:.1f}  CIDEr {scores['cider']:.1f}{in_lang}  ({len(order)} items)  "
@@ -233,6 +235,7 @@ def language_identifier(data_dir, dictionary):
     return LanguageIdentifier.from_data(data_dir, dictionary)
 
 
+@command("m3p-downstream-eval")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -281,40 +284,70 @@ def main(argv=None):
     for name in ("langs", "targets"):
         if hasattr(a, name):
             setattr(a, name, [x for x in getattr(a, name).split(",") if x])
+    check_up_front(a, p)
     device = "cuda" if torch.cuda.is_available() and not a.cpu else "cpu"
     kind = KIND_OF_COMMAND[a.command]
     model, task = load_model_of_kind(a.path, a.data, kind, f"'{a.command}'")
     model.to(device)
-    metrics = {"retrieval": retrieval, "xnli": xnli, "generate": generate, "iglue": iglue}[a.command](a, model, task,
-                                                                                                    device)
-    if metrics is None or not a.results:
-        return
-    if a.command == "iglue":
-        from .iglue import save as save_iglue
+    key = results_key(a)
+    with Staging() as out:  # scores, hypotheses and results: all written at the end, or none
+        metrics = {"retrieval": retrieval, "xnli": xnli, "generate": generate, "iglue": iglue}[a.command](
+            a, model, task, device, out)
+        if metrics is None or not a.results:
+            return
+        if a.command == "iglue":
+            from .iglue import save as save_iglue
 
-        key = a.key or (f"iglue_translate_test.{a.job}" if a.split == "test_mt" else f"iglue.{a.job}")
-        save_iglue(a.results, key, metrics)
-    else:
-        key = a.key or DEFAULT_KEY[a.command]
-        save_metrics(a.results, key, metrics)
+            save_iglue(a.results, key, metrics, out)
+        else:
+            save_metrics(a.results, key, metrics, out)
     print(f"{key} -> {a.results}", file=sys.stderr)
 
 
-def save_metrics(path, key, metrics):
+def results_key(a):
+    """Where the command's numbers go in --results: --key, else the command's own place."""
+    if a.key:
+        return a.key
+    if a.command == "iglue":
+        return f"iglue_translate_test.{a.job}" if a.split == "test_mt" else f"iglue.{a.job}"
+    return DEFAULT_KEY[a.command]
+
+
+def check_up_front(a, parser):
+    """Before any model is loaded: the outputs can be written and the flags that shape them agree, so that
+    no evaluation runs to lose its numbers at the end."""
+    check_results_file(a.results, results_key(a))
+    check_writable(getattr(a, "scores_out", None))
+    check_writable(getattr(a, "hyps_dir", None), folder=True)
+    if hasattr(a, "num_shards"):
+        if not 0 <= a.shard_id < a.num_shards:
+            parser.error(f"--shard-id {a.shard_id} --num-shards {a.num_shards}: expected 0 <= shard id < shards")
+        if a.num_shards > 1 and not a.scores_out and not a.merge:
+            parser.error("--num-shards > 1 needs --scores-out (the shard's scores, merged later with --merge)")
+    for path in getattr(a, "merge", None) or ():
+        require_file(path, "scores file (--merge)")
+        for lang in a.langs:
+            load_shard_scores(path, lang, a.two_stage)
+
+
+def save_metrics(path, key, metrics, staging=None):
     """Merge ``{lang: metrics}`` under ``key``. Each language's chance level (``chance_mR``) stays beside its
-    own numbers; the section gets a chance line (``chance_mR`` next to ``key``) only when every language shares it."""
-    update_results(path, key, metrics)
+    own numbers; the section gets a chance line (``chance_mR`` next to ``key``) only when every language shares it.
+    ``staging``: an outputs.Staging the file joins (default: written at once)."""
+    doc = set_result(path, load_results(path), key, metrics)
     chances = {m["chance_mR"] for m in metrics.values() if isinstance(m, dict) and "chance_mR" in m}
     if len(chances) == 1 and "." in key:
-        update_results(path, key.rsplit(".", 1)[0] + ".chance_mR", chances.pop())
+        set_result(path, doc, key.rsplit(".", 1)[0] + ".chance_mR", chances.pop())
+    write_results(path, doc, staging)
 
 
+@command("m3p-retrieval-eval")
 def retrieval_main(argv=None):
     """m3p-retrieval-eval: ``m3p-downstream-eval retrieval`` storing under retrieval.zero_shot unless --key says."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--key" not in argv and not any(x.startswith("--key=") for x in argv):
         argv += ["--key", "retrieval.zero_shot"]
-    main(["retrieval"] + argv)
+    main.__wrapped__(["retrieval"] + argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 from ..criterions.iglue import iglue_logits, num_correct
 from ..data.iglue_dataset import SOFT, SideFile
 from ..errors import M3PInputError
-from .results import load_results, update_results
+from .results import load_results, set_result, write_results
 from .retrieval import chance_recall, language_split, merge_shards, recall_at_k, score_pairs
 
 RETRIEVAL_JOBS = ("xflickrco", "wit")
@@ -152,15 +152,17 @@ def average(section):
     return dict(avg, langs=",".join(langs)) if avg else None
 
 
-def save(path, key, metrics):
-    """Merge ``metrics`` under ``key`` and recompute the section's ``avg`` over every language it now holds."""
-    update_results(path, key, metrics)
-    node = load_results(path)
+def save(path, key, metrics, staging=None):
+    """Merge ``metrics`` under ``key`` and recompute the section's ``avg`` over every language it now holds.
+    ``staging``: an outputs.Staging the file joins (default: written at once)."""
+    doc = set_result(path, load_results(path), key, metrics)
+    node = doc
     for part in key.split("."):
         node = node[part]
     avg = average(node)
     if avg is not None:
-        update_results(path, f"{key}.avg", avg)
+        set_result(path, doc, f"{key}.avg", avg)
+    write_results(path, doc, staging)
 
 
 def final_validation(path):

@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import re
-import sys
 
 from ..objectives import plot_keys
+from ..errors import command, require_file
+from ..outputs import Staging
 from .results import load_results
 
 _SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
@@ -142,6 +143,7 @@ def plot_results(doc, out_dir):
     return written
 
 
+@command("m3p-plots")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", help="results JSON")
@@ -151,23 +153,21 @@ def main(argv=None):
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)  # matplotlib's font search logs at DEBUG otherwise
-    os.makedirs(a.out, exist_ok=True)
-    written = []
-    if a.results:
-        try:
-            doc = load_results(a.results)
-        except ValueError as e:
-            sys.exit(f"m3p-plots: {e}")
-        written += plot_results(doc, a.out)
+    doc = load_results(require_file(a.results, "results file")) if a.results else None
     for log in a.train_log:
-        if not os.path.isfile(log):
-            sys.exit(f"m3p-plots: {log}: no such training log")
-        name = os.path.splitext(os.path.basename(log))[0]
-        png = plot_losses(parse_train_log(log), os.path.join(a.out, f"{name}_losses.png"), name)
-        if png:
-            written.append(png)
+        require_file(log, "training log")
+    written = []
+    with Staging() as out:  # the pictures join --out together, when all are drawn
+        stage = out.folder(a.out, merge=True)
+        if doc is not None:
+            written += plot_results(doc, stage)
+        for log in a.train_log:
+            name = os.path.splitext(os.path.basename(log))[0]
+            png = plot_losses(parse_train_log(log), os.path.join(stage, f"{name}_losses.png"), name)
+            if png:
+                written.append(png)
     for w in written:
-        print(w)
+        print(os.path.join(a.out, os.path.basename(w)))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,41 @@
 import json
 import os
 
+from ..errors import M3PInputError, command
+from ..outputs import check_writable, write_atomically
+
 
 def load_results(path):
+    """The results document at ``path`` ({} when there is none yet); one line when it is not one."""
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
         try:
             doc = json.load(f)
         except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})")
+            raise M3PInputError(f"{path}: not valid JSON ({e})")
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top")
+        raise M3PInputError(f"{path}: expected a JSON object at the top")
     return doc
+
+
+def check_results_file(path, key=None):
+    """At a command's start: ``path`` (if given) can be written and, if it exists, is a results document
+    that can take ``key``, so that the numbers of a long evaluation are not lost at its end."""
+    if path:
+        check_writable(path)
+        _node(path, load_results(path), key.split(".")[:-1] if key else [])
+
+
+def _node(path, doc, parts):
+    """The object at ``parts`` of ``doc``, made where missing; one line where a value stands in the way."""
+    node = doc
+    for k, part in enumerate(parts):
+        if not isinstance(node.get(part, {}), dict):
+            raise M3PInputError(f"{path}: {'.'.join(parts[:k + 1])} holds {node[part]!r}, not an object: cannot "
+                                f"store {'.'.join(parts)}.* under it")
+        node = node.setdefault(part, {})
+    return node
 
 
 def _merge(into, new):
@@ -25,25 +48,31 @@ def _merge(into, new):
             into[k] = v
 
 
-def update_results(path, key, value):
-    """Set ``doc[k1][k2]...`` = value for key "k1.k2..." (objects merged key by key, at every depth: the
-    numbers of one language written by another tool stay), then write atomically."""
-    doc = load_results(path)
-    node = doc
+def set_result(path, doc, key, value):
+    """``doc[k1][k2]...`` = value for key "k1.k2..." (objects merged key by key, at every depth: the numbers of
+    one language written by another tool stay); ``path``: the file ``doc`` comes from, for messages."""
     parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    _merge(node, {parts[-1]: value})
-    _write(path, doc)
+    _merge(_node(path, doc, parts[:-1]), {parts[-1]: value})
     return doc
 
 
-def _write(path, doc):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+def update_results(path, key, value):
+    """``set_result`` in the results file ``path``, written atomically."""
+    doc = set_result(path, load_results(path), key, value)
+    write_results(path, doc)
+    return doc
+
+
+def write_results(path, doc, staging=None):
+    """``doc`` as the results file ``path``, written atomically (or into ``staging``, an outputs.Staging)."""
+    def dump(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+
+    if staging is None:
+        write_atomically(path, dump)
+    else:
+        dump(staging.file(path))
 
 
 def merge_results(path, parts):
@@ -52,15 +81,21 @@ def merge_results(path, parts):
     doc = load_results(path)
     for part in parts:
         _merge(doc, load_results(part))
-    _write(path, doc)
+    write_results(path, doc)
     return doc
 
 
-if __name__ == "__main__":  # python -m m3p_fairseq.evaluation.results TARGET PART... (the demo's lanes)
+@command("merge results")
+def main(argv=None):
+    """python -m m3p_fairseq.evaluation.results TARGET PART... (the demo's lanes)"""
     import sys
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m m3p_fairseq.evaluation.results TARGET [PART ...]")
-    try:
-        merge_results(sys.argv[1], sys.argv[2:])
-    except ValueError as e:
-        sys.exit(f"merge results: {e}")
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 1:
+        raise SystemExit("usage: python -m m3p_fairseq.evaluation.results TARGET [PART ...]")
+    check_writable(argv[0])
+    merge_results(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,12 @@ puts them back into one matrix exactly, so recall is computed once on the full m
 shard and averaged, which is wrong).
 """
 import math
-import os
 
 import numpy as np
 import torch
 
 from ..data.region_dataset import collate_regions
+from ..errors import M3PInputError
 
 
 def recall_at_k(scores, caption_image, ks=(1, 5, 10)):
@@ -117,6 +117,9 @@ def merge_shards(parts, n_images, n_captions, fill=-np.inf):
     matrix = np.full(n_images * n_captions, fill, dtype=np.float32)
     seen = np.zeros(n_images * n_captions, dtype=bool)
     for pair_ids, scores in parts:
+        if len(pair_ids) != len(scores) or (len(pair_ids) and not 0 <= pair_ids.min() <= pair_ids.max() < len(seen)):
+            raise ValueError(f"pair ids outside the {n_images} x {n_captions} pairs of this split (scores of another "
+                             f"split, --max-images or data folder?)")
         if seen[pair_ids].any():
             raise ValueError("two shards scored the same pair")
         matrix[pair_ids] = scores
@@ -131,12 +134,31 @@ def recall_line(lang, m, chance, extra=""):
 
 
 def save_shard_scores(path, arrays):
-    """A shard's pair ids and scores (``{lang}_ids``, ``{lang}_scores``, ...) as one .npz, written atomically."""
-    if not path:
-        raise ValueError("--num-shards > 1 needs --scores-out")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """A shard's pair ids and scores (``{lang}_ids``, ``{lang}_scores``, ...) as one .npz (``path``: its staged
+    name, outputs.Staging; np.savez adds .npz to a name without it, so the name keeps the target's)."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_shard_scores(path, lang, two_stage=False):
+    """The arrays of one language from a file written with --scores-out; one line when it is not one."""
+    import zipfile
+
+    keys = [f"{lang}_ids", f"{lang}_scores"] + ([f"{lang}_dual", f"{lang}_pairs"] if two_stage else [])
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise M3PInputError(f"{path}: not a scores file of --scores-out (an .npz; {e.__class__.__name__})")
+    if not hasattr(z, "files"):
+        raise M3PInputError(f"{path}: a single array, not a scores file of --scores-out (an .npz of {', '.join(keys)})")
+    missing = [k for k in keys if k not in z.files]
+    if missing:
+        raise M3PInputError(f"{path}: no {', '.join(missing)} (has {', '.join(z.files) or 'nothing'}): not a "
+                            f"{'two-stage ' if two_stage else ''}scores file of --scores-out for language {lang}")
+    try:
+        return {k: z[k] for k in keys}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise M3PInputError(f"{path}: damaged scores file ({e.__class__.__name__}: {str(e)[:200]})")
 
 
 def language_split(task, lang, split):

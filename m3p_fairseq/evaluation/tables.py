@@ -10,9 +10,8 @@ language should be stops with one line naming its key.
 """
 import argparse
 import re
-import sys
 
-from ..errors import M3PInputError
+from ..errors import M3PInputError, command, require_file
 from .results import load_results
 
 LANG_ORDER = ["en", "de", "fr", "cs", "ja", "zh", "es", "it", "ru", "ar"]
@@ -51,6 +50,9 @@ def _table(title, rows, metric, fmt="{:.1f}", section=None):
         cells = []
         for lang in langs:
             v = per_lang.get(lang, {})
+            if isinstance(v, dict) and metric in v and not isinstance(v[metric], (int, float)):
+                raise M3PInputError(f"{section or title}.{setting}.{lang}.{metric}: expected a number, "
+                                    f"found {v[metric]!r}")
             cells.append(fmt.format(v[metric]) if isinstance(v, dict) and metric in v else "-")
         out.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -243,21 +245,21 @@ def render(doc, which=None):
     return "\n".join(p for p in parts if p.strip())
 
 
+@command("m3p-results-table")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results")
     p.add_argument("--table", choices=sorted(TABLES))
     a = p.parse_args(argv)
-    try:
-        doc = load_results(a.results)
-    except ValueError as e:
-        sys.exit(f"m3p-results-table: {e}")
+    require_file(a.results, "results file")
+    doc = load_results(a.results)
     if not doc:
-        sys.exit(f"m3p-results-table: {a.results}: no results")
+        raise M3PInputError(f"{a.results}: no results")
     try:
-        print(render(doc, a.table))
+        text = render(doc, a.table)
     except M3PInputError as e:
-        sys.exit(f"m3p-results-table: {a.results}: {e}")
+        raise M3PInputError(f"{a.results}: {e}")
+    print(text)
 
 
 if __name__ == "__main__":

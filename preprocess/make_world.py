@@ -128,13 +128,22 @@ def render(lex, lang, c1, o1, rel, c2, o2):
     return ("" if lang in NO_SPACE else " ").join(toks)
 
 
+def _scene(rng):
+    c1, c2 = (str(c) for c in rng.choice(COLOURS, 2))
+    o1, o2 = (str(o) for o in rng.choice(OBJECTS, 2, replace=False))
+    return c1, o1, RELATIONS[rng.integers(4)], c2, o2
+
+
 def text_meaning(rng):
-    """What a text-only sentence says, in no language: ("scene", (c1, o1, rel, c2, o2)) or
+    """What a text-only sentence says, in no language: ("scene", (c1, o1, rel, c2, o2)), ("facts", two scenes)
+    joined by "and" (every language's text then has its word for "and", as real text has: without it no
+    language but English could write NTG's titles, "c1 o1 and c2 o2", nor read XNLI's two-fact premises), or
     ("statement", (name, verb, digit, colour, object)), a statement with a shared name and digit."""
-    if rng.random() < 0.5:
-        c1, c2 = (str(c) for c in rng.choice(COLOURS, 2))
-        o1, o2 = (str(o) for o in rng.choice(OBJECTS, 2, replace=False))
-        return "scene", (c1, o1, RELATIONS[rng.integers(4)], c2, o2)
+    r = rng.random()
+    if r < 0.4:
+        return "scene", _scene(rng)
+    if r < 0.55:
+        return "facts", (_scene(rng), _scene(rng))
     name, digit = NAMES[rng.integers(len(NAMES))], str(rng.integers(2, 10))
     c, o = COLOURS[rng.integers(len(COLOURS))], OBJECTS[rng.integers(len(OBJECTS))]
     verb = "has" if rng.random() < 0.5 else "sees"
@@ -144,7 +153,15 @@ def text_meaning(rng):
 def say(lex, lang, meaning):
     """A meaning from ``text_meaning`` in the words and word order of ``lang``."""
     kind, concepts = meaning
+    if kind == "facts":
+        return render_facts(lex, lang, concepts)
     return (render if kind == "scene" else statement)(lex, lang, *concepts)
+
+
+def render_facts(lex, lang, facts):
+    """Several scenes as one sentence: "scene1 and scene2" in the words of ``lang``."""
+    sep = "" if lang in NO_SPACE else " "
+    return (sep + lex[lang]["and"] + sep).join(render(lex, lang, *f) for f in facts)
 
 
 def text_sentence(rng, lex, lang):
@@ -367,12 +384,6 @@ def nli_example(rng, label):
     else:
         raise ValueError(f"unknown XNLI label {label!r}")
     return facts, hypo
-
-
-def render_facts(lex, lang, facts):
-    """Several facts as one sentence: "fact1 and fact2" in the words of ``lang``."""
-    sep = "" if lang in NO_SPACE else " "
-    return (sep + lex[lang]["and"] + sep).join(render(lex, lang, *f) for f in facts)
 
 
 def write_xnli(world, out, n_train, n_eval, seed, langs=TEXT_LANGS):

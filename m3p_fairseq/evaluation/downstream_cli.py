@@ -47,8 +47,8 @@ def retrieval(a, model, task, device):
     """Recall per language: every pair scored by the cross-encoder (zero-shot or fine-tuned), or two-stage;
     sharded over machines and merged exactly. Returns {lang: metrics, with the language's chance_mR}."""
     from ..models.dual_encoder import has_dual_heads
-    from .retrieval import (chance_recall, image_contexts, language_split, merge_shards, recall_at_k, recall_line,
-                            save_shard_scores, score_pairs)
+    from .retrieval import (chance_recall, merge_shards, recall_at_k, recall_line, retrieval_subset, save_shard_scores,
+                            score_pairs)
     from .two_stage import merge_two_stage, two_stage_scores
 
     if a.two_stage and not has_dual_heads(model):
@@ -57,16 +57,7 @@ def retrieval(a, model, task, device):
     pad, bos = task.source_dictionary.pad(), task.source_dictionary.bos()
     metrics, shard_out = {}, {}
     for lang in a.langs:
-        captions, caption_image, images = language_split(task, lang, a.split)
-        contexts = None
-        if a.context:
-            _, rows = task.load_captions(lang, a.split)
-            contexts = image_contexts(task, lang, a.split, rows, task.cfg.tokens_per_sample - max(len(c) for c in captions))
-        if a.max_images:
-            keep = caption_image < a.max_images
-            captions = [c for c, k in zip(captions, keep) if k]
-            caption_image, images = caption_image[keep], images[: a.max_images]
-            contexts = contexts[: a.max_images] if contexts is not None else None
+        captions, caption_image, images, contexts = retrieval_subset(task, lang, a.split, a.max_images, a.context)
         n_img, n_cap = len(images), len(captions)
         started = time.time()
         if a.merge:

@@ -20,6 +20,7 @@ from fairseq.tasks import register_task
 from ..data.text_generation_dataset import TextGenerationDataset
 from ..checkpoints import GENERATION
 from ..errors import M3PDataError
+from ..evaluation.validation import GenerationValidConfig
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PNTGConfig(M3PDataConfig, PretrainedConfig):
+class M3PNTGConfig(M3PDataConfig, PretrainedConfig, GenerationValidConfig):
     train_langs: str = field(default="en", metadata={"help": "languages to fine-tune on (paper: en)"})
     eval_langs: str = field(default="", metadata={
         "help": "languages of the valid/test splits (default: every language under DATA/ntg)"})

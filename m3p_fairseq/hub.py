@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from . import checkpoints
 from .errors import M3PInputError
+from .models.m3p import HubFromPretrained
 
 
 def _checkpoint_path(model_name_or_path, checkpoint_file):
@@ -314,3 +315,6 @@ class M3PHub(nn.Module):
         if regions is not None:
             feats, spatial = self._regions(regions, boxes, width, height, store)
         return self._generate(tokens, src, tgt, feats, spatial, beam, **gen_overrides)
+
+
+HubFromPretrained.hub_loader = staticmethod(from_pretrained)  # M3PModel / M3PSeq2SeqModel.from_pretrained

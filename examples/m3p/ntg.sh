@@ -4,13 +4,16 @@
 #   examples/m3p/ntg.sh DATA PRETRAINED_GEN OUT
 #
 # DATA has ntg/{lang}/{src,tgt} (m3p-import-dataset ntg, or the embedded world);
-# OUT/results.json gets ntg.{lang}.bleu4 for LANGS (default: every language under DATA/ntg).
+# OUT/results.json gets ntg.{lang}.bleu4 for LANGS (default: every language under DATA/ntg). Validation:
+# BLEU-4 on the dev sets of the training languages (beam VALID_BEAM), the best checkpoint by it.
 set -euo pipefail
 DATA=$1 PRETRAINED=$2 OUT=$3
 . "$(dirname "$0")/finetune_common.sh"
 LANGS=${LANGS:-$(ls "$DATA/ntg" | paste -sd, -)}
 mkdir -p "$OUT"
-m3p_train "$OUT/ntg" --task m3p_ntg --criterion m3p_generation --arch "$GEN_ARCH" \
-    --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
-m3p-downstream-eval generate "$DATA" --path "$OUT/ntg/checkpoint_last.pt" --targets "$LANGS" --beam "$BEAM" \
+TRAIN_LANGS=${TRAIN_LANGS:-en}
+m3p_train "$OUT/ntg" bleu --task m3p_ntg --criterion m3p_generation --arch "$GEN_ARCH" \
+    --pretrained-checkpoint "$PRETRAINED" --train-langs "$TRAIN_LANGS" --valid-subset "valid.${TRAIN_LANGS//,/+}" \
+    "${VALID_BLEU[@]}"
+m3p-downstream-eval generate "$DATA" --path "$(trained "$OUT/ntg")" --targets "$LANGS" --beam "$BEAM" \
     --hyps-dir "$OUT/ntg" --results "${RESULTS:-$OUT/results.json}" --key ntg $EVAL_CPU

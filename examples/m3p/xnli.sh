@@ -5,14 +5,16 @@
 #
 # DATA has xnli/{lang}/{input0,input1,label} (m3p-import-dataset xnli, or the embedded world);
 # OUT/results.json gets xnli.{lang}.acc. TRAIN_LANGS=en,de,... fine-tunes on several languages
-# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli).
+# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli). Validation: accuracy
+# on the dev sets of the training languages (no target-language dev data, as zero-shot transfer wants).
 set -euo pipefail
 DATA=$1 PRETRAINED=$2 OUT=$3
 . "$(dirname "$0")/finetune_common.sh"
 mkdir -p "$OUT"
-m3p_train "$OUT/xnli" --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
-    --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
+TRAIN_LANGS=${TRAIN_LANGS:-en}
+m3p_train "$OUT/xnli" accuracy --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
+    --pretrained-checkpoint "$PRETRAINED" --train-langs "$TRAIN_LANGS" --valid-subset "valid.${TRAIN_LANGS//,/+}"
 # the stock command works too: fairseq-validate DATA --user-dir m3p_fairseq --task m3p_xnli \
-#     --path OUT/xnli/checkpoint_last.pt --valid-subset test.en,test.de --criterion m3p_classification
-m3p-downstream-eval xnli "$DATA" --path "$OUT/xnli/checkpoint_last.pt" ${LANGS:+--langs "$LANGS"} \
+#     --path OUT/xnli/checkpoint_best.pt --valid-subset test.en,test.de --criterion m3p_classification
+m3p-downstream-eval xnli "$DATA" --path "$(trained "$OUT/xnli")" ${LANGS:+--langs "$LANGS"} \
     --results "${RESULTS:-$OUT/results.json}" --key xnli $EVAL_CPU

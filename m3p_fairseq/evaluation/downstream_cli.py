@@ -143,10 +143,6 @@ def xnli(a, model, task, device):
 
 def generation_dataset(task, split, target):
     """The test set of one target: a caption language, an MMT direction or an NTG language."""
-    from ..tasks.captioning import M3PCaptioningTask
-
-    if isinstance(task, M3PCaptioningTask):
-        return task.images_to_caption(target, split), target
     name = f"{split}.{target}"
     task.load_dataset(name)
     return task.dataset(name), target.split("-")[-1]
@@ -158,11 +154,11 @@ def generate(a, model, task, device):
     from fairseq.dataclass.configs import GenerationConfig
 
     from .caption_metrics import caption_scores
+    from .validation import generated_texts
 
     model.eval()
     cfg = GenerationConfig(beam=a.beam, max_len_a=0, max_len_b=a.max_len_b, lenpen=a.lenpen)
     generator = task.build_generator([model], cfg)
-    d = task.target_dictionary
     metrics = {}
     for target in a.targets:
         dataset, out_lang = generation_dataset(task, a.split, target)
@@ -170,10 +166,9 @@ def generate(a, model, task, device):
         hyps, refs = {}, {}
         for sample in bar(f"generate {target}")(itr):
             sample = utils.move_to_cuda(sample) if device == "cuda" else sample
-            out = task.inference_step(generator, [model], sample)
+            batch_hyps, batch_refs = generated_texts(task, generator, model, sample)
             for i, sid in enumerate(sample["id"].tolist()):
-                hyps[sid] = d.string(out[i][0]["tokens"].int().cpu(), "sentencepiece")
-                refs[sid] = d.string(utils.strip_pad(sample["target"][i], d.pad()).int().cpu(), "sentencepiece")
+                hyps[sid], refs[sid] = batch_hyps[i], batch_refs[i]
         order = sorted(hyps)
         scores = caption_scores([hyps[i] for i in order], [[refs[i] for i in order]], lang=out_lang)
         metrics[target] = scores

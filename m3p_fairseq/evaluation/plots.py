@@ -3,8 +3,11 @@
     m3p-plots --results demo-output/results.json --train-log demo-output/train.log --out demo-output/plots
 
 Writes one bar chart per task of the results (a bar per language, the chance level as a line
-where the JSON has one: the paper's tables as pictures) and, per training log, the loss curve
-of each objective against updates. Reads fairseq's ``simple`` and ``json`` log formats.
+where the JSON has one: the paper's tables as pictures) and, per training log, the training loss
+curve of each objective against updates (``NAME_losses.png``) and the validation curves of each
+validation subset (``NAME_valid.png``: the loss, the task's dev metric with a line per language or
+target and their mean, e.g. zero-shot mR per language during pre-training, each objective's loss
+and the accuracies). Reads fairseq's ``simple`` and ``json`` log formats.
 """
 import argparse
 import json
@@ -14,35 +17,67 @@ import sys
 
 from ..objectives import plot_keys
 from .results import load_results
+from .validation import METRIC_FAMILIES
 
 _SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
+_LINE = re.compile(r"\| INFO \| (\S+) \| (.*)$")  # fairseq's log lines: time | level | tag | message
+_VALID = re.compile(r"valid on '(.*)' subset")
+TRAIN = "train_inner"
+
+
+def _numbers(rec, prefix=""):
+    out = {}
+    for k, v in rec.items():
+        if v is None or not k.startswith(prefix):
+            continue
+        try:
+            out[k[len(prefix):]] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def _record(tag, message):
+    """(series name, {metric: value}) of one log message: the training curve (``train_inner``), or a validation
+    subset's stats (``valid`` lines, one per subset and validation); None for other lines."""
+    if message.startswith("{"):
+        try:
+            rec = json.loads(message)
+        except ValueError:
+            return None
+        if tag == TRAIN:
+            return TRAIN, _numbers(rec)
+        if f"{tag}_num_updates" in rec and tag != "train":  # validation: keys prefixed with the subset
+            return tag, _numbers(rec, f"{tag}_")
+        return None
+    if tag == TRAIN:
+        return TRAIN, _numbers(dict(_SIMPLE.findall(message)))
+    m = _VALID.search(message)
+    if m:  # epoch 001 | valid on 'valid' subset | loss 7.9 | ... | num_updates 3
+        return m.group(1), _numbers(dict(p.split(" ", 1) for p in message.split(" | ") if " " in p))
+    return None
+
+
+def parse_log(path):
+    """{series: {metric: [(num_updates, value), ...]}} of a fairseq log, ``simple`` or ``json`` format: the
+    training curve under ``train_inner``, each validation subset under its name (``valid``)."""
+    out = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = _LINE.search(line.rstrip("\n"))
+            rec = m and _record(m.group(1), m.group(2))
+            if not rec or "num_updates" not in rec[1]:
+                continue
+            name, values = rec
+            step = int(values.pop("num_updates"))
+            for k, v in values.items():
+                out.setdefault(name, {}).setdefault(k, []).append((step, v))
+    return out
 
 
 def parse_train_log(path):
     """{metric: [(num_updates, value), ...]} from the train_inner lines of a fairseq log."""
-    series = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if "train_inner" not in line:
-                continue
-            if "{" in line:
-                try:
-                    rec = json.loads(line[line.index("{"):])
-                except ValueError:
-                    continue
-            else:
-                rec = dict(_SIMPLE.findall(line))
-            if "num_updates" not in rec:
-                continue
-            step = int(float(rec["num_updates"]))
-            for k, v in rec.items():
-                if v is None or k == "num_updates":
-                    continue
-                try:
-                    series.setdefault(k, []).append((step, float(v)))
-                except ValueError:
-                    pass
-    return series
+    return parse_log(path).get(TRAIN, {})
 
 
 def _plt():
@@ -65,6 +100,48 @@ def plot_losses(series, out_png, title):
         ax.plot(xs, ys)
         ax.set_title(k)
         ax.set_xlabel("updates")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def validation_panels(series):
+    """The panels of a validation curve: [(title, [metric, ...])]: the loss, each dev-metric family (one line per
+    language or target and their mean: mR, bleu), each objective's curve, and the accuracies."""
+    panels = [("loss", ["loss"])] if "loss" in series else []
+    for family in METRIC_FAMILIES:
+        keys = sorted(k for k in series if k == family or k.startswith(family + "_"))
+        if keys:
+            panels.append((family, keys))
+    shown = {k for _, keys in panels for k in keys}
+    panels += [(k, [k]) for k in plot_keys() if k in series and k not in shown]
+    shown |= {k for _, keys in panels for k in keys}
+    panels += [(k, [k]) for k in sorted(series) if (k.endswith("_acc") or k in ("acc", "accuracy")) and k not in shown]
+    return panels
+
+
+def plot_validation(series, out_png, title):
+    """A run's validation curves against updates, one panel per validation_panels entry."""
+    panels = validation_panels(series)
+    if not panels:
+        return None
+    plt = _plt()
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, panels):
+        for k in keys:
+            xs, ys = zip(*series[k])
+            ax.plot(xs, ys, marker="o", markersize=3, label=k[len(name) + 1:] or "mean" if len(keys) > 1 else None,
+                    linewidth=2.5 if k == name and len(keys) > 1 else 1.2)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel("updates")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
@@ -163,9 +240,15 @@ def main(argv=None):
         if not os.path.isfile(log):
             sys.exit(f"m3p-plots: {log}: no such training log")
         name = os.path.splitext(os.path.basename(log))[0]
-        png = plot_losses(parse_train_log(log), os.path.join(a.out, f"{name}_losses.png"), name)
+        series = parse_log(log)
+        png = plot_losses(series.get(TRAIN, {}), os.path.join(a.out, f"{name}_losses.png"), name)
         if png:
             written.append(png)
+        for subset in sorted(k for k in series if k != TRAIN):  # validation curves, one picture per subset
+            png = plot_validation(series[subset], os.path.join(a.out, f"{name}_{subset}.png"),
+                                  f"{name}: validation on {subset}")
+            if png:
+                written.append(png)
     for w in written:
         print(w)
 

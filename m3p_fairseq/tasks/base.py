@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import ConcatDataset, Dictionary, MaskTokensDataset, PrependTokenDataset, data_utils
+from fairseq.data import ConcatDataset, MaskTokensDataset, PrependTokenDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 from omegaconf import II
@@ -44,6 +44,7 @@ from .. import checkpoints
 from ..criterions.summed import summer
 from ..data.caption_generation_dataset import CaptionGenerationDataset
 from ..data.code_switch import CodeSwitchDataset, build_table, find_dictionaries
+from ..data.dictionary import load_dictionary
 from ..data.image_caption_dataset import require_two_images
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
 from ..data.region_dataset import RegionDataset
@@ -106,11 +107,7 @@ class M3PTaskBase(FairseqTask):
 
     @classmethod
     def load_dictionary(cls, path):
-        if not os.path.exists(path):
-            raise M3PDataError(f"{path}: dictionary not found")
-        d = Dictionary.load(path)
-        d.add_symbol("<mask>")  # last, as in XLM-R (250,001 pieces + <mask>)
-        return d
+        return load_dictionary(path)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):

@@ -20,7 +20,7 @@ from .results import load_results
 from .validation import METRIC_FAMILIES
 
 _SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
-_LINE = re.compile(r"\| INFO \| (\S+) \| (.*)$")  # fairseq's log lines: time | level | tag | message
+_LEVELS = ("INFO", "WARNING", "ERROR", "DEBUG")
 _VALID = re.compile(r"valid on '(.*)' subset")
 TRAIN = "train_inner"
 
@@ -58,14 +58,20 @@ def _record(tag, message):
     return None
 
 
+def _tag_and_message(line):
+    """(tag, message) of a fairseq log line, ``time | level | tag | message`` (the message may hold " | ")."""
+    parts = line.rstrip("\n").split(" | ")
+    i = next((k for k, p in enumerate(parts[:3]) if p in _LEVELS), 0)
+    return (parts[i + 1], " | ".join(parts[i + 2:])) if len(parts) > i + 2 else ("", "")
+
+
 def parse_log(path):
     """{series: {metric: [(num_updates, value), ...]}} of a fairseq log, ``simple`` or ``json`` format: the
     training curve under ``train_inner``, each validation subset under its name (``valid``)."""
     out = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            m = _LINE.search(line.rstrip("\n"))
-            rec = m and _record(m.group(1), m.group(2))
+            rec = _record(*_tag_and_message(line))
             if not rec or "num_updates" not in rec[1]:
                 continue
             name, values = rec

@@ -96,16 +96,31 @@ def _plt():
 
 
 def plot_losses(series, out_png, title):
-    keys = [k for k in plot_keys() if k in series]
-    if not keys:
+    """The training loss curve of each objective against updates, in one row."""
+    panels = [(k, [k]) for k in plot_keys() if k in series]
+    return _curves(series, panels, out_png, title, cols=len(panels), marker=None)
+
+
+def _curves(series, panels, out_png, title, cols, marker="o"):
+    """Curves against updates, one panel per (title, [metric, ...]) of ``panels`` (a line per metric, the one
+    named as the panel drawn thicker: the mean of the others); None when there is nothing to draw."""
+    if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        xs, ys = zip(*series[k])
-        ax.plot(xs, ys)
-        ax.set_title(k)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, panels):
+        for k in keys:
+            xs, ys = zip(*series[k])
+            several = len(keys) > 1
+            ax.plot(xs, ys, marker=marker, markersize=3, label=(k[len(name) + 1:] or "mean") if several else None,
+                    linewidth=2.5 if several and k == name else 1.2)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(name)
         ax.set_xlabel("updates")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
@@ -131,28 +146,7 @@ def validation_panels(series):
 def plot_validation(series, out_png, title):
     """A run's validation curves against updates, one panel per validation_panels entry."""
     panels = validation_panels(series)
-    if not panels:
-        return None
-    plt = _plt()
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
-    for ax, (name, keys) in zip(axes.flat, panels):
-        for k in keys:
-            xs, ys = zip(*series[k])
-            ax.plot(xs, ys, marker="o", markersize=3, label=k[len(name) + 1:] or "mean" if len(keys) > 1 else None,
-                    linewidth=2.5 if k == name and len(keys) > 1 else 1.2)
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-        ax.set_title(name)
-        ax.set_xlabel("updates")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
-    return out_png
+    return _curves(series, panels, out_png, title, cols=min(4, len(panels)) or 1)
 
 
 def _bars(ax, per_lang, metric, chance=None):

@@ -105,6 +105,9 @@ class PairScorer:
 
         img_idx, cap_idx = np.asarray(img_idx, dtype=np.int64), np.asarray(cap_idx, dtype=np.int64)
         pad_idx, regions = self.pad_idx, self.regions
+        # regions in the model's float type (half in fp16 training, whose validation scores with it)
+        dtype = next((p.dtype for p in model.parameters()), torch.float32) if hasattr(model, "parameters") \
+            else torch.float32
         model.eval()
         scores = np.empty(len(img_idx), dtype=np.float32)
         starts = range(0, len(img_idx), batch_size)
@@ -119,8 +122,8 @@ class PairScorer:
                                                  zip(ii.tolist(), cc.tolist())], pad_idx, left_pad=False)
             pad = regions["region_padding_mask"][ii]
             r = int((~pad).sum(1).max())
-            out = model(src.to(device), regions=regions["regions"][ii, :r].to(device),
-                        region_boxes=regions["region_boxes"][ii, :r].to(device),
+            out = model(src.to(device), regions=regions["regions"][ii, :r].to(device, dtype),
+                        region_boxes=regions["region_boxes"][ii, :r].to(device, dtype),
                         region_padding_mask=pad[:, :r].to(device), vlm=True, features_only=False)
             scores[s:s + batch_size] = out["vlm_logits"].float().cpu().numpy()
         return scores

@@ -22,7 +22,7 @@ EVAL_THREADS=${EVAL_THREADS:-$THREADS}  # threads of the evaluation runs (the de
 EVAL_ENV=(env ${EVAL_THREADS:+OMP_NUM_THREADS=$EVAL_THREADS MKL_NUM_THREADS=$EVAL_THREADS})
 # Validation on the dev split every VALID_EVERY updates (and at the end), by the task's own metric; the
 # evaluation then reads checkpoint_best.pt, the best on dev. 0: no validation, checkpoint_last.pt.
-VALID_EVERY=${VALID_EVERY:-$(( UPDATES / 10 ))}
+VALID_EVERY=${VALID_EVERY:-$(( UPDATES / 5 ))}
 VALID_IMAGES=${VALID_IMAGES:-100}      # retrieval validation ranks the first N dev images (--valid-retrieval-images)
 VALID_BEAM=${VALID_BEAM:-$BEAM}        # beam of the generation tasks' validation (BLEU-4)
 VALID_BLEU=(--eval-bleu --eval-bleu-args "{\"beam\": $VALID_BEAM, \"max_len_b\": 60}")  # m3p-downstream-eval's

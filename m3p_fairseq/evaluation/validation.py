@@ -73,6 +73,9 @@ class RetrievalRecall:
     """Image-text retrieval recall of a task's query sets, per language and averaged."""
 
     def __init__(self, task, langs):
+        if task.cfg.valid_retrieval_images < 0:
+            raise M3PInputError(f"--valid-retrieval-images {task.cfg.valid_retrieval_images}: must be >= 0 (0: every "
+                                f"image)")
         self.task, self.langs = task, list(langs)
         self.query_sets, self.scorers = {}, {}
 

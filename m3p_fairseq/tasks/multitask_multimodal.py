@@ -131,9 +131,13 @@ class MultitaskMultimodalTask(M3PTaskBase):
     def build_dev_metric(self):
         """Retrieval recall of --valid-retrieval-langs (zero-shot in pre-training), for the understanding model."""
         langs = retrieval_langs(self.cfg)
-        if langs and self.model_kind == checkpoints.UNDERSTANDING:
-            return RetrievalRecall(self, langs)
-        return super().build_dev_metric()
+        if not langs:
+            return super().build_dev_metric()
+        if self.model_kind != checkpoints.UNDERSTANDING:
+            raise M3PDataError(f"--valid-retrieval-langs {self.cfg.valid_retrieval_langs}: retrieval is scored by the "
+                               f"understanding model's VLM head; --objectives {self.cfg.objectives} train the "
+                               f"generation model")
+        return RetrievalRecall(self, langs)
 
     def build_model(self, cfg, from_checkpoint=False):
         def prepare(model):  # the heads the objectives need

@@ -207,3 +207,25 @@ def test_imports_follow_the_house_direction():
 
     assert not any("hub" in m for m in imports("m3p_fairseq/models/m3p.py"))
     assert not any("tasks" in m for m in imports("preprocess/weights.py"))
+
+
+def test_bad_validation_flags(tiny_world):
+    """Validation flags that cannot work stop before training, in one line naming the flag."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from m3p_fairseq.errors import M3PDataError, M3PInputError
+
+    def task(*argv):
+        args = options.parse_args_and_arch(options.get_training_parser(), [tiny_world["data"], "--cpu", *argv])
+        return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+
+    with pytest.raises(M3PDataError, match="--valid-retrieval-langs en: retrieval is scored by the understanding"):
+        task("--task", "multitask_multimodal", "--objectives", "xdae,ic", "--arch", "m3p_seq2seq_tiny", "--criterion",
+             "m3p_generation", "--valid-retrieval-langs", "en").load_dataset("valid")
+    with pytest.raises(M3PInputError, match="--valid-retrieval-images -1: must be >= 0"):
+        task("--task", "m3p_retrieval", "--arch", "m3p_tiny", "--criterion", "m3p_retrieval",
+             "--valid-retrieval-images", "-1").load_dataset("valid")
+    with pytest.raises(M3PInputError, match="--eval-bleu-args '{\"beem\": 2}'"):
+        task("--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny", "--criterion", "m3p_generation", "--eval-bleu",
+             "--eval-bleu-args", '{"beem": 2}').dev_metric

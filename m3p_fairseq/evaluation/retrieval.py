@@ -14,6 +14,8 @@ import torch
 
 from ..data.region_dataset import collate_regions
 
+RECALL_KS = (1, 5, 10)  # R@1/5/10 both ways, whose mean is mR
+
 
 def i2t_best_ranks(scores, caption_image, image_index):
     """Image -> text: for each row of ``scores`` (image ``image_index[r]`` against every caption), the best
@@ -35,7 +37,7 @@ def t2i_ranks(scores, true_image):
     return (scores > true[None, :]).sum(axis=0)
 
 
-def recall_from_ranks(i2t, t2i, ks=(1, 5, 10)):
+def recall_from_ranks(i2t, t2i, ks=RECALL_KS):
     """R@K (percent) of image -> text and text -> image ranks, and their mean mR."""
     out = {}
     for k in ks:
@@ -45,7 +47,7 @@ def recall_from_ranks(i2t, t2i, ks=(1, 5, 10)):
     return out
 
 
-def recall_at_k(scores, caption_image, ks=(1, 5, 10)):
+def recall_at_k(scores, caption_image, ks=RECALL_KS):
     """R@K in both directions and their mean (in percent).
 
     scores: (n_images, n_captions) array, higher is better.
@@ -60,7 +62,7 @@ def recall_at_k(scores, caption_image, ks=(1, 5, 10)):
                              t2i_ranks(scores, caption_image), ks)
 
 
-def chance_recall(caption_image, n_images, ks=(1, 5, 10)):
+def chance_recall(caption_image, n_images, ks=RECALL_KS):
     """Expected recall of a random ranking (percent), same keys as recall_at_k."""
     caption_image = np.asarray(caption_image)
     n_cap = len(caption_image)

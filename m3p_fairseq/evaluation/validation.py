@@ -28,9 +28,8 @@ from ..data.retrieval_queries import CAPTION_QUERY, IMAGE_QUERY, RetrievalQueryD
 from ..errors import M3PInputError
 from ..utils import split_list
 from .caption_metrics import BLEU_STATS, bleu4_from_stats, bleu4_stats, default_tokenize
-from .retrieval import PairScorer, i2t_best_ranks, retrieval_subset, t2i_ranks
+from .retrieval import RECALL_KS, PairScorer, i2t_best_ranks, retrieval_subset, t2i_ranks
 
-RECALL_KS = (1, 5, 10)
 QUERIES = "retrieval_queries"  # the name of the query batches' group in a validation MultitaskDataset
 #: the metric families validation reports beside the criterion's (what m3p-plots draws one line per language of)
 METRIC_FAMILIES = ("mR", "bleu")

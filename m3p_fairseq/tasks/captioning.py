@@ -49,10 +49,10 @@ class M3PCaptioningTask(M3PTaskBase):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        flag = "--target-lang" if self.cfg.target_lang else "--caption-langs"
         for lang in self.target_langs():
             if lang not in model.langs:
-                raise M3PDataError(f"--target-lang {lang!r} is not one of the model's languages "
-                                   f"({', '.join(model.langs)})")
+                raise M3PDataError(f"{flag} {lang!r} is not one of the model's languages ({', '.join(model.langs)})")
         return model
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -65,8 +65,6 @@ class M3PCaptioningTask(M3PTaskBase):
 
     def images_to_caption(self, langs, split):
         """Each image of the split's caption file of each language once, with its first caption as the reference."""
-        if isinstance(langs, str):
-            langs = [langs]
         caps, rows, ids, index, offset = [], [], [], [], 0
         for lang in langs:
             captions, r = self.load_captions(lang, split)

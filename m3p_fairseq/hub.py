@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from . import checkpoints
 from .errors import M3PInputError
+from .models.m3p import HubFromPretrained
 
 
 def _checkpoint_path(model_name_or_path, checkpoint_file):
@@ -377,3 +378,5 @@ class M3PHub(nn.Module):
         """MaRVL / NLVR2: the probability that ``statement`` is true of the two images."""
         self._job("marvl", "reason")
         return dict(self.predict([left, right], statement, store))["true"]
+
+HubFromPretrained.hub_loader = staticmethod(from_pretrained)  # M3PModel / M3PSeq2SeqModel.from_pretrained

@@ -307,8 +307,11 @@ def _masked_lm_step(criterion, model, sample):
     # parameter stays in the graph (DDP needs it); torch.where decides on the device, without a host sync
     selected = torch.where(masked.any(), masked, masked.new_ones(()))
     out = model(**sample["net_input"], masked_tokens=selected)
-    loss = masked_lm_loss(out["lm_logits"], sample["target"][selected], criterion.pad_idx)
-    return loss, n, {f"{name}_loss": loss.data, f"{name}_n": n}
+    target = sample["target"][selected]
+    loss = masked_lm_loss(out["lm_logits"], target, criterion.pad_idx)
+    with torch.no_grad():
+        ncorrect = ((out["lm_logits"].argmax(-1) == target) & target.ne(criterion.pad_idx)).sum()
+    return loss, n, {f"{name}_loss": loss.data, f"{name}_n": n, f"{name}_ncorrect": ncorrect}
 
 
 def _mrm_step(criterion, model, sample):
@@ -496,10 +499,12 @@ def generation_step(criterion, model, sample):
 # ---- metrics ---------------------------------------------------------------------------------------
 
 def _reduce_masked_lm(name, total):
+    """``{name}_loss`` (bits per masked token), its perplexity, and ``{name}_acc``: masked tokens predicted right."""
     n = total(f"{name}_n")
     if n > 0:
         metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n / LN2, n, round=3)
         metrics.log_derived(f"{name}_ppl", lambda m: utils.get_perplexity(m[f"{name}_loss"].avg))
+        metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_ncorrect") / n, n, round=2)
 
 
 def _reduce_mrm(name, total):

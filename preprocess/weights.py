@@ -85,9 +85,9 @@ def write_dict_from_spm(spm_path, out_path):
 
 def load_dictionary(path):
     """The dictionary the tasks use: dict.txt plus <mask> last."""
-    from m3p_fairseq.tasks.base import M3PTaskBase
+    from m3p_fairseq.data.dictionary import load_dictionary
 
-    return M3PTaskBase.load_dictionary(path)
+    return load_dictionary(path)
 
 
 class Dims(argparse.Namespace):

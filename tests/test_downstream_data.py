@@ -105,8 +105,8 @@ def test_code_switch_option_reaches_the_tasks(tiny_world):
     task.load_dataset("train")
     parts = task.dataset("train").captions.datasets
     assert isinstance(parts[0], CS) and not isinstance(parts[1], CS)
-    task.load_dataset("valid")
-    assert not isinstance(task.dataset("valid").captions.datasets[0], CS)
+    task.load_dataset("valid")  # the pairs of the validation loss, beside the recall's query batches
+    assert not isinstance(task.dataset("valid").datasets[0].captions.datasets[0], CS)
     pre, _ = setup(tiny_world["data"], "--task", "multitask_multimodal", "--objectives", "mmlm,vlm", "--code-switch",
                    "--criterion", "m3p_pretrain")
     pre.load_dataset("train")

@@ -2,7 +2,7 @@
 import json
 import os
 
-from m3p_fairseq.evaluation.plots import main as plots_main, parse_train_log
+from m3p_fairseq.evaluation.plots import main as plots_main, parse_log, parse_train_log, validation_panels
 from m3p_fairseq.evaluation.tables import render
 
 DOC = {"retrieval": {"zero_shot": {"en": {"mR": 40.0}, "de": {"mR": 10.0}}, "finetune_en": {"en": {"mR": 60.0}},
@@ -15,9 +15,19 @@ def test_parse_simple_and_json_logs(tmp_path):
     log.write_text(
         "2026 | INFO | train_inner | epoch 001:    100 / 392 loss=7.6, xmlm_loss=9.2, vlm_acc=50.4, num_updates=100, lr=1e-3\n"
         '2026 | INFO | train_inner | {"epoch": 1, "vlm_loss": "0.69", "num_updates": "200", "mmlm_loss": null}\n'
+        "2026 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 7.9 | mR_en 43.06 | mR 43.75 | "
+        "bleu_en-de 7.5 | num_updates 100 | best_mR 43.75\n"
+        '2026 | INFO | valid.en | {"epoch": 1, "valid.en_loss": "7.5", "valid.en_accuracy": "40.1", '
+        '"valid.en_num_updates": "200"}\n'
+        '2026 | INFO | train | {"epoch": 1, "train_loss": "7.2", "train_num_updates": "200"}\n'
         "2026 | INFO | fairseq_cli.train | done\n")
     s = parse_train_log(str(log))
     assert s["xmlm_loss"] == [(100, 9.2)] and s["vlm_loss"] == [(200, 0.69)] and "mmlm_loss" not in s
+    every = parse_log(str(log))  # the validation lines, per subset, both formats
+    assert set(every) == {"train_inner", "valid", "valid.en"}
+    assert every["valid"]["mR_en"] == [(100, 43.06)] and every["valid"]["bleu_en-de"] == [(100, 7.5)]
+    assert every["valid.en"] == {"loss": [(200, 7.5)], "accuracy": [(200, 40.1)]}
+    assert [t for t, _ in validation_panels(every["valid"])] == ["loss", "mR", "bleu"]
 
 
 def test_plots_written(tmp_path, capsys):

@@ -1,4 +1,6 @@
 """The real commands: fairseq-train (xDAE, IC, DIC) -> fairseq-generate (captions) -> m3p-caption-score; bad input."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -70,6 +72,39 @@ def test_generate_then_score(trained, tiny_world, tmp_path):
     scores = json.loads(out.stdout)
     assert set(scores) == {"bleu4", "cider"} and 0 <= scores["bleu4"] <= 100
     assert json.load(open(tmp_path / "r.json"))["captioning"]["de"] == scores
+
+
+def test_captioning_validation_bleu_equals_generate_and_score(trained, tiny_world, caplog, tmp_path):
+    """Captioning fine-tuned with --eval-bleu: the BLEU-4 of its last validation is fairseq-generate's captions
+    of the same images scored by m3p-caption-score, per language; checkpoint_best.pt is the best by it."""
+    from fairseq_cli import generate
+
+    from m3p_fairseq.evaluation.caption_score_cli import main as score_main
+
+    from .test_downstream_tasks import fairseq_stdout
+    from .test_validation import _best_updates, _train
+
+    data, save = tiny_world["data"], str(tmp_path / "cap")
+    run = _train(caplog, data, save, "--task", "m3p_captioning", "--arch", "m3p_seq2seq_tiny", "--criterion",
+                 "m3p_generation", "--finetune-from-model", trained[0], "--caption-langs", "en,de", "--lr", "3e-3",
+                 "--batch-size", "16", "--save-interval-updates", "20", "--validate-interval", "1000", "--save-interval",
+                 "1000", "--eval-bleu", "--eval-bleu-args", '{"beam": 2, "max_len_b": 20}', "--best-checkpoint-metric",
+                 "bleu", "--maximize-best-checkpoint-metric", updates=40)
+    last, scored = run["valid"][-1], {}
+    for lang in ("en", "de"):
+        out = fairseq_stdout(generate, [data, "--user-dir", "m3p_fairseq", "--task", "m3p_captioning", "--path",
+                                        os.path.join(save, "checkpoint_last.pt"), "--gen-subset", "valid",
+                                        "--target-lang", lang, "--beam", "2", "--max-len-b", "20", "--batch-size", "8",
+                                        "--post-process", "sentencepiece", "--cpu"])
+        log = str(tmp_path / f"gen.{lang}.txt")
+        open(log, "w").write(out)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            score_main(["--hyp", log, "--ref", log, "--lang", lang])
+        scored[lang] = json.loads(buf.getvalue())["bleu4"]
+        assert float(last[f"valid_bleu_{lang}"]) == scored[lang], lang
+    assert max(scored.values()) > 0  # (a model that writes nothing would agree trivially)
+    assert _best_updates(save)[1] == max(float(r["valid_bleu"]) for r in run["valid"])
 
 
 def _one_line_error(res, *needles):

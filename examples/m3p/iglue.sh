@@ -5,9 +5,8 @@
 #
 # TASK  xvnli | xgqa | marvl | xflickrco | wit; DATA is the task's folder (m3p-import-iglue writes it)
 # MODE  finetune       CHECKPOINT: pre-trained M3P. Fine-tune on English (train.en), keep the checkpoint that scores
-#                      best on English dev (valid.en) by the task's metric: accuracy; for retrieval the matching head's
-#                      pair accuracy vlm_acc (volta, too, validates retrieval on its training task's accuracy; override
-#                      with BEST_METRIC). -> OUT/TASK/checkpoint_best.pt, tested on test.en -> iglue.TASK.en
+#                      best on English dev (valid.en) by the task's metric: accuracy; for retrieval mean recall mR
+#                      (override with BEST_METRIC). -> OUT/TASK/checkpoint_best.pt, tested on test.en -> iglue.TASK.en
 #       zeroshot       CHECKPOINT: the English fine-tuned model. test.{lang} for each of LANGS (default: every
 #                      language with a test split) -> iglue.TASK.{lang}, IGLUE's avg over the non-English languages,
 #                      the chance level (xGQA: the majority answer's)
@@ -22,7 +21,7 @@
 # Settings (environment): finetune_common.sh's (ARCH, LR, BATCH, UPDATE_FREQ, UPDATES, WARMUP, THREADS, ...), with
 # IGLUE's M3P values as the defaults of each task (lr; batch = BATCH x UPDATE_FREQ; EPOCHS, from which UPDATES is
 # computed over the English training set; AdamW betas (0.9, 0.999), eps 1e-6, weight decay 1e-4, 10% warm-up, clip
-# 1.0); VALIDATE_EVERY (updates between validations; default each epoch); FEWSHOT_BATCH (IGLUE: 16, MaRVL and
+# 1.0); VALID_EVERY (updates between validations, finetune_common.sh's); FEWSHOT_BATCH (IGLUE: 16, MaRVL and
 # xFlickr&CO 2); RESULTS (default OUT/results.json); EVAL_BATCH (pairs per scoring batch).
 set -euo pipefail
 TASK=$1 MODE=$2 DATA=$3 CHECKPOINT=$4 OUT=$5
@@ -38,7 +37,7 @@ case "$TASK" in  # IGLUE's M3P settings (e-bug/iglue: volta/config_tasks, experi
 esac
 case "$TASK" in
   xflickrco|wit)
-    RETRIEVAL=1 METRIC=${BEST_METRIC:-vlm_acc}
+    RETRIEVAL=1 METRIC=${BEST_METRIC:-mR}
     TASK_FLAGS=(--task m3p_retrieval --criterion m3p_retrieval --num-negatives 3)
     FOLDER=captions EXT=ids ;;
   *)
@@ -67,17 +66,15 @@ mkdir -p "$OUT"
 RESULTS=${RESULTS:-$OUT/results.json}
 EVAL=("${EVAL_ENV[@]}" m3p-downstream-eval iglue "$TASK" "$DATA" --results "$RESULTS" ${EVAL_BATCH:+--batch-size "$EVAL_BATCH"}
       $EVAL_CPU)
-validation() {  # validation SUBSET [MAX_STEPS]: fairseq-train's validation flags for m3p_train
-    echo "--valid-subset $1 --best-checkpoint-metric $METRIC --maximize-best-checkpoint-metric" \
-         "${VALIDATE_EVERY:+--validate-interval-updates $VALIDATE_EVERY}" "${2:+--max-valid-steps $2}"
+validation() {  # validation SUBSET [MAX_STEPS]: the dev set m3p_train validates on (by METRIC, every VALID_EVERY)
+    echo "--valid-subset $1" "${2:+--max-valid-steps $2}"
 }
 
 case "$MODE" in
   finetune)
-    VALIDATION=$(validation valid.en) m3p_train "$OUT/$TASK" "${TASK_FLAGS[@]}" --arch "$ARCH" \
-        --pretrained-checkpoint "$CHECKPOINT" --train-subset train.en ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} \
-        ${EXTRA[@]+"${EXTRA[@]}"}
-    "${EVAL[@]}" --path "$OUT/$TASK/checkpoint_best.pt" --langs en ;;
+    m3p_train "$OUT/$TASK" "$METRIC" "${TASK_FLAGS[@]}" --arch "$ARCH" --pretrained-checkpoint "$CHECKPOINT" \
+        --train-subset train.en $(validation valid.en) ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+    "${EVAL[@]}" --path "$(trained "$OUT/$TASK")" --langs en ;;
   zeroshot)
     "${EVAL[@]}" --path "$CHECKPOINT" --langs "${LANGS:-$(langs_with test)}" ;;
   translatetest)
@@ -99,9 +96,10 @@ case "$MODE" in
             runs=()
             for lr in ${LRS:-1e-4 5e-5 1e-5}; do
                 run="$OUT/fewshot/${TASK}_${lang}_${shots}_lr$lr"
-                LR=$lr BATCH=$FEWSHOT_BATCH UPDATE_FREQ=1 VALIDATION=$(validation "$valid" "$CAP") \
-                    m3p_train "$run" "${TASK_FLAGS[@]}" --arch "$ARCH" --pretrained-checkpoint "$CHECKPOINT" \
-                    --train-subset "$split.$lang" ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+                LR=$lr BATCH=$FEWSHOT_BATCH UPDATE_FREQ=1 \
+                    m3p_train "$run" "$METRIC" "${TASK_FLAGS[@]}" --arch "$ARCH" --pretrained-checkpoint "$CHECKPOINT" \
+                    --train-subset "$split.$lang" $(validation "$valid" "$CAP") ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} \
+                    ${EXTRA[@]+"${EXTRA[@]}"}
                 runs+=("$run/checkpoint_last.pt")
             done
             best=$(python -m m3p_fairseq.evaluation.iglue best "${runs[@]}" | cut -f1)

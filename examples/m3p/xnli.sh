@@ -5,20 +5,23 @@
 #
 # DATA has xnli/{lang}/{input0,input1,label} (m3p-import-dataset xnli, or the embedded world);
 # OUT/results.json gets xnli.{lang}.acc. TRAIN_LANGS=en,de,... fine-tunes on several languages
-# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli). KEEP_OBJECTIVES
-# (e.g. tcl, with translation pairs in DATA/parallel) keeps pre-training objectives on beside XNLI, one per
-# update at KEEP_RATIOS (the xnli objective of multitask_multimodal): English XNLI that keeps the languages.
+# (translate-train); LANGS restricts the test languages (default: all under DATA/xnli). Validation: accuracy
+# on the dev sets of the training languages (no target-language dev data, as zero-shot transfer wants).
+# KEEP_OBJECTIVES (e.g. tcl, with translation pairs in DATA/parallel) keeps pre-training objectives on beside
+# XNLI, one per update at KEEP_RATIOS (the xnli objective of multitask_multimodal): English XNLI that keeps the
+# languages (validated by the xnli objective's accuracy on the training languages' dev sets).
 set -euo pipefail
 DATA=$1 PRETRAINED=$2 OUT=$3
 . "$(dirname "$0")/finetune_common.sh"
 mkdir -p "$OUT"
+TRAIN_LANGS=${TRAIN_LANGS:-en}
 if [ -n "${KEEP_OBJECTIVES:-}" ]; then
-    m3p_train_kept "$OUT/xnli" xnli m3p_pretrain "$ARCH" --train-langs "${TRAIN_LANGS:-en}"
+    m3p_train_kept "$OUT/xnli" xnli_acc xnli m3p_pretrain "$ARCH" --train-langs "$TRAIN_LANGS"
 else
-    m3p_train "$OUT/xnli" --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
-        --pretrained-checkpoint "$PRETRAINED" --train-langs "${TRAIN_LANGS:-en}"
+    m3p_train "$OUT/xnli" accuracy --task m3p_xnli --criterion m3p_classification --arch "$ARCH" \
+        --pretrained-checkpoint "$PRETRAINED" --train-langs "$TRAIN_LANGS" --valid-subset "valid.${TRAIN_LANGS//,/+}"
 fi
 # the stock command works too: fairseq-validate DATA --user-dir m3p_fairseq --task m3p_xnli \
-#     --path OUT/xnli/checkpoint_last.pt --valid-subset test.en,test.de --criterion m3p_classification
-m3p-downstream-eval xnli "$DATA" --path "$OUT/xnli/checkpoint_last.pt" ${LANGS:+--langs "$LANGS"} \
+#     --path OUT/xnli/checkpoint_best.pt --valid-subset test.en,test.de --criterion m3p_classification
+m3p-downstream-eval xnli "$DATA" --path "$(trained "$OUT/xnli")" ${LANGS:+--langs "$LANGS"} \
     --results "${RESULTS:-$OUT/results.json}" --key xnli $EVAL_CPU

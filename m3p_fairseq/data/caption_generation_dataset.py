@@ -57,6 +57,12 @@ class CaptionGenerationDataset(SizeOrderedDataset):
     def __len__(self):
         return len(self.image_rows)
 
+    @property
+    def src_langs(self):  # (as TextGenerationDataset's: a caption's language is source and target language)
+        return self.langs
+
+    tgt_langs = src_langs
+
     def size(self, index):
         # (source, target) as LanguagePairDataset, so generation filters each against its own limit
         return int(self.num_regions[index]), int(self.target_sizes[index])

@@ -15,6 +15,7 @@ import re
 from sacrebleu.metrics.bleu import BLEU
 
 TOKENIZE = {"zh": "zh", "ja": "char"}
+BLEU_STATS = 2 + 2 * 4  # bleu4_stats: two lengths, then matches and counts of 1- to 4-grams
 GENERATE_LINE = re.compile(r"^([A-Z])-(\d+)\t(.*)$")
 
 
@@ -32,8 +33,25 @@ def _check(hyps, refs):
 
 def bleu4(hyps, refs, tokenize="13a"):
     """Corpus BLEU-4, 0-100, sacrebleu's defaults otherwise."""
+    return bleu4_from_stats(bleu4_stats(hyps, refs, tokenize), tokenize)
+
+
+def bleu4_stats(hyps, refs, tokenize="13a"):
+    """sacrebleu's sufficient statistics of corpus BLEU-4: [hypothesis length, reference length, n-gram matches
+    for n = 1..4, n-gram counts for n = 1..4]. Those of disjoint sets add up to those of their union, which is
+    how validation sums BLEU over batches and workers (evaluation/validation.py)."""
     _check(hyps, refs)
-    return BLEU(tokenize=tokenize).corpus_score(list(hyps), [list(r) for r in refs]).score
+    s = BLEU(tokenize=tokenize).corpus_score(list(hyps), [list(r) for r in refs])
+    return [s.sys_len, s.ref_len, *s.counts, *s.totals]
+
+
+def bleu4_from_stats(stats, tokenize="13a"):
+    """Corpus BLEU-4 (0-100) from bleu4_stats (summed): sacrebleu's smoothing and brevity penalty."""
+    b = BLEU(tokenize=tokenize)
+    n = b.max_ngram_order
+    return b.compute_bleu(list(stats[2:2 + n]), list(stats[2 + n:]), int(stats[0]), int(stats[1]),
+                          smooth_method=b.smooth_method, smooth_value=b.smooth_value,
+                          effective_order=b.effective_order, max_ngram_order=n).score
 
 
 def cider_d(hyps, refs, tokenize="13a"):

@@ -49,8 +49,8 @@ def retrieval(a, model, task, device, staging):
     """Recall per language: every pair scored by the cross-encoder (zero-shot or fine-tuned), or two-stage;
     sharded over machines and merged exactly. Returns {lang: metrics, with the language's chance_mR}."""
     from ..models.dual_encoder import has_dual_heads
-    from .retrieval import (chance_recall, image_contexts, language_split, merge_shards, recall_at_k, recall_line,
-                            save_shard_scores, score_pairs)
+    from .retrieval import (chance_recall, merge_shards, recall_at_k, recall_line, retrieval_subset, save_shard_scores,
+                            score_pairs)
     from .two_stage import merge_two_stage, two_stage_scores
 
     if a.two_stage and not has_dual_heads(model):
@@ -59,16 +59,7 @@ def retrieval(a, model, task, device, staging):
     pad, bos = task.source_dictionary.pad(), task.source_dictionary.bos()
     metrics, shard_out = {}, {}
     for lang in a.langs:
-        captions, caption_image, images = language_split(task, lang, a.split)
-        contexts = None
-        if a.context:
-            _, rows = task.load_captions(lang, a.split)
-            contexts = image_contexts(task, lang, a.split, rows, task.cfg.tokens_per_sample - max(len(c) for c in captions))
-        if a.max_images:
-            keep = caption_image < a.max_images
-            captions = [c for c, k in zip(captions, keep) if k]
-            caption_image, images = caption_image[keep], images[: a.max_images]
-            contexts = contexts[: a.max_images] if contexts is not None else None
+        captions, caption_image, images, contexts = retrieval_subset(task, lang, a.split, a.max_images, a.context)
         n_img, n_cap = len(images), len(captions)
         started = time.time()
         if a.merge:
@@ -174,10 +165,7 @@ def generation_dataset(task, split, target):
     """The test set of one target: a caption language, an MMT direction or an NTG language (also of a model
     fine-tuned with the ``ntg`` objective among others, whose checkpoint names the multitask task)."""
     from ..data.ntg_dataset import ntg_dataset
-    from ..tasks.captioning import M3PCaptioningTask
 
-    if isinstance(task, M3PCaptioningTask):
-        return task.images_to_caption(target, split), target
     if "ntg" in getattr(task, "objectives", ()):
         return ntg_dataset(task, split, [target]), target
     name = f"{split}.{target}"
@@ -191,12 +179,12 @@ def generate(a, model, task, device, staging):
     from fairseq.dataclass.configs import GenerationConfig
 
     from .caption_metrics import caption_scores
+    from .validation import generated_texts
 
     model.eval()
     cfg = GenerationConfig(beam=a.beam, max_len_a=0, max_len_b=a.max_len_b, lenpen=a.lenpen)
     generator = task.build_generator([model], cfg)
-    d = task.target_dictionary
-    lid = language_identifier(task.data_path(), d)
+    lid = language_identifier(task.data_path(), task.target_dictionary)
     metrics = {}
     for target in a.targets:
         dataset, out_lang = generation_dataset(task, a.split, target)
@@ -204,11 +192,9 @@ def generate(a, model, task, device, staging):
         hyps, refs, hyp_ids = {}, {}, {}
         for sample in bar(f"generate {target}")(itr):
             sample = utils.move_to_cuda(sample) if device == "cuda" else sample
-            out = task.inference_step(generator, [model], sample)
+            batch_hyps, batch_refs, batch_ids = generated_texts(task, generator, model, sample)
             for i, sid in enumerate(sample["id"].tolist()):
-                hyp_ids[sid] = out[i][0]["tokens"].int().cpu()
-                hyps[sid] = d.string(hyp_ids[sid], "sentencepiece")
-                refs[sid] = d.string(utils.strip_pad(sample["target"][i], d.pad()).int().cpu(), "sentencepiece")
+                hyps[sid], refs[sid], hyp_ids[sid] = batch_hyps[i], batch_refs[i], batch_ids[i]
         order = sorted(hyps)
         scores = caption_scores([hyps[i] for i in order], [[refs[i] for i in order]], lang=out_lang)
         if lid is not None and out_lang in lid.langs:

@@ -3,8 +3,11 @@
     m3p-plots --results demo-output/results.json --train-log demo-output/train.log --out demo-output/plots
 
 Writes one bar chart per task of the results (a bar per language, the chance level as a line
-where the JSON has one: the paper's tables as pictures) and, per training log, the loss curve
-of each objective against updates. Reads fairseq's ``simple`` and ``json`` log formats.
+where the JSON has one: the paper's tables as pictures) and, per training log, the training loss
+curve of each objective against updates (``NAME_losses.png``) and the validation curves of each
+validation subset (``NAME_valid.png``: the loss, the task's dev metric with a line per language or
+target and their mean, e.g. zero-shot mR per language during pre-training, each objective's loss
+and the accuracies). Reads fairseq's ``simple`` and ``json`` log formats.
 """
 import argparse
 import json
@@ -15,35 +18,73 @@ from ..objectives import plot_keys
 from ..errors import command, require_file
 from ..outputs import Staging
 from .results import load_results
+from .validation import METRIC_FAMILIES
 
 _SIMPLE = re.compile(r"(\w+)=([-\d.e+]+|inf|nan)")
+_LEVELS = ("INFO", "WARNING", "ERROR", "DEBUG")
+_VALID = re.compile(r"valid on '(.*)' subset")
+TRAIN = "train_inner"
+
+
+def _numbers(rec, prefix=""):
+    out = {}
+    for k, v in rec.items():
+        if v is None or not k.startswith(prefix):
+            continue
+        try:
+            out[k[len(prefix):]] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def _record(tag, message):
+    """(series name, {metric: value}) of one log message: the training curve (``train_inner``), or a validation
+    subset's stats (``valid`` lines, one per subset and validation); None for other lines."""
+    if message.startswith("{"):
+        try:
+            rec = json.loads(message)
+        except ValueError:
+            return None
+        if tag == TRAIN:
+            return TRAIN, _numbers(rec)
+        if f"{tag}_num_updates" in rec and tag != "train":  # validation: keys prefixed with the subset
+            return tag, _numbers(rec, f"{tag}_")
+        return None
+    if tag == TRAIN:
+        return TRAIN, _numbers(dict(_SIMPLE.findall(message)))
+    m = _VALID.search(message)
+    if m:  # epoch 001 | valid on 'valid' subset | loss 7.9 | ... | num_updates 3
+        return m.group(1), _numbers(dict(p.split(" ", 1) for p in message.split(" | ") if " " in p))
+    return None
+
+
+def _tag_and_message(line):
+    """(tag, message) of a fairseq log line, ``time | level | tag | message`` (the message may hold " | ")."""
+    parts = line.rstrip("\n").split(" | ")
+    i = next((k for k, p in enumerate(parts[:3]) if p in _LEVELS), 0)
+    return (parts[i + 1], " | ".join(parts[i + 2:])) if len(parts) > i + 2 else ("", "")
+
+
+def parse_log(path):
+    """{series: {metric: [(num_updates, value), ...]}} of a fairseq log, ``simple`` or ``json`` format: the
+    training curve under ``train_inner``, each validation subset under its name (``valid``)."""
+    out = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            rec = _record(*_tag_and_message(line))
+            if not rec or "num_updates" not in rec[1]:
+                continue
+            name, values = rec
+            step = int(values.pop("num_updates"))
+            for k, v in values.items():
+                out.setdefault(name, {}).setdefault(k, []).append((step, v))
+    return out
 
 
 def parse_train_log(path):
     """{metric: [(num_updates, value), ...]} from the train_inner lines of a fairseq log."""
-    series = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if "train_inner" not in line:
-                continue
-            if "{" in line:
-                try:
-                    rec = json.loads(line[line.index("{"):])
-                except ValueError:
-                    continue
-            else:
-                rec = dict(_SIMPLE.findall(line))
-            if "num_updates" not in rec:
-                continue
-            step = int(float(rec["num_updates"]))
-            for k, v in rec.items():
-                if v is None or k == "num_updates":
-                    continue
-                try:
-                    series.setdefault(k, []).append((step, float(v)))
-                except ValueError:
-                    pass
-    return series
+    return parse_log(path).get(TRAIN, {})
 
 
 def _plt():
@@ -56,21 +97,57 @@ def _plt():
 
 
 def plot_losses(series, out_png, title):
-    keys = [k for k in plot_keys() if k in series]
-    if not keys:
+    """The training loss curve of each objective against updates, in one row."""
+    panels = [(k, [k]) for k in plot_keys() if k in series]
+    return _curves(series, panels, out_png, title, cols=len(panels), marker=None)
+
+
+def _curves(series, panels, out_png, title, cols, marker="o"):
+    """Curves against updates, one panel per (title, [metric, ...]) of ``panels`` (a line per metric, the one
+    named as the panel drawn thicker: the mean of the others); None when there is nothing to draw."""
+    if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        xs, ys = zip(*series[k])
-        ax.plot(xs, ys)
-        ax.set_title(k)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
+    for ax, (name, keys) in zip(axes.flat, panels):
+        for k in keys:
+            xs, ys = zip(*series[k])
+            several = len(keys) > 1
+            ax.plot(xs, ys, marker=marker, markersize=3, label=(k[len(name) + 1:] or "mean") if several else None,
+                    linewidth=2.5 if several and k == name else 1.2)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(name)
         ax.set_xlabel("updates")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return out_png
+
+
+def validation_panels(series):
+    """The panels of a validation curve: [(title, [metric, ...])]: the loss, each dev-metric family (one line per
+    language or target and their mean: mR, bleu), each objective's curve, and the accuracies."""
+    panels = [("loss", ["loss"])] if "loss" in series else []
+    for family in METRIC_FAMILIES:
+        keys = sorted(k for k in series if k == family or k.startswith(family + "_"))
+        if keys:
+            panels.append((family, keys))
+    shown = {k for _, keys in panels for k in keys}
+    panels += [(k, [k]) for k in plot_keys() if k in series and k not in shown]
+    shown |= {k for _, keys in panels for k in keys}
+    panels += [(k, [k]) for k in sorted(series) if (k.endswith("_acc") or k in ("acc", "accuracy")) and k not in shown]
+    return panels
+
+
+def plot_validation(series, out_png, title):
+    """A run's validation curves against updates, one panel per validation_panels entry."""
+    panels = validation_panels(series)
+    return _curves(series, panels, out_png, title, cols=min(4, len(panels)) or 1)
 
 
 def _bars(ax, per_lang, metric, chance=None):
@@ -163,9 +240,15 @@ def main(argv=None):
             written += plot_results(doc, stage)
         for log in a.train_log:
             name = os.path.splitext(os.path.basename(log))[0]
-            png = plot_losses(parse_train_log(log), os.path.join(stage, f"{name}_losses.png"), name)
+            series = parse_log(log)
+            png = plot_losses(series.get(TRAIN, {}), os.path.join(stage, f"{name}_losses.png"), name)
             if png:
                 written.append(png)
+            for subset in sorted(k for k in series if k != TRAIN):  # validation curves, one picture per subset
+                png = plot_validation(series[subset], os.path.join(stage, f"{name}_{subset}.png"),
+                                      f"{name}: validation on {subset}")
+                if png:
+                    written.append(png)
     for w in written:
         print(os.path.join(a.out, os.path.basename(w)))
 

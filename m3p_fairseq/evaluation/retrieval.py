@@ -6,6 +6,7 @@ puts them back into one matrix exactly, so recall is computed once on the full m
 shard and averaged, which is wrong).
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -13,37 +14,55 @@ import torch
 from ..data.region_dataset import collate_regions
 from ..errors import M3PInputError
 
+RECALL_KS = (1, 5, 10)  # R@1/5/10 both ways, whose mean is mR
 
-def recall_at_k(scores, caption_image, ks=(1, 5, 10)):
-    """R@K in both directions and their mean (in percent).
 
-    scores: (n_images, n_captions) array, higher is better.
-    caption_image: (n_captions,) index of each caption's image.
-    Image -> text counts a hit when any of the image's captions is in the top K.
-    """
+def i2t_best_ranks(scores, caption_image, image_index):
+    """Image -> text: for each row of ``scores`` (image ``image_index[r]`` against every caption), the best
+    rank (0 = top) of the image's own captions; ties go to the earlier caption (a stable sort)."""
     scores = np.asarray(scores, dtype=np.float64)
-    caption_image = np.asarray(caption_image)
-    n_img, n_cap = scores.shape
-    # rank of each caption among all captions for its image row (0 = best); ties count against
-    order_i2t = np.argsort(-scores, axis=1, kind="stable")
-    rank_pos = np.empty_like(order_i2t)
-    rank_pos[np.arange(n_img)[:, None], order_i2t] = np.arange(n_cap)[None, :]
-    best_i2t = np.full(n_img, n_cap, dtype=np.int64)
-    np.minimum.at(best_i2t, caption_image, rank_pos[caption_image, np.arange(n_cap)])
-    has_caption = np.bincount(caption_image, minlength=n_img) > 0
-    best_i2t = best_i2t[has_caption]
-    # text -> image: rank of the true image among all images for each caption
-    true = scores[caption_image, np.arange(n_cap)]
-    rank_t2i = (scores > true[None, :]).sum(axis=0)
+    n_rows, n_cap = scores.shape
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rank_pos = np.empty_like(order)
+    rank_pos[np.arange(n_rows)[:, None], order] = np.arange(n_cap)[None, :]
+    own = np.asarray(caption_image)[None, :] == np.asarray(image_index)[:, None]
+    return np.where(own, rank_pos, n_cap).min(axis=1)
+
+
+def t2i_ranks(scores, true_image):
+    """Text -> image: for each column of ``scores`` (a caption against every image), the rank of its true image
+    ``true_image[c]``: how many images score strictly higher (ties count for the caption)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    true = scores[np.asarray(true_image), np.arange(scores.shape[1])]
+    return (scores > true[None, :]).sum(axis=0)
+
+
+def recall_from_ranks(i2t, t2i, ks=RECALL_KS):
+    """R@K (percent) of image -> text and text -> image ranks, and their mean mR."""
     out = {}
     for k in ks:
-        out[f"i2t_r{k}"] = 100.0 * float(np.mean(best_i2t < k))
-        out[f"t2i_r{k}"] = 100.0 * float(np.mean(rank_t2i < k))
+        out[f"i2t_r{k}"] = 100.0 * float(np.mean(np.asarray(i2t) < k))
+        out[f"t2i_r{k}"] = 100.0 * float(np.mean(np.asarray(t2i) < k))
     out["mR"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
     return out
 
 
-def chance_recall(caption_image, n_images, ks=(1, 5, 10)):
+def recall_at_k(scores, caption_image, ks=RECALL_KS):
+    """R@K in both directions and their mean (in percent).
+
+    scores: (n_images, n_captions) array, higher is better.
+    caption_image: (n_captions,) index of each caption's image.
+    Image -> text counts a hit when any of the image's captions is in the top K (images without a
+    caption are left out). Validation computes the same ranks one query at a time (evaluation/validation.py).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    caption_image = np.asarray(caption_image)
+    has_caption = np.nonzero(np.bincount(caption_image, minlength=scores.shape[0]) > 0)[0]
+    return recall_from_ranks(i2t_best_ranks(scores[has_caption], caption_image, has_caption),
+                             t2i_ranks(scores, caption_image), ks)
+
+
+def chance_recall(caption_image, n_images, ks=RECALL_KS):
     """Expected recall of a random ranking (percent), same keys as recall_at_k."""
     caption_image = np.asarray(caption_image)
     n_cap = len(caption_image)
@@ -65,19 +84,60 @@ def shard_range(n_pairs, num_shards, shard_id):
     return min(shard_id * per, n_pairs), min((shard_id + 1) * per, n_pairs)
 
 
-@torch.no_grad()
-def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, shard_id=0, pairs=None,
-                progress=None, device="cpu", contexts=None):
-    """Cross-encoder match logits for (image, caption) pairs.
+class PairScorer:
+    """The cross-encoder's match logits for any (image, caption) pairs of one caption set and one image set,
+    padded once and scored in batches of ``batch_size`` pairs (each batch cut to its longest text and image).
 
     captions: list of 1-d LongTensors; images: list of region dicts (RegionDataset items).
-    pairs: optional (P, 2) array of (image index, caption index); default every pair, image-major.
     contexts: optional list, per image, of a 1-d LongTensor appended to the caption of each of its
         pairs (MILD: ``</s> context </s>``, the image's context text fed with it).
+    """
+
+    def __init__(self, captions, images, pad_idx, contexts=None):
+        from fairseq.data import data_utils
+
+        self.captions, self.contexts, self.pad_idx = captions, contexts, pad_idx
+        self.text = data_utils.collate_tokens(captions, pad_idx, left_pad=False)
+        self.regions = collate_regions(images)
+
+    @torch.no_grad()
+    def __call__(self, model, img_idx, cap_idx, batch_size=256, device="cpu", progress=None):
+        """Scores (float32) of the pairs (img_idx[p], cap_idx[p])."""
+        from fairseq.data import data_utils
+
+        img_idx, cap_idx = np.asarray(img_idx, dtype=np.int64), np.asarray(cap_idx, dtype=np.int64)
+        pad_idx, regions = self.pad_idx, self.regions
+        # regions in the model's float type (half in fp16 training, whose validation scores with it)
+        dtype = next((p.dtype for p in model.parameters()), torch.float32) if hasattr(model, "parameters") \
+            else torch.float32
+        model.eval()
+        scores = np.empty(len(img_idx), dtype=np.float32)
+        starts = range(0, len(img_idx), batch_size)
+        for s in (progress(starts) if progress else starts):
+            ii = torch.from_numpy(img_idx[s:s + batch_size])
+            cc = torch.from_numpy(cap_idx[s:s + batch_size])
+            if self.contexts is None:
+                src = self.text[cc]
+                src = src[:, : int(src.ne(pad_idx).sum(1).max())]
+            else:  # the text of a pair depends on its image too
+                src = data_utils.collate_tokens([torch.cat([self.captions[c], self.contexts[i]]) for i, c in
+                                                 zip(ii.tolist(), cc.tolist())], pad_idx, left_pad=False)
+            pad = regions["region_padding_mask"][ii]
+            r = int((~pad).sum(1).max())
+            out = model(src.to(device), regions=regions["regions"][ii, :r].to(device, dtype),
+                        region_boxes=regions["region_boxes"][ii, :r].to(device, dtype),
+                        region_padding_mask=pad[:, :r].to(device), vlm=True, features_only=False)
+            scores[s:s + batch_size] = out["vlm_logits"].float().cpu().numpy()
+        return scores
+
+
+def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, shard_id=0, pairs=None,
+                progress=None, device="cpu", contexts=None):
+    """Cross-encoder match logits for (image, caption) pairs (PairScorer's arguments).
+
+    pairs: optional (P, 2) array of (image index, caption index); default every pair, image-major.
     Returns (pair_ids, scores) for this shard; pair_ids index the default image-major order.
     """
-    from fairseq.data import data_utils
-
     n_img, n_cap = len(images), len(captions)
     if pairs is None:
         lo, hi = shard_range(n_img * n_cap, num_shards, shard_id)
@@ -88,28 +148,8 @@ def score_pairs(model, captions, images, pad_idx, batch_size=256, num_shards=1, 
         lo, hi = shard_range(len(pairs), num_shards, shard_id)
         img_idx, cap_idx = pairs[lo:hi, 0], pairs[lo:hi, 1]
         pair_ids = img_idx * n_cap + cap_idx
-    # pad everything once; batches gather rows
-    text = data_utils.collate_tokens(captions, pad_idx, left_pad=False)
-    regions = collate_regions(images)
-    model.eval()
-    scores = np.empty(len(pair_ids), dtype=np.float32)
-    starts = range(0, len(pair_ids), batch_size)
-    for s in (progress(starts) if progress else starts):
-        ii = torch.from_numpy(img_idx[s:s + batch_size])
-        cc = torch.from_numpy(cap_idx[s:s + batch_size])
-        if contexts is None:
-            src = text[cc]
-            src = src[:, : int(src.ne(pad_idx).sum(1).max())]
-        else:  # the text of a pair depends on its image too
-            src = data_utils.collate_tokens([torch.cat([captions[c], contexts[i]]) for i, c in
-                                             zip(ii.tolist(), cc.tolist())], pad_idx, left_pad=False)
-        pad = regions["region_padding_mask"][ii]
-        r = int((~pad).sum(1).max())
-        out = model(src.to(device), regions=regions["regions"][ii, :r].to(device),
-                    region_boxes=regions["region_boxes"][ii, :r].to(device),
-                    region_padding_mask=pad[:, :r].to(device), vlm=True, features_only=False)
-        scores[s:s + batch_size] = out["vlm_logits"].float().cpu().numpy()
-    return pair_ids, scores
+    scorer = PairScorer(captions, images, pad_idx, contexts)
+    return pair_ids, scorer(model, img_idx, cap_idx, batch_size, device, progress)
 
 
 def merge_shards(parts, n_images, n_captions, fill=-np.inf):
@@ -161,13 +201,38 @@ def load_shard_scores(path, lang, two_stage=False):
         raise M3PInputError(f"{path}: damaged scores file ({e.__class__.__name__}: {str(e)[:200]})")
 
 
+class RetrievalSubset(NamedTuple):
+    """What the cross-encoder ranks for one language: captions (token tensors), each caption's image index,
+    the distinct images (region dicts, store order) and, for MILD, each image's context (else None)."""
+
+    captions: list
+    caption_image: np.ndarray
+    images: list
+    contexts: Optional[list] = None
+
+
+def retrieval_subset(task, lang, split, max_images=None, context=False):
+    """The retrieval set of one language of ``split``: its first ``max_images`` images (store order; None or 0:
+    all) with their captions, and with ``context`` (MILD) each image's context. m3p-retrieval-eval and the
+    retrieval recall of validation (evaluation/validation.py) both read it here, so they rank the same set."""
+    captions, rows = task.load_captions(lang, split)
+    uniq, caption_image = np.unique(rows, return_inverse=True)
+    captions = [captions[i] for i in range(len(captions))]
+    contexts = None
+    if context:  # cut so that any caption of the split plus the context fits --tokens-per-sample
+        contexts = image_contexts(task, lang, split, rows, task.cfg.tokens_per_sample - max(len(c) for c in captions))
+    if max_images:
+        keep = caption_image < max_images
+        captions = [c for c, k in zip(captions, keep) if k]
+        caption_image, uniq = caption_image[keep], uniq[:max_images]
+        contexts = contexts[:max_images] if contexts is not None else None
+    regions = task.region_dataset(split)
+    return RetrievalSubset(captions, caption_image, [regions.get_row(int(r)) for r in uniq], contexts)
+
+
 def language_split(task, lang, split):
     """Captions (token tensors), their image index, and the distinct images (region dicts, in store order)."""
-    captions, rows = task.load_captions(lang, split)
-    regions = task.region_dataset(split)
-    uniq, caption_image = np.unique(rows, return_inverse=True)
-    images = [regions.get_row(int(r)) for r in uniq]
-    return [captions[i] for i in range(len(captions))], caption_image, images
+    return retrieval_subset(task, lang, split)[:3]
 
 
 def image_contexts(task, lang, split, rows, limit):

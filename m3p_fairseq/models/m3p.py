@@ -281,13 +281,16 @@ class M3PEncoder(RobertaEncoder):
 class HubFromPretrained:
     """``from_pretrained`` of the plugin's models: the plugin's hub around a checkpoint of the class (encode,
     extract_features; score and rank for the understanding model, caption and translate for the generation
-    model), as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``."""
+    model), as RoBERTa's returns its RobertaHubInterface; see ``m3p_fairseq.hub``.
+
+    The hub sits above the models (it loads checkpoints of every kind), so the models do not import it: it
+    registers its loader here when it is imported, which importing the plugin (any of its modules) does."""
+
+    hub_loader = None  # m3p_fairseq.hub.from_pretrained(model_class, path, checkpoint_file, data, **overrides)
 
     @classmethod
     def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=None, **overrides):
-        from ..hub import from_pretrained
-
-        return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
+        return HubFromPretrained.hub_loader(cls, model_name_or_path, checkpoint_file, data_name_or_path, **overrides)
 
 
 @register_model("m3p")

@@ -14,6 +14,19 @@ model takes what the checkpoint fixes: region sizes, languages, the function it 
 through fairseq's own ``--restore-file PATH --reset-optimizer --reset-dataloader --reset-meters`` /
 ``--finetune-from-model PATH``. Evaluation reads one language at a time through split names with a
 language suffix: ``test.de`` is the German test set; a plain ``test`` means every evaluation language.
+
+Validation reports each task's own dev metric beside the criterion's loss, so ``checkpoint_best.pt``
+is the best by it (``--best-checkpoint-metric NAME --maximize-best-checkpoint-metric``). A task
+chooses its metric with one hook, ``build_dev_metric()``, returning None or an object of
+evaluation/validation.py (``batch_stats(model, sample)``: summable counts added to a validation
+batch's logging output; ``reduce(total)``: the metric logged from their sums; ``owns(sample)``: a
+batch of the metric's own, not the criterion's; ``begin_validation()``): ``RetrievalRecall``
+(``mR``, ``mR_{lang}``: m3p_retrieval, and pre-training with --valid-retrieval-langs),
+``GenerationBleu`` (``bleu``, ``bleu_{target}``: every generation task with --eval-bleu, the
+default hook). A classification task whose criterion logs ``accuracy`` (m3p_xnli's
+m3p_classification) needs no hook: ``--best-checkpoint-metric accuracy``. Validation batches of
+several kinds (a criterion's and a metric's) go in a ``MultitaskDataset``, whose batch iterator keeps
+every worker on one kind per step, as fairseq sums their logging outputs key by key.
 """
 import logging
 import os
@@ -21,19 +34,24 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
 from fairseq import utils
-from fairseq.data import ConcatDataset, Dictionary, MaskTokensDataset, PrependTokenDataset, data_utils
+from fairseq.data import ConcatDataset, MaskTokensDataset, PrependTokenDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 from omegaconf import II
 
 from .. import checkpoints
+from ..criterions.summed import summer
 from ..data.caption_generation_dataset import CaptionGenerationDataset
 from ..data.code_switch import CodeSwitchDataset, build_table, find_dictionaries
+from ..data.dictionary import load_dictionary
 from ..data.image_caption_dataset import require_two_images
+from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
 from ..data.region_dataset import RegionDataset
 from ..data.region_store import RegionDataError, RegionStore
 from ..errors import M3PDataError, M3PInputError
+from ..evaluation.validation import GenerationBleu
 from ..utils import split_list
 
 logger = logging.getLogger(__name__)
@@ -92,6 +110,7 @@ class M3PTaskBase(FairseqTask):
         self._stores = {}
         self._code_switch_table = None
         self.model_langs = None  # the languages of the model's language embedding, once it is built
+        self._dev_metric = False  # built on first use (build_dev_metric)
         self.region_feat_dim = self.num_region_classes = None
         if os.path.exists(self.region_manifest("train")):
             store = self.region_store("train")
@@ -99,11 +118,7 @@ class M3PTaskBase(FairseqTask):
 
     @classmethod
     def load_dictionary(cls, path):
-        if not os.path.exists(path):
-            raise M3PDataError(f"{path}: dictionary not found")
-        d = Dictionary.load(path)
-        d.add_symbol("<mask>")  # last, as in XLM-R (250,001 pieces + <mask>)
-        return d
+        return load_dictionary(path)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -137,10 +152,50 @@ class M3PTaskBase(FairseqTask):
                                f"--criterion {' or '.join(fits)}")
         return super().build_criterion(cfg, from_checkpoint)
 
+    # ---- validation: the task's own dev metric -------------------------------------------------------
+    def build_dev_metric(self):
+        """The hook (see the module's docstring): the metric validation reports beside the loss, or None.
+        Generation tasks: BLEU-4 with --eval-bleu."""
+        if self.model_kind == checkpoints.GENERATION and getattr(self.cfg, "eval_bleu", False):
+            return GenerationBleu(self, self.cfg.eval_bleu_args)
+        return None
+
+    @property
+    def dev_metric(self):
+        if self._dev_metric is False:
+            self._dev_metric = self.build_dev_metric()
+        return self._dev_metric
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        if self.dev_metric is not None:
+            self.dev_metric.begin_validation()
+
+    def valid_step(self, sample, model, criterion):
+        metric = self.dev_metric
+        if metric is not None and metric.owns(sample):  # the metric's own batch: no loss to compute
+            model.eval()
+            with torch.no_grad():
+                return torch.zeros(()), 0, dict(metric.batch_stats(model, sample), ntokens=sample["ntokens"],
+                                                nsentences=sample["nsentences"], sample_size=0)
+        loss, sample_size, log = super().valid_step(sample, model, criterion)
+        if metric is not None:
+            with torch.no_grad():
+                log.update(metric.batch_stats(model, sample))
+        return loss, sample_size, log
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        if self.dev_metric is not None:
+            self.dev_metric.reduce(summer(logging_outputs))
+
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
                            shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
                            skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        if isinstance(dataset, MultitaskDataset):
+            return self.grouped_batch_iterator(dataset, max_tokens, max_sentences, required_batch_size_multiple,
+                                               seed, num_shards, shard_id, num_workers, epoch, skip_remainder_batch)
         # fairseq drops a last batch short of --required-batch-size-multiple (8 by default): fairseq-generate
         # and fairseq-validate would skip up to 7 test items (fairseq issue 5036). Evaluation sees every item.
         if dataset is not self.datasets.get("train"):
@@ -152,6 +207,38 @@ class M3PTaskBase(FairseqTask):
             dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs, required_batch_size_multiple,
             seed, num_shards, shard_id, num_workers, epoch, 0, disable_iterator_cache, skip_remainder_batch,
             grouped_shuffling, update_epoch_batch_itr)
+
+    def grouped_batch_iterator(self, dataset, max_tokens, max_sentences, required_batch_size_multiple, seed,
+                               num_shards, shard_id, num_workers, epoch, skip_remainder_batch):
+        """Batches of a MultitaskDataset, each from one of its datasets (objectives; in validation, query batches
+        too), laid out so that every worker and every --update-freq micro-batch of a step draw from the same one."""
+        dataset.set_epoch(epoch)
+        if dataset.split != "train":
+            required_batch_size_multiple = 1  # evaluation sees every item (get_batch_iterator)
+        # all micro-batches of one update on every worker come from one objective
+        mult_rate = max(getattr(self.cfg, "update_freq", None) or [1]) if dataset.split == "train" else 1
+        step = mult_rate * num_shards
+        batch_samplers = []
+        with data_utils.numpy_seed(seed + epoch):
+            for k, d in enumerate(dataset.datasets):
+                indices = dataset.ordered_indices_of(k)
+                if hasattr(d, "batches"):  # a dataset that lays its batches out itself (retrieval queries)
+                    batches = d.batches(indices - dataset.offsets[k], max_sentences, step)
+                    batches = [b + dataset.offsets[k] for b in batches]
+                else:
+                    batches = dataset.batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
+                                                    required_batch_size_multiple=required_batch_size_multiple)
+                batch_samplers.append(batches)
+        for name, batches in zip(dataset.names, batch_samplers):
+            if len(batches) < step:
+                raise M3PDataError(f"{dataset.split}: objective {name} has {len(batches)} batches, fewer than "
+                                   f"update_freq x workers = {step}; use smaller batches or more data")
+        return ObjectiveGroupedIterator(
+            dataset, dataset.collater, batch_samplers, seed=seed, num_shards=num_shards, shard_id=shard_id,
+            # no prefetch thread (buffer_size=0): a thread stopped at interpreter exit in the middle of an
+            # h5py read keeps h5py's lock, and fairseq-train then hangs after "done training"
+            num_workers=num_workers, epoch=epoch, mult_rate=mult_rate, buffer_size=0,
+            skip_remainder_batch=skip_remainder_batch)
 
     # ---- models ------------------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False, prepare=None):
@@ -196,6 +283,10 @@ class M3PTaskBase(FairseqTask):
                 langs.update(l for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
                              for l in d.split("-"))  # parallel/: one folder per language pair, en-de
         return sorted(langs)
+
+    def lang_name(self, lang_id):
+        """The language of an id of the model's language embedding (lang_id's inverse)."""
+        return (self.model_langs or self.data_languages())[lang_id]
 
     def lang_id(self, lang):
         """A language's id in the model's language embedding (a new model's: the data's languages)."""

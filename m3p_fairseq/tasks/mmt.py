@@ -22,6 +22,7 @@ from fairseq.tasks import register_task
 from ..data.text_generation_dataset import TextGenerationDataset
 from ..checkpoints import GENERATION
 from ..errors import M3PDataError
+from ..evaluation.validation import GenerationValidConfig
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PMMTConfig(M3PDataConfig, PretrainedConfig):
+class M3PMMTConfig(M3PDataConfig, PretrainedConfig, GenerationValidConfig):
     directions: str = field(default="en-de", metadata={
         "help": "comma-separated source-target caption languages (en-de,de-en,...); training merges them"})
 

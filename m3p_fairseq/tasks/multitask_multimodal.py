@@ -12,17 +12,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List
 
-from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import register_task
 from omegaconf import II
 
 from .. import checkpoints
 from ..data.code_switch import CodeSwitchConfig
-from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
+from ..data.multitask import MultitaskDataset
 from ..data.ntg_dataset import NTGDataConfig
 from ..data.retrieval_dataset import RetrievalDataConfig
 from ..errors import M3PDataError
+from ..evaluation.validation import QUERIES, RetrievalRecall, RetrievalValidConfig, retrieval_langs
 from ..objectives import OBJECTIVES, stream_seed
 from ..utils import split_list
 from .base import FinetuneLangsConfig, M3PDataConfig, M3PTaskBase
@@ -47,7 +47,7 @@ class GenerationObjectivesConfig(FairseqDataclass):
 
 @dataclass
 class MultitaskMultimodalConfig(M3PDataConfig, GenerationObjectivesConfig, CodeSwitchConfig, RetrievalDataConfig,
-                                FinetuneLangsConfig, NTGDataConfig):
+                                FinetuneLangsConfig, NTGDataConfig, RetrievalValidConfig):
     objectives: str = field(default="xmlm,mmlm,mrm,vlm", metadata={
         "help": "comma-separated objectives among " + ", ".join(OBJECTIVES) + " (understanding and generation "
                 "objectives train different models: one kind per run)"})
@@ -129,6 +129,17 @@ class MultitaskMultimodalTask(M3PTaskBase):
             raise M3PDataError(f"{prefix}{tgt}.bin: {len(b)} lines for {len(a)} in {prefix}{src}.bin")
         return a, b
 
+    def build_dev_metric(self):
+        """Retrieval recall of --valid-retrieval-langs (zero-shot in pre-training), for the understanding model."""
+        langs = retrieval_langs(self.cfg)
+        if not langs:
+            return super().build_dev_metric()
+        if self.model_kind != checkpoints.UNDERSTANDING:
+            raise M3PDataError(f"--valid-retrieval-langs {self.cfg.valid_retrieval_langs}: retrieval is scored by the "
+                               f"understanding model's VLM head; --objectives {self.cfg.objectives} train the "
+                               f"generation model")
+        return RetrievalRecall(self, langs)
+
     def build_model(self, cfg, from_checkpoint=False):
         def prepare(model):  # the heads the objectives need
             for name in self.objectives:
@@ -149,38 +160,7 @@ class MultitaskMultimodalTask(M3PTaskBase):
             scale = {o: r / ratio_sum * total / natural[o] for o, r in active}
         datasets = OrderedDict((o, OBJECTIVES[o].finish(self, d, split, epoch, stream_seed(self.cfg.seed, o), scale[o]))
                                for o, d in loaded.items())
+        if split != "train" and self.dev_metric is not None:  # zero-shot retrieval recall, beside the objectives
+            datasets[QUERIES] = self.dev_metric.queries(split, split)
         self.datasets[split] = MultitaskDataset(datasets, split=split)
         logger.info(f"{split}: " + ", ".join(f"{n}={len(d)}" for n, d in datasets.items()))
-
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
-                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
-                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
-                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
-        if not isinstance(dataset, MultitaskDataset):
-            return super().get_batch_iterator(
-                dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
-                required_batch_size_multiple, seed, num_shards, shard_id, num_workers, epoch, data_buffer_size,
-                disable_iterator_cache, skip_remainder_batch, grouped_shuffling, update_epoch_batch_itr)
-        dataset.set_epoch(epoch)
-        if dataset.split != "train":
-            required_batch_size_multiple = 1  # evaluation sees every item (M3PTaskBase.get_batch_iterator)
-        batch_samplers = []
-        with data_utils.numpy_seed(seed + epoch):
-            for k in range(len(dataset.datasets)):
-                indices = dataset.ordered_indices_of(k)
-                batch_samplers.append(dataset.batch_by_size(
-                    indices, max_tokens=max_tokens, max_sentences=max_sentences,
-                    required_batch_size_multiple=required_batch_size_multiple))
-        # all micro-batches of one update on every worker come from one objective
-        mult_rate = max(self.cfg.update_freq) if dataset.split == "train" else 1
-        step = mult_rate * num_shards
-        for name, batches in zip(dataset.names, batch_samplers):
-            if len(batches) < step:
-                raise M3PDataError(f"{dataset.split}: objective {name} has {len(batches)} batches, fewer than "
-                                   f"update_freq x workers = {step}; use smaller batches or more data")
-        return ObjectiveGroupedIterator(
-            dataset, dataset.collater, batch_samplers, seed=seed, num_shards=num_shards, shard_id=shard_id,
-            # no prefetch thread (buffer_size=0): a thread stopped at interpreter exit in the middle of an
-            # h5py read keeps h5py's lock, and fairseq-train then hangs after "done training"
-            num_workers=num_workers, epoch=epoch, mult_rate=mult_rate, buffer_size=0,
-            skip_remainder_batch=skip_remainder_batch)

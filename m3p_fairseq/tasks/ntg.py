@@ -16,6 +16,7 @@ from fairseq.tasks import register_task
 
 from ..checkpoints import GENERATION
 from ..data.ntg_dataset import NTGDataConfig, ntg_dataset
+from ..evaluation.validation import GenerationValidConfig
 from ..utils import split_list
 from .base import FinetuneLangsConfig, M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PNTGConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, NTGDataConfig):
+class M3PNTGConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, NTGDataConfig, GenerationValidConfig):
     pass
 
 

@@ -17,13 +17,16 @@ fed with the image (``<s> query </s></s> context </s> [regions]``). Evaluation w
 ``m3p-downstream-eval retrieval ... [--context]``.
 """
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from fairseq.tasks import register_task
 
 from ..checkpoints import UNDERSTANDING
 from ..data.code_switch import CodeSwitchConfig
+from ..data.multitask import MultitaskDataset
 from ..data.retrieval_dataset import RetrievalDataConfig, retrieval_pairs
+from ..evaluation.validation import QUERIES, RetrievalRecall, RetrievalValidConfig, retrieval_langs
 from ..objectives import add_retrieval_heads
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PRetrievalConfig(M3PDataConfig, RetrievalDataConfig, CodeSwitchConfig, PretrainedConfig):
+class M3PRetrievalConfig(M3PDataConfig, RetrievalDataConfig, CodeSwitchConfig, PretrainedConfig, RetrievalValidConfig):
     pass
 
 
@@ -46,7 +49,18 @@ class M3PRetrievalTask(M3PTaskBase):
     def build_model(self, cfg, from_checkpoint=False):
         return super().build_model(cfg, from_checkpoint, lambda model: add_retrieval_heads(self, model))
 
+    def build_dev_metric(self):
+        """mR per language of --valid-retrieval-langs (default --caption-langs)."""
+        return RetrievalRecall(self, retrieval_langs(self.cfg, self.cfg.caption_langs))
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base, langs = split_and_langs(split, split_list(self.cfg.caption_langs))
-        self.datasets[split] = dataset = retrieval_pairs(self, base, langs, self.cfg.seed)
-        logger.info(f"{split}: {len(dataset)} captions ({','.join(langs)}), {self.cfg.num_negatives} negatives each")
+        pairs = retrieval_pairs(self, base, langs, self.cfg.seed)
+        logger.info(f"{split}: {len(pairs)} captions ({','.join(langs)}), {self.cfg.num_negatives} negatives each")
+        if base == "train":
+            self.datasets[split] = pairs
+            return
+        # validation: the loss on pairs with sampled negatives, and the recall of the query batches
+        queries = self.dev_metric.queries(split, base, langs if "." in split else None)
+        self.datasets[split] = MultitaskDataset(OrderedDict([("ret", pairs), (QUERIES, queries)]), split=split)
+        logger.info(f"{split}: retrieval recall of {', '.join(f'{l} ({len(s.images)} images)' for l, s in zip(queries.langs, queries.subsets))}")

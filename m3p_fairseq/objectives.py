@@ -264,7 +264,7 @@ def _add_xnli_head(task, model):
 
 def _ntg_items(task, split, epoch, seed):
     """NTG fine-tuning as an objective: the news items of --train-langs (the m3p_ntg task's)."""
-    return ntg_dataset(task, split, split_list(task.cfg.train_langs))
+    return ntg_dataset(task, split, split_list(task.cfg.train_langs), seed)
 
 
 def _resampled(task, dataset, split, epoch, seed, scale):

@@ -113,6 +113,33 @@ def test_code_switch_option_reaches_the_tasks(tiny_world):
     assert isinstance(pre.dataset("train").datasets[1].captions, CS)
 
 
+def test_ntg_code_switching_switches_body_and_title_together(tiny_world):
+    """m3p_ntg --code-switch: an English training body's words are switched, and a title word taken from the body
+    is switched the same way (the title copies the body in whatever language it has it); words only the title
+    has (its "and") stay; dev items and runs without the flag are untouched."""
+    plain, _ = setup(tiny_world["data"], "--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny", arch="m3p_seq2seq_tiny")
+    cs, _ = setup(tiny_world["data"], "--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny", "--code-switch",
+                  "--code-switch-sentence-ratio", "1", "--code-switch-word-ratio", "0.5", arch="m3p_seq2seq_tiny")
+    for t in (plain, cs):
+        t.load_dataset("train")
+        t.load_dataset("valid")
+    d = plain.dictionary
+    words = lambda ids: d.string(ids, "sentencepiece").split()  # noqa: E731
+    switched_bodies = switched_titles = 0
+    for i in range(40):
+        a, b = plain.dataset("train")[i], cs.dataset("train")[i]
+        body, title, cs_body, cs_title = words(a["source"]), words(a["target"]), words(b["source"]), words(b["target"])
+        assert len(cs_body) == len(body) and len(cs_title) == len(title)
+        mapping = {w: v for w, v in zip(body, cs_body)}
+        assert all(len({v for w2, v in zip(body, cs_body) if w2 == w}) == 1 for w in mapping)  # one choice a word
+        for w, v in zip(title, cs_title):
+            assert v == mapping.get(w, w)  # the body's choice, or unchanged when the body lacks the word
+        switched_bodies += cs_body != body
+        switched_titles += cs_title != title
+    assert switched_bodies >= 35 and switched_titles > 20
+    assert all(torch.equal(plain.dataset("valid")[i]["target"], cs.dataset("valid")[i]["target"]) for i in range(10))
+
+
 def _tiny_model(task, cfg):
     torch.manual_seed(0)
     model = task.build_model(cfg.model)

@@ -35,7 +35,7 @@ class CodeSwitchConfig(FairseqDataclass):
     """Multimodal code-switching of English captions (an option of the understanding tasks)."""
 
     code_switch: bool = field(default=False, metadata={
-        "help": "replace words of English training captions by dictionary translations (multimodal "
+        "help": "replace words of English training captions (NTG: news bodies, and their titles alike) by dictionary translations (multimodal "
                 "code-switching; off by default, as in the reference code)"})
     code_switch_langs: str = field(default="", metadata={
         "help": "comma-separated languages to switch into (default: every en-xx dictionary found)"})
@@ -94,42 +94,69 @@ def build_table(dictionaries, vocab, spm_model):
     return table
 
 
-def code_switch_tokens(tokens, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None):
-    """Switch one token sequence. Call under a seeded numpy RNG.
-
-    Returns (tokens, candidates, switched, drawn): the new sequence, how many words a dictionary
-    translates, how many of them were replaced, and whether the sentence was drawn for switching.
-    """
+def _words(tokens, symbols, starts, special):
+    """The sentencepiece words of a token sequence: [(start, end)] and each word's text (None for a special
+    symbol), the key the dictionaries are looked up by."""
     ids = tokens.tolist()
     flags = starts[tokens.numpy()].copy()
     flags[0] = True
     bounds = [i for i, f in enumerate(flags) if f] + [len(ids)]
     words = [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]
     keys = [None if special[ids[a]] else "".join(symbols[i] for i in ids[a:b]).replace("\u2581", "") for a, b in words]
+    return words, keys
+
+
+def _replace(tokens, words, new_of, max_tokens):
+    """``tokens`` with word k replaced by ``new_of[k]`` where given (a replacement that would make the sequence
+    longer than ``max_tokens`` is not used); returns (tokens, replaced words)."""
+    out, switched, length = [], 0, len(tokens)
+    for k, (a, b) in enumerate(words):
+        new = new_of.get(k)
+        if new is not None and (max_tokens is None or length - (b - a) + len(new) <= max_tokens):
+            out.append(new)
+            length += len(new) - (b - a)
+            switched += 1
+        else:
+            out.append(tokens[a:b])
+    return torch.cat(out), switched
+
+
+def code_switch_tokens(tokens, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None):
+    """Switch one token sequence. Call under a seeded numpy RNG.
+
+    Returns (tokens, candidates, switched, drawn): the new sequence, how many words a dictionary
+    translates, how many of them were replaced, and whether the sentence was drawn for switching.
+    """
+    words, keys = _words(tokens, symbols, starts, special)
     candidates = [k for k, key in enumerate(keys) if key in table]
     if not candidates or np.random.rand() >= sentence_ratio:
         return tokens, len(candidates), 0, False
     replace = {k for k in candidates if np.random.rand() < word_ratio}
-    out, switched, length = [], 0, len(ids)
-    for k, (a, b) in enumerate(words):
-        if k in replace:
-            options = table[keys[k]]
-            new = options[np.random.randint(len(options))]
-            if max_tokens is None or length - (b - a) + len(new) <= max_tokens:
-                out.append(new)
-                length += len(new) - (b - a)
-                switched += 1
-                continue
-        out.append(tokens[a:b])
-    return torch.cat(out), len(candidates), switched, True
+    new_of = {k: table[keys[k]][np.random.randint(len(table[keys[k]]))] for k in sorted(replace)}
+    out, switched = _replace(tokens, words, new_of, max_tokens)
+    return out, len(candidates), switched, True
 
 
-class CodeSwitchDataset(BaseWrapperDataset):
-    """Captions with words switched into other languages, drawn anew every epoch.
+def code_switch_pair(source, target, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None):
+    """Switch a source and its target together (an NTG news body and its title): each word of the source that a
+    dictionary translates is replaced (with probability ``word_ratio``) by one translation, the same one wherever
+    the word occurs, in the source and in the target; a target word the source lacks stays as it is. A title
+    that copies the body's words copies them in whatever language the body has them, so the skill fine-tuned on
+    English carries to bodies written in other languages. Call under a seeded numpy RNG. Returns (source,
+    target, drawn)."""
+    words, keys = _words(source, symbols, starts, special)
+    types = sorted({key for key in keys if key in table})
+    if not types or np.random.rand() >= sentence_ratio:
+        return source, target, False
+    choice = {key: table[key][np.random.randint(len(table[key]))] for key in types if np.random.rand() < word_ratio}
+    source, _ = _replace(source, words, {k: choice.get(key) for k, key in enumerate(keys)}, max_tokens)
+    t_words, t_keys = _words(target, symbols, starts, special)
+    target, _ = _replace(target, t_words, {k: choice.get(key) for k, key in enumerate(t_keys)}, None)
+    return source, target, True
 
-    ``sizes`` stay those of the original captions (batching only needs them roughly); a switched
-    caption never grows beyond ``max_tokens``: a translation that would not fit is not used.
-    """
+
+class _Switching(BaseWrapperDataset):
+    """What the code-switching datasets share: the table, the word boundaries, a new draw every epoch."""
 
     def __init__(self, dataset, vocab, table, sentence_ratio=0.8, word_ratio=0.8, seed=1, max_tokens=None):
         super().__init__(dataset)
@@ -149,6 +176,32 @@ class CodeSwitchDataset(BaseWrapperDataset):
     @property
     def can_reuse_epoch_itr_across_epochs(self):
         return False  # new switches every epoch
+
+
+class CodeSwitchPairDataset(_Switching):
+    """Source-target items (TextGenerationDataset's: NTG) whose source language is ``lang_id`` switched together
+    (``code_switch_pair``); items of other languages pass unchanged."""
+
+    def __init__(self, dataset, vocab, table, lang_id, **kwargs):
+        super().__init__(dataset, vocab, table, **kwargs)
+        self.lang_id = lang_id
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if item["src_lang"] != self.lang_id:
+            return item
+        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+            source, target, _ = code_switch_pair(item["source"], item["target"], self.table, self.symbols, self.starts,
+                                                 self.special, self.sentence_ratio, self.word_ratio, self.max_tokens)
+        return dict(item, source=source, target=target)
+
+
+class CodeSwitchDataset(_Switching):
+    """Captions with words switched into other languages, drawn anew every epoch.
+
+    ``sizes`` stay those of the original captions (batching only needs them roughly); a switched
+    caption never grows beyond ``max_tokens``: a translation that would not fit is not used.
+    """
 
     def switch(self, index):
         """(tokens, candidates, switched, drawn) of item ``index`` (the statistics are for tests)."""

@@ -41,10 +41,13 @@ def ntg_language(task, lang, split):
     return body, title, np.full(len(body), task.lang_id(lang))
 
 
-def ntg_dataset(task, split, langs):
-    """The (body -> title) items of ``langs``, concatenated."""
+def ntg_dataset(task, split, langs, seed=1):
+    """The (body -> title) items of ``langs``, concatenated; English training items code-switched with
+    --code-switch (body and title together: the multimodal code-switching of the paper's later version, here
+    on text)."""
     parts = [ntg_language(task, lang, split) for lang in langs]
     concat = (lambda ds: ConcatDataset(ds) if len(ds) > 1 else ds[0])
     ids = np.concatenate([p[2] for p in parts])
-    return TextGenerationDataset(concat([p[0] for p in parts]), concat([p[1] for p in parts]), ids, ids,
-                                 task.dictionary)
+    items = TextGenerationDataset(concat([p[0] for p in parts]), concat([p[1] for p in parts]), ids, ids,
+                                  task.dictionary)
+    return task.code_switched_pairs(items, split, seed)

@@ -44,7 +44,7 @@ from omegaconf import II
 from .. import checkpoints
 from ..criterions.summed import summer
 from ..data.caption_generation_dataset import CaptionGenerationDataset
-from ..data.code_switch import CodeSwitchDataset, build_table, find_dictionaries
+from ..data.code_switch import CodeSwitchDataset, CodeSwitchPairDataset, build_table, find_dictionaries
 from ..data.dictionary import load_dictionary
 from ..data.image_caption_dataset import require_two_images
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
@@ -395,17 +395,32 @@ class M3PTaskBase(FairseqTask):
                                         dic_mask_ratio=getattr(self.cfg, "dic_mask_ratio", 0.3),
                                         dic_poisson_lambda=getattr(self.cfg, "dic_poisson_lambda", 3.0))
 
-    def code_switched(self, captions, lang, split, seed):
-        """English training captions code-switched when --code-switch is on (CodeSwitchConfig); else unchanged."""
+    def code_switch_table(self):
+        """english word -> its encoded translations, from the dictionaries --code-switch reads (built once)."""
         cfg = self.cfg
-        if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
-            return captions
         if self._code_switch_table is None:
             dicts = find_dictionaries(self.data_path(), cfg.code_switch_dicts, split_list(cfg.code_switch_langs) or None)
             self._code_switch_table = build_table(dicts, self.dictionary,
                                                   os.path.join(self.data_path(), "sentencepiece.bpe.model"))
             if not self._code_switch_table:
                 raise M3PInputError(f"{', '.join(dicts.values())}: no dictionary entry could be encoded")
-        return CodeSwitchDataset(captions, self.dictionary, self._code_switch_table, cfg.code_switch_sentence_ratio,
+        return self._code_switch_table
+
+    def code_switched(self, captions, lang, split, seed):
+        """English training captions code-switched when --code-switch is on (CodeSwitchConfig); else unchanged."""
+        cfg = self.cfg
+        if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
+            return captions
+        return CodeSwitchDataset(captions, self.dictionary, self.code_switch_table(), cfg.code_switch_sentence_ratio,
                                  cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample)
+
+    def code_switched_pairs(self, items, split, seed):
+        """Source-target training items whose source is English (NTG) switched together when --code-switch is on:
+        a word the body has is switched the same way in the title (data/code_switch.code_switch_pair)."""
+        cfg = self.cfg
+        if not getattr(cfg, "code_switch", False) or split != "train":
+            return items
+        return CodeSwitchPairDataset(items, self.dictionary, self.code_switch_table(), self.lang_id("en"),
+                                     sentence_ratio=cfg.code_switch_sentence_ratio, word_ratio=cfg.code_switch_word_ratio,
+                                     seed=seed, max_tokens=cfg.tokens_per_sample)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 
 from ..checkpoints import GENERATION
+from ..data.code_switch import CodeSwitchConfig
 from ..data.ntg_dataset import NTGDataConfig, ntg_dataset
 from ..evaluation.validation import GenerationValidConfig
 from ..utils import split_list
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PNTGConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, NTGDataConfig, GenerationValidConfig):
+class M3PNTGConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, NTGDataConfig, GenerationValidConfig,
+                   CodeSwitchConfig):
     pass
 
 
@@ -42,5 +44,5 @@ class M3PNTGTask(M3PTaskBase):
         base = split.split(".", 1)[0]
         default = split_list(self.cfg.train_langs) if base == "train" else self.eval_langs()
         base, langs = split_and_langs(split, default)
-        self.datasets[split] = ntg_dataset(self, base, langs)
+        self.datasets[split] = ntg_dataset(self, base, langs, self.cfg.seed)
         logger.info(f"{split}: {len(self.datasets[split])} items ({','.join(langs)})")

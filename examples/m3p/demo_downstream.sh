@@ -40,8 +40,14 @@ EACH_UPDATES=${EACH_UPDATES:-150}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with code-switching (MMLM, VLM)
 XNLI_UPDATES=${XNLI_UPDATES:-400}
+# XNLI on English keeps TCL on the translation pairs on (every other update) where the data has them, as
+# finetune_en does (README.downstream.md, "XNLI and NTG"); empty: off
+XNLI_KEEP=${XNLI_KEEP-$([ -d "$DATA/parallel" ] && echo tcl || true)}
+XNLI_KEEP_RATIOS=${XNLI_KEEP_RATIOS:-1,1}
 MMT_UPDATES=${MMT_UPDATES:-300}
 NTG_UPDATES=${NTG_UPDATES:-200}
+# NTG on English: the news bodies code-switched with their titles (NTG_FLAGS; README.downstream.md, "XNLI and NTG")
+NTG_FLAGS=${NTG_FLAGS---code-switch}
 CAP_UPDATES=${CAP_UPDATES:-200}
 export ARCH=m3p_tiny GEN_ARCH=m3p_seq2seq_tiny LOG_INTERVAL=${LOG_INTERVAL:-50} MAX_IMAGES=${MAX_IMAGES:-}
 export REGION_CACHE_MB=${REGION_CACHE_MB:-1024}  # the world's 3,100 images are ~100 MB as stored
@@ -69,9 +75,14 @@ retrieval() {  # retrieval STRATEGY UPDATES [VAR=value ...]
         CLIP_NORM=${RET_CLIP_NORM:-0} UPDATES="$updates" "$@" \
         "$HERE/retrieval.sh" "$strategy" "$DATA" "$UND_CKPT" "$DOWN" --pooler-dropout "${RET_POOLER_DROPOUT:-0}"
 }
-generation() {  # generation SCRIPT UPDATES
-    step "${1%.sh} ($2 updates)"
-    env LR=${GEN_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$2" BEAM=${BEAM:-10} "$HERE/$1" "$DATA" "$GEN_CKPT" "$DOWN"
+generation() {  # generation SCRIPT UPDATES [VAR=value ...] [-- fairseq-train flags]
+    local script=$1 updates=$2; shift 2
+    step "${script%.sh} ($updates updates)"
+    local vars=() flags=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do vars+=("$1"); shift; done
+    [ $# -gt 0 ] && shift && flags=("$@")
+    env LR=${GEN_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$updates" BEAM=${BEAM:-10} ${vars[@]+"${vars[@]}"} \
+        "$HERE/$script" "$DATA" "$GEN_CKPT" "$DOWN" ${flags[@]+"${flags[@]}"}
 }
 
 # the parts: each can run alone (PART=...), writing into RESULTS; demo.sh runs them in its lanes
@@ -81,14 +92,15 @@ part_english() {
         KEEP_RATIOS="$EN_KEEP_RATIOS" EVAL_THREADS="${EN_EVAL_THREADS:-2}"
 }
 part_understanding() {
-    step "xnli ($XNLI_UPDATES updates)"
-    env LR=${XNLI_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$XNLI_UPDATES" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN"
-    retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh
+    step "xnli ($XNLI_UPDATES updates${XNLI_KEEP:+, $XNLI_KEEP kept on at $XNLI_KEEP_RATIOS})"
+    env LR=${XNLI_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$XNLI_UPDATES" KEEP_OBJECTIVES="$XNLI_KEEP" \
+        KEEP_RATIOS="$XNLI_KEEP_RATIOS" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN"
+    retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh VALID_EVERY=75 VALID_IMAGES=50
     # code-switching in pre-training instead: continue it with switched English captions, then zero-shot
     retrieval zero_shot_code_switched "$CS_PRETRAIN_UPDATES" LANGS=en,de,fr,cs,ja,zh BATCH=64 LR=1e-3 \
-        OBJECTIVES=mmlm,vlm RATIOS=1,1
-    retrieval finetune_each "$EACH_UPDATES" TRAIN_LANGS="$EACH_LANGS"
-    retrieval finetune_all "$RET_UPDATES"
+        OBJECTIVES=mmlm,vlm RATIOS=1,1 VALID_EVERY=100 VALID_IMAGES=50
+    retrieval finetune_each "$EACH_UPDATES" TRAIN_LANGS="$EACH_LANGS" VALID_EVERY=75
+    retrieval finetune_all "$RET_UPDATES" VALID_EVERY=75 VALID_IMAGES=50
     if [ "${MILD:-0}" = 1 ]; then
         step "MILD, with and without context"
         env LR=${RET_LR:-1e-3} BATCH=32 WARMUP=50 SCHEDULER=fixed UPDATES=${MILD_UPDATES:-300} \
@@ -97,7 +109,9 @@ part_understanding() {
 }
 part_generation() {
     if [ "$HAVE_GEN" = 1 ]; then
-        generation mmt.sh "$MMT_UPDATES"; generation captioning.sh "$CAP_UPDATES"; generation ntg.sh "$NTG_UPDATES"
+        generation mmt.sh "$MMT_UPDATES" VALID_EVERY=150
+        generation captioning.sh "$CAP_UPDATES" VALID_EVERY=100 VALID_BEAM=2
+        generation ntg.sh "$NTG_UPDATES" -- $NTG_FLAGS
     fi
 }
 

@@ -312,7 +312,8 @@ def _vlm_step(criterion, model, sample):
 
 def _sentence_embeddings(model, src_tokens, src_lang):
     """Unit vectors of the TCL head over the text encoder's first position, one per sentence."""
-    x, _ = model.encoder.extract_features(src_tokens, src_lang=src_lang)
+    first = model.encoder.read_positions(src_tokens, first=True)  # the head pools position 0 alone
+    x, _ = model.encoder.extract_features(src_tokens, src_lang=src_lang, positions=first)
     return F.normalize(model.classification_heads[TCL_HEAD](x).float(), dim=-1)
 
 

@@ -140,8 +140,9 @@ if [ -n "$LARGE" ]; then
       (cd benchmarks && "$PYTHON" gpu_report.py "fsdp_fp16=$OUT/fsdp.log" --vocab "$VOCAB" --regions 36 --warmup 2 \
           $(arch_dims "$LARGE")) | tee -a "$OUT/gpu_check.jsonl"
     else  # recorded, not fatal: the rest of the check stands
-      echo "{\"benchmark\": \"gpu_check\", \"run\": \"fsdp_fp16\", \"error\": $("$PYTHON" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip().splitlines()[-1:]))' < "$OUT/fsdp.log")}" \
-        | tee -a "$OUT/gpu_check.jsonl"
+      "$PYTHON" -c 'import json, sys; print(json.dumps({"benchmark": "gpu_check", "run": "fsdp_fp16",
+                                                         "error": sys.stdin.read().strip().splitlines()[-1:]}))' \
+        < "$OUT/fsdp.log" | tee -a "$OUT/gpu_check.jsonl"
     fi
   fi
 fi

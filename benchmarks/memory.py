@@ -70,7 +70,8 @@ def main():
     p.add_argument("--grid", action="store_true", help="the README's table, one process per setting")
     a = p.parse_args(argv)
     shape = SHAPES[a.shape]
-    a.data = a.data or os.path.join(tempfile.gettempdir(), "m3p-bench-world" + ("-long" if shape["caption_pieces"] else ""))
+    suffix = "-long" if shape["caption_pieces"] else ""
+    a.data = a.data or os.path.join(tempfile.gettempdir(), "m3p-bench-world" + suffix)
     threads = set_threads(a.threads)
     data = bench_data(a.data, regions=a.regions, caption_pieces=shape["caption_pieces"])
     if a.grid:

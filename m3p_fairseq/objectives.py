@@ -284,7 +284,7 @@ def _masked_lm_step(criterion, model, sample):
     # nothing masked (a dummy batch): score every position instead, the pad targets weigh nothing, and every
     # parameter stays in the graph (DDP needs it); torch.where decides on the device, without a host sync
     selected = torch.where(masked.any(), masked, masked.new_ones(()))
-    out = model(**sample["net_input"], masked_tokens=selected)
+    out = model(**sample["net_input"], masked_tokens=selected, read_only=True)
     loss = masked_lm_loss(out["lm_logits"], sample["target"][selected], criterion.pad_idx)
     return loss, n, {f"{name}_loss": loss.data, f"{name}_n": n}
 
@@ -292,7 +292,7 @@ def _masked_lm_step(criterion, model, sample):
 def _mrm_step(criterion, model, sample):
     masked = sample["masked_regions"]
     n = masked.sum()
-    out = model(**sample["net_input"], masked_regions=masked)
+    out = model(**sample["net_input"], masked_regions=masked, read_only=True)
     mse, ce = mrm_losses(out["mrm_feat"], out["mrm_cls"], sample["mrm_feat_target"], sample["mrm_cls_target"])
     loss = criterion.mrm_feat_weight * mse + criterion.mrm_cls_weight * ce + out["features"].sum() * 0.0
     with torch.no_grad():
@@ -302,7 +302,7 @@ def _mrm_step(criterion, model, sample):
 
 
 def _vlm_step(criterion, model, sample):
-    out = model(**sample["net_input"], vlm=True)
+    out = model(**sample["net_input"], vlm=True, read_only=True)
     labels = sample["vlm_target"]
     loss = vlm_loss(out["vlm_logits"], labels)
     with torch.no_grad():
@@ -380,7 +380,7 @@ class RetrievalLoss:
             if mine:
                 net_input, labels = self.add_hard_negatives(net_input, labels, idx, text.detach(), image.detach(),
                                                             dual["image_rows"])
-        out = model(**net_input, vlm=True)
+        out = model(**net_input, vlm=True, read_only=True)
         loss = vlm_loss(out["vlm_logits"], labels)
         n = labels.numel()
         with torch.no_grad():

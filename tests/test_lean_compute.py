@@ -49,8 +49,8 @@ def test_last_layer_only_where_read(tiny_world, plain):
     _, lean, _ = _build(tiny_world["data"])
     _same_steps(full, lean, criterion, batches)
 
-    # what it computed: the positions the heads read (masked tokens, masked regions, the first position),
-    # nothing else; features_only (feature extraction) every position
+    # what it computed with read_only (as the losses call it): the positions the heads read (masked tokens,
+    # masked regions, the first position), nothing else; features_only (feature extraction) every position
     sample = batches["mmlm"]
     net, masked = sample["net_input"], sample["target"].ne(criterion.pad_idx)
     lean.eval()
@@ -61,10 +61,11 @@ def test_last_layer_only_where_read(tiny_world, plain):
                                                                                      masked)),
                              ({"vlm": True}, lean.encoder.read_positions(net["src_tokens"], num_regions, first=True)),
                              ({"features_only": True}, None)):
-            ours, theirs = lean(**net, **kwargs)["features"], full(**net, **kwargs)["features"]
+            ours, theirs = lean(**net, **kwargs, read_only=True)["features"], full(**net, **kwargs)["features"]
             if read is None:
                 torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
                 continue
+            assert lean(**net, **kwargs)["features"].ne(0).any(-1).all(), kwargs  # without read_only: all
             assert 0 < read.sum() < read.numel() / 4
             torch.testing.assert_close(ours[read], theirs[read], rtol=1e-5, atol=1e-5)
             assert not ours[~read].any(), kwargs  # not computed

@@ -28,10 +28,11 @@ passes add none, as the reference's ``jointfwd``). ``m3p_reference_base`` sets t
 
 Compute and memory (options of the model, not kept as a function of the checkpoint):
 
-* the last encoder layer runs only at the positions the caller reads (``ReadPositions``): the
-  masked tokens for the masked-LM objectives, the masked regions for MRM, the first position for
-  VLM and classification heads; features_only (feature extraction) computes every position, and
-  so does ``--full-last-layer``. Each position read gets the full layer's output (its query
+* the last encoder layer runs only at the positions the caller reads (``ReadPositions``;
+  ``forward(read_only=True)``, as every training loss calls it): the masked tokens for the
+  masked-LM objectives, the masked regions for MRM, the first position for VLM, retrieval and
+  classification heads; other callers, feature extraction among them, get every position, and so
+  does every caller with ``--full-last-layer``. Each position read gets the full layer's output (its query
   attends over every position's keys); with dropout on, the last layer's random draws are made
   over the positions computed, so they differ from a full layer's (the same distribution);
 * ``--checkpoint-activations`` (fairseq's flag; ``--offload-activations`` moves the kept layer
@@ -65,6 +66,18 @@ from .attention import SDPAMultiheadAttention, use_fused_attention
 logger = logging.getLogger(__name__)
 
 VLM_HEAD = "vlm"
+# compute and memory options (off by default); the first two are fairseq's names, as its transformer models
+# have them (RoBERTa's argument list lacks them)
+COMPUTE_SWITCHES = {
+    "checkpoint-activations": "checkpoint activations at each layer of the joint encoder (and the region embedding): "
+                              "recomputed in the backward pass, the same losses, less memory",
+    "offload-activations": "checkpoint activations and keep the layers' inputs on the CPU (implies "
+                           "--checkpoint-activations)",
+    "full-last-layer": "compute the last encoder layer at every position; by default it runs only at the positions "
+                       "a loss or head reads (the same outputs there, less compute)",
+    "compile-layers": "run each layer of the joint encoder under torch.compile (fused elementwise kernels; every "
+                      "new batch shape is compiled first)",
+}
 JOINT_LAYOUTS = ("text-first", "regions-first")
 HEAD_KINDS = {"lm_head": ("transform", "linear"), "mrm_feat_head": ("mlp", "linear")}
 
@@ -439,19 +452,8 @@ class M3PModel(HubFromPretrained, RobertaModel):
                                  "(tied projection + bias, the reference code's)")
         parser.add_argument("--mrm-feat-head", choices=HEAD_KINDS["mrm_feat_head"],
                             help="MRM regression head: mlp (default) or linear (the reference code's)")
-        # fairseq's names, as its transformer models have them (RoBERTa's argument list lacks them)
-        parser.add_argument("--checkpoint-activations", action="store_true",
-                            help="checkpoint activations at each layer of the joint encoder (and the region "
-                                 "embedding): recomputed in the backward pass, the same losses, less memory")
-        parser.add_argument("--offload-activations", action="store_true",
-                            help="checkpoint activations and keep the layers' inputs on the CPU (implies "
-                                 "--checkpoint-activations)")
-        parser.add_argument("--full-last-layer", action="store_true",
-                            help="compute the last encoder layer at every position; by default it runs only at "
-                                 "the positions a loss or head reads (the same outputs there, less compute)")
-        parser.add_argument("--compile-layers", action="store_true",
-                            help="run each layer of the joint encoder under torch.compile (fused elementwise "
-                                 "kernels; every new batch shape is compiled first)")
+        for flag, text in COMPUTE_SWITCHES.items():
+            parser.add_argument("--" + flag, action="store_true", help=text)
         parser.add_argument("--compile-backend", metavar="NAME",
                             help="torch.compile's backend for --compile-layers (default: inductor)")
 
@@ -473,7 +475,8 @@ class M3PModel(HubFromPretrained, RobertaModel):
 
     def forward(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None, src_lang=None,
                 src_positions=None, masked_tokens=None, masked_regions=None, vlm=False, features_only=False,
-                return_all_hiddens=False, classification_head_name=None, read_positions=None, **unused):
+                return_all_hiddens=False, classification_head_name=None, read_only=False, read_positions=None,
+                **unused):
         """
         Args:
             src_tokens: B x T text (``<s> ... </s>``, right-padded)
@@ -485,19 +488,20 @@ class M3PModel(HubFromPretrained, RobertaModel):
             masked_tokens: B x T bool, positions whose token the LM head predicts
             masked_regions: B x R bool, regions the MRM heads reconstruct
             vlm: also return the match logit of each pair (B,)
-            read_positions: B x (T+R) bool, joint order: positions of ``features`` the caller reads
-                itself, besides those the heads asked for read
+            read_only: run the last layer only at the positions the asked heads read (``masked_tokens``,
+                ``masked_regions``, position 0 for ``vlm`` and ``classification_head_name``) and at
+                ``read_positions`` (B x (T+R) bool, joint order: features the caller reads itself);
+                ``features`` is then zero elsewhere (what the training losses pass; --full-last-layer
+                computes every position all the same)
         Returns:
             dict with ``features`` (B x (T+R) x C, in the --joint-layout's order) and, as asked,
             ``lm_logits`` (n x V), ``mrm_feat`` (n x D), ``mrm_cls`` (n x K), ``vlm_logits`` (B,),
-            ``classification``. Unless ``features_only`` (or --full-last-layer), the last layer runs
-            only at the positions the heads asked for and ``read_positions`` read: ``features`` is zero
-            elsewhere.
+            ``classification``.
         """
         positions = None
         first = vlm or classification_head_name is not None
-        if not features_only and (first or masked_tokens is not None or masked_regions is not None
-                                  or read_positions is not None):
+        if read_only and not features_only and (first or masked_tokens is not None or masked_regions is not None
+                                                or read_positions is not None):
             positions = self.encoder.read_positions(src_tokens, 0 if regions is None else regions.size(1),
                                                     masked_tokens, masked_regions, first=first)
             if read_positions is not None:
@@ -569,9 +573,8 @@ def m3p_base_architecture(args):
     set_defaults(args, max_positions=512,  # XLM-R's table; inputs stay <= 128
                  vlm_inner_dim=None, pooler_dropout=0.1, joint_layout="text-first",
                  layernorm_eps=None,  # None: each LayerNorm's own (fairseq: 1e-5)
-                 lm_head="transform", mrm_feat_head="mlp", langs=None,
-                 checkpoint_activations=False, offload_activations=False, full_last_layer=False, compile_layers=False,
-                 compile_backend="inductor")
+                 lm_head="transform", mrm_feat_head="mlp", langs=None, compile_backend="inductor",
+                 **{flag.replace("-", "_"): False for flag in COMPUTE_SWITCHES})
     if args.offload_activations:
         args.checkpoint_activations = True  # offloading implies checkpointing, as in fairseq's transformers
     base_architecture(args)

@@ -115,7 +115,9 @@ def main():
            "text_tokens_per_batch": float(last.get("wpb", 0)), "updates": a.updates, "extra_args": " ".join(extra),
            "params_m": round(n / 1e6, 2), "fp32_weights_grads_adam_mb": round(n * 4 * 4 / 2**20, 1),
            "rss_before_training_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-           "seconds_per_update": round(1.0 / float(last["ups"]), 1) if float(last.get("ups") or 0) > 0 else None}
+           # the last update's wall-clock seconds (the logged ups is rounded to 2 decimals)
+           "seconds_per_update": (float(last["wall"]) - float(seen["updates"][-2]["wall"])
+                                  if len(seen["updates"]) > 1 else None)}
     if cuda:
         rec["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         rec["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)

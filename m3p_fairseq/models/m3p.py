@@ -32,9 +32,9 @@ Compute and memory (options of the model, not kept as a function of the checkpoi
   ``forward(read_only=True)``, as every training loss calls it): the masked tokens for the
   masked-LM objectives, the masked regions for MRM, the first position for VLM, retrieval and
   classification heads; other callers, feature extraction among them, get every position, and so
-  does every caller with ``--full-last-layer``. Each position read gets the full layer's output (its query
-  attends over every position's keys); with dropout on, the last layer's random draws are made
-  over the positions computed, so they differ from a full layer's (the same distribution);
+  does every caller with ``--full-last-layer``. Each position read gets the full layer's output
+  (its query attends over every position's keys); with dropout on, the last layer's random draws
+  are made over the positions computed, so they differ from a full layer's (the same distribution);
 * ``--checkpoint-activations`` (fairseq's flag; ``--offload-activations`` moves the kept layer
   inputs to the CPU): fairseq's checkpoint wrapper around every layer of the joint encoder, text
   and regions alike, and torch's non-reentrant checkpoint around the region embedding (its inputs
@@ -73,8 +73,8 @@ COMPUTE_SWITCHES = {
                               "recomputed in the backward pass, the same losses, less memory",
     "offload-activations": "checkpoint activations and keep the layers' inputs on the CPU (implies "
                            "--checkpoint-activations)",
-    "full-last-layer": "compute the last encoder layer at every position; by default it runs only at the positions "
-                       "a loss or head reads (the same outputs there, less compute)",
+    "full-last-layer": "compute the last encoder layer at every position; by default the training losses run it "
+                       "only at the positions they read (the same outputs there, less compute)",
     "compile-layers": "run each layer of the joint encoder under torch.compile (fused elementwise kernels; every "
                       "new batch shape is compiled first)",
 }

@@ -3,8 +3,9 @@
 The main test starts 2 CPU workers (gloo) with ``torchrun -m fairseq_cli.train`` and compares them
 with one process that accumulates the same 4 micro-batches per update: same objective per update on
 every worker and micro-batch, same losses. The other tests cover the launches that stock fairseq gets
-wrong without CUDA, the patched config inference (no processes), and ``--bf16`` /
-``--memory-efficient-fp16`` from the command line.
+wrong without CUDA, the patched config inference (no processes), ``--bf16`` /
+``--memory-efficient-fp16`` from the command line, a lost worker's restart, and ``--zero-sharding os``
+with activation checkpointing saved and resumed.
 """
 import json
 import math

@@ -291,7 +291,7 @@ def test_large_import_parity_and_training(tmp_path, tiny_world):
                "--arch", "m3p_large", "--encoder-layers", str(LARGE_LAYERS), "--criterion", "m3p_pretrain",
                "--objective-ratios", "1,1,1,1", "--checkpoint-activations",
                "--restore-file", str(out / "model.pt"), "--reset-optimizer", "--reset-dataloader", "--reset-meters",
-               "--optimizer", "adam", "--lr", "1e-5", "--batch-size", "4", "--max-update", str(updates), "--cpu",
+               "--optimizer", "adam", "--lr", "1e-5", "--batch-size", "2", "--max-update", str(updates), "--cpu",
                "--num-workers", "0", "--seed", "1", "--save-dir", str(tmp_path / "ckpt"), "--no-save",
                "--disable-validation", "--log-format", "json", "--log-interval", "1"], timeout=600)
     log = res.stdout + res.stderr

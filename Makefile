@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip -q
 STAMP := $(VENV)/.m3p-installed
 # everything fairseq needs except torchaudio (speech only), and what this plugin needs
 DEPS := cffi cython numpy regex "sacrebleu>=1.4.12" tqdm bitarray scikit-learn packaging \
-        hydra-core==1.3.2 omegaconf==2.3.0 sentencepiece h5py tensorboardX pycocoevalcap \
+        hydra-core==1.3.2 omegaconf==2.3.0 sentencepiece h5py tensorboardX pycocoevalcap fairscale==0.4.13 \
         pytest matplotlib transformers safetensors lmdb
 
 .PHONY: install demo test clean

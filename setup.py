@@ -29,6 +29,7 @@ setup(
         "bitarray",
         "regex",
         "tensorboardX",
+        "fairscale==0.4.13",  # fairseq's --zero-sharding os (OSS) and --ddp-backend fully_sharded
     ],
     extras_require={
         "test": ["pytest", "matplotlib"],

@@ -5,13 +5,17 @@
 # regions. First, the training step alone (benchmarks/train_step.py: no data loader, M3P side by side
 # with HF's XLMRobertaModel at the paper's shape, 250,002-piece vocabulary) in bf16 and fp16. Prints
 # one JSON line per run: tokens/s, MFU, peak memory; for fairseq-train also loss and loss scale (fp16).
-# Under 8 minutes on one recent GPU at the defaults (about 4 on an H100-class GPU by estimate).
+# Then M3P-large (m3p_large, XLM-R large's 24 x 1024): the step in bf16 beside HF's (tokens/s, MFU, peak
+# memory), the peak memory of fairseq-train at the paper's shape without and with --checkpoint-activations,
+# and a few updates with --ddp-backend fully_sharded (fairseq's FSDP through fairscale; it needs CUDA).
+# Under 8 minutes on one recent GPU at the defaults (about 6 on an H100-class GPU by estimate).
 #
 #   bash benchmarks/gpu_check.sh                  # needs a CUDA build of torch with fairseq installed
 #   PYTHON=/path/to/python UPDATES=300 bash benchmarks/gpu_check.sh
 #
 # The same script runs on a CPU as a dry run of its plumbing (tiny model, a few updates):
-#   ARCH=m3p_tiny UPDATES=30 BATCH=8 FP16=--memory-efficient-fp16 EXTRA=--cpu bash benchmarks/gpu_check.sh
+#   ARCH=m3p_tiny UPDATES=30 BATCH=8 FP16=--memory-efficient-fp16 EXTRA=--cpu LARGE=m3p_tiny LARGE_BATCH=2 \
+#     bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,6 +28,9 @@ FP16=${FP16:---fp16}             # fairseq's FP16Optimizer (flat fp32 master cop
 EXTRA=${EXTRA:-}
 STEP_BATCH=${STEP_BATCH:-64}     # train_step.py's batch at the paper's shape (128 tokens + 36 regions)
 STEP_STEPS=${STEP_STEPS:-10}
+LARGE=${LARGE:-m3p_large}        # the large section's architecture (LARGE= skips it)
+LARGE_BATCH=${LARGE_BATCH:-32}   # its batch at the paper's shape (step, memory)
+FSDP_UPDATES=${FSDP_UPDATES:-20}
 OUT=${OUT:-$(mktemp -d /tmp/m3p-gpu-check.XXXXXX)}  # logs and gpu_check.jsonl (the device tool's $OUT comes back)
 WORK=${WORK:-/tmp/m3p-gpu-work}                       # the benchmark world, reused between runs
 mkdir -p "$OUT" "$WORK"
@@ -89,12 +96,54 @@ for PREC in "$FP16" --bf16; do
     || { tail -30 "$OUT/$NAME.log" >&2; echo "gpu_check: $NAME run failed (log: $OUT/$NAME.log)" >&2; exit 1; }
 done
 
-DIMS=$(cd benchmarks && "$PYTHON" -c "
+arch_dims() {  # gpu_report.py's size flags of an architecture
+  (cd benchmarks && "$PYTHON" -c "
 import argparse, m3p_fairseq
 from fairseq.models import ARCH_CONFIG_REGISTRY
-a = argparse.Namespace(); ARCH_CONFIG_REGISTRY['$ARCH'](a)
+a = argparse.Namespace(); ARCH_CONFIG_REGISTRY['$1'](a)
 print(f'--dim {a.encoder_embed_dim} --ffn {a.encoder_ffn_embed_dim} --layers {a.encoder_layers}')" | tail -1)
-cd benchmarks
-"$PYTHON" gpu_report.py "${FP16#--}=$OUT/${FP16#--}.log" "bf16=$OUT/bf16.log" --vocab "$VOCAB" --regions 36 \
-    --warmup $(( UPDATES / 15 > 2 ? UPDATES / 15 : 2 )) $DIMS | tee -a "$OUT/gpu_check.jsonl"
+}
+DIMS=$(arch_dims "$ARCH")
+(cd benchmarks && "$PYTHON" gpu_report.py "${FP16#--}=$OUT/${FP16#--}.log" "bf16=$OUT/bf16.log" --vocab "$VOCAB" \
+    --regions 36 --warmup $(( UPDATES / 15 > 2 ? UPDATES / 15 : 2 )) $DIMS | tee -a "$OUT/gpu_check.jsonl")
+
+if [ -n "$LARGE" ]; then
+  if [[ " $EXTRA " != *" --cpu "* ]]; then
+    LARGE_STEP="--preset paper --arch $LARGE --batch $LARGE_BATCH --steps $STEP_STEPS --device cuda --dtype bf16"
+    MEM_PREC=--bf16
+  else  # the dry run: the demo's shape, fp32; the precision runs on a CPU too
+    LARGE_STEP="--preset demo --arch $LARGE --batch 4 --steps 1 --device cpu --dtype fp32"
+    MEM_PREC=--memory-efficient-bf16
+  fi
+  echo "== train_step.py $LARGE_STEP" >&2
+  (cd benchmarks && "$PYTHON" train_step.py $LARGE_STEP --contestants m3p hf) 2> "$OUT/train_step_large.err" \
+    | tee -a "$OUT/gpu_check.jsonl" \
+    || { tail -20 "$OUT/train_step_large.err" >&2; echo "gpu_check: train_step.py $LARGE_STEP failed" >&2; exit 1; }
+  # peak memory of fairseq-train at the paper's shape (MMLM: 128 tokens + 36 regions), without and with checkpointing
+  for CKPT in "" --checkpoint-activations; do
+    echo "== memory.py $LARGE $MEM_PREC $CKPT" >&2
+    (cd benchmarks && "$PYTHON" memory.py --arch "$LARGE" --batch "$LARGE_BATCH" --data "$WORK/world-long" \
+        -- $MEM_PREC $CKPT $EXTRA) 2> "$OUT/memory_large.err" | grep '^{' | tee -a "$OUT/gpu_check.jsonl" \
+      || { tail -20 "$OUT/memory_large.err" >&2; echo "gpu_check: memory.py $LARGE $CKPT failed" >&2; exit 1; }
+  done
+  # fairseq's FSDP (fairscale's FullyShardedDataParallel): CUDA only (its default device and streams are
+  # CUDA's; on a CPU it stops at "Torch not compiled with CUDA enabled"). One process: fairseq shards over
+  # a group of one, which still runs FSDP's flattening, all-gathers and mixed precision.
+  if [[ " $EXTRA " != *" --cpu "* ]]; then
+    echo "== fully_sharded: $LARGE, $FSDP_UPDATES updates, --fp16 --checkpoint-activations" >&2
+    if "$PYTHON" -m fairseq_cli.train "$DATA" --user-dir "$ROOT/m3p_fairseq" \
+        --task multitask_multimodal --arch "$LARGE" --criterion m3p_pretrain --objective-ratios 1,1,1,1 \
+        --ddp-backend fully_sharded --fp16 --checkpoint-activations \
+        --optimizer adam --lr 1e-4 --max-update "$FSDP_UPDATES" --batch-size "$BATCH" --num-workers 2 --seed 1 \
+        --save-dir "$WORK/ck-fsdp" --save-interval-updates $(( FSDP_UPDATES / 2 )) --no-epoch-checkpoints \
+        --disable-validation --log-format json --log-interval 1 > "$OUT/fsdp.log" 2>&1; then
+      (cd benchmarks && "$PYTHON" gpu_report.py "fsdp_fp16=$OUT/fsdp.log" --vocab "$VOCAB" --regions 36 --warmup 2 \
+          $(arch_dims "$LARGE")) | tee -a "$OUT/gpu_check.jsonl"
+    else  # recorded, not fatal: the rest of the check stands
+      "$PYTHON" -c 'import json, sys; print(json.dumps({"benchmark": "gpu_check", "run": "fsdp_fp16",
+                                                         "error": sys.stdin.read().strip().splitlines()[-1:]}))' \
+        < "$OUT/fsdp.log" | tee -a "$OUT/gpu_check.jsonl"
+    fi
+  fi
+fi
 echo "logs: $OUT" >&2

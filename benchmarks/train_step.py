@@ -3,13 +3,17 @@ XLMRobertaModel of the same size fed the same text + projected regions, at the p
 the demo's.
 
 One step = MMLM as pre-training runs it: text (15% of it masked) + image regions through the joint
-encoder, masked-LM head on the masked tokens, cross-entropy, backward, Adam. Three contestants, their
-steps alternating so all see the same machine load:
+encoder, masked-LM head on the masked tokens, cross-entropy, backward, Adam. Contestants (``--contestants``),
+their steps alternating so all see the same machine load:
 
 * ``m3p``: the plugin's model and criterion as fairseq-train runs them (fused self-attention,
-  m3p_fairseq/models/attention.py);
+  m3p_fairseq/models/attention.py; the last layer only at the masked tokens the loss reads);
+* ``m3p_full_last_layer``: the same model object computing the last layer at every position
+  (``--full-last-layer``), i.e. the step before the last layer was restricted;
+* ``m3p_compiled``: ``m3p`` with its encoder layers under torch.compile (``--compile-layers``, inductor;
+  the warm-up step pays the compile);
 * ``m3p_fairseq_attn``: the same model object with fairseq's own MultiheadAttention switched back
-  (``use_fused_attention(model, False)``), i.e. the step before the fused attention;
+  (``use_fused_attention(model, False)``; every position of the last layer);
 * ``hf``: XLMRobertaModel (its default attention implementation) given ``inputs_embeds`` = its own word
   embeddings of the text followed by the same RegionEmbedding of the regions, with the same LM head
   (fairseq's RobertaLMHead, tied to its word embeddings), loss and dropout as the M3P model.
@@ -28,6 +32,7 @@ same threads, on a GPU a dense 8192^3 product in the step's precision. On a GPU 
 peak allocated memory.
 
     python benchmarks/train_step.py                          # both presets, 5 timed steps each
+    python benchmarks/train_step.py --preset paper --contestants m3p m3p_compiled hf --threads 1
     python benchmarks/train_step.py --preset paper --profile prof.txt
     python benchmarks/train_step.py --preset paper --batch 64 --device cuda --dtype bf16
 """
@@ -128,8 +133,18 @@ def measure(preset, a):
         scaler.step(opt)
         scaler.update()
 
-    def m3p_step(opt, fused):
+    layers = m3p.encoder.sentence_encoder.layers
+    compiled = {}
+    if "m3p_compiled" in a.contestants:
+        for layer in layers:
+            layer.compile()  # what --compile-layers does; switched off below for the other contestants
+            compiled[layer] = layer._compiled_call_impl
+
+    def m3p_step(opt, fused=True, full_last_layer=False, compile=False):
         use_fused_attention(m3p, fused)
+        m3p.encoder.full_last_layer = full_last_layer
+        for layer in compiled:
+            layer._compiled_call_impl = compiled[layer] if compile else None
         train(opt, lambda: crit(m3p, sample)[0])
 
     def hf_step(opt):
@@ -140,8 +155,12 @@ def measure(preset, a):
     # M3P contestants are one model (one copy of XLM-R's vocabulary in memory), one optimizer.
     m3p_opt = torch.optim.Adam(m3p.parameters(), lr=1e-4, fused=True)
     hf_opt = torch.optim.Adam(hf.parameters(), lr=1e-4, fused=True)
-    runs = {"m3p": lambda: m3p_step(m3p_opt, True), "m3p_fairseq_attn": lambda: m3p_step(m3p_opt, False),
+    runs = {"m3p": lambda: m3p_step(m3p_opt),
+            "m3p_full_last_layer": lambda: m3p_step(m3p_opt, full_last_layer=True),
+            "m3p_compiled": lambda: m3p_step(m3p_opt, compile=True),
+            "m3p_fairseq_attn": lambda: m3p_step(m3p_opt, fused=False),
             "hf": lambda: hf_step(hf_opt)}
+    runs = {k: runs[k] for k in a.contestants}
     m3p.train()
     hf.train()
     gemm_shape = dict(m=8192, k=8192, n=8192) if cuda else \
@@ -190,17 +209,19 @@ def measure(preset, a):
         out[f"{k}_tokens_per_s"] = round(tokens / med[k], 1)
         if cuda:
             out[f"{k}_peak_mem_gb"] = round(peak_mem[k] / 2 ** 30, 2)
+    # each M3P contestant against HF: the median step, the fastest step, and CPU seconds (exact with --threads 1;
+    # more threads add their spin waits): on a shared machine the last two are the least disturbed estimates
+    for k in [k for k in runs if k != "hf" and "hf" in runs]:
+        name = "" if k == "m3p" else k[len("m3p"):]
+        out[f"speedup{name}_vs_hf"] = round(med["hf"] / med[k], 3)
+        out[f"speedup{name}_vs_hf_best_step"] = round(min(times["hf"]) / min(times[k]), 3)
+        out[f"speedup{name}_vs_hf_cpu_time"] = round(statistics.median(cpu_times["hf"])
+                                                     / statistics.median(cpu_times[k]), 3)
     out.update({
-        "speedup_vs_hf": round(med["hf"] / med["m3p"], 3),
-        "speedup_vs_fairseq_attn": round(med["m3p_fairseq_attn"] / med["m3p"], 3),
-        # fastest step of each, and CPU seconds (exact with --threads 1; more threads add their spin waits):
-        # on a shared machine the least disturbed estimates
-        "speedup_vs_hf_best_step": round(min(times["hf"]) / min(times["m3p"]), 3),
-        "speedup_vs_hf_cpu_time": round(statistics.median(cpu_times["hf"]) / statistics.median(cpu_times["m3p"]), 3),
-        "speedup_vs_fairseq_attn_cpu_time": round(statistics.median(cpu_times["m3p_fairseq_attn"])
-                                                  / statistics.median(cpu_times["m3p"]), 3),
+        # FLOPs of the full model (every position of every layer): for m3p, which skips the last layer's
+        # unread positions, an effective rate
         "gemm_gflops": round(peak / 1e9, 1), "step_gflop": round(flops / 1e9, 1),
-        "mfu": round(flops / med["m3p"] / peak, 3), "hf_mfu": round(flops / med["hf"] / peak, 3),
+        **{("mfu" if k == "m3p" else f"{k}_mfu"): round(flops / med[k] / peak, 3) for k in runs},
         "step_s_all": {k: [round(t, 3) for t in v] for k, v in times.items()},
         "cpu_s_all": {k: [round(t, 3) for t in v] for k, v in cpu_times.items()},
     })
@@ -221,6 +242,8 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="bf16 / fp16: torch autocast (fp16 with a gradient scaler), fp32 master weights")
+    p.add_argument("--contestants", nargs="+", default=["m3p", "m3p_full_last_layer", "hf"],
+                   choices=["m3p", "m3p_full_last_layer", "m3p_compiled", "m3p_fairseq_attn", "hf"])
     p.add_argument("--profile", default="", help="append torch.profiler tables of one step of each contestant")
     p.add_argument("--profile-rows", type=int, default=25)
     a = p.parse_args()

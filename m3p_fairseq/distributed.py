@@ -25,6 +25,7 @@ import logging
 import os
 
 import torch
+from fairseq.utils import safe_getattr
 
 from .errors import M3PInputError
 
@@ -157,13 +158,25 @@ def _checked_call_main(original):
 def _find_unused_parameters_for_m3p(cfg):
     """M3P's objectives train different heads of one model (xMLM leaves the region stream, MRM and VLM
     heads without gradients): torch's DDP then fails at the second update unless it looks for unused
-    parameters. fairseq leaves that off by default; for this plugin's tasks it is switched on."""
+    parameters. fairseq leaves that off by default; for this plugin's tasks it is switched on.
+
+    With --checkpoint-activations that is not enough: fairseq's checkpoints are reentrant (each layer's
+    backward runs inside the checkpoint's own), and torch's DDP, looking for unused parameters, then
+    fails with "marked ready twice" (measured on 2 CPU workers). Those runs go to fairseq's legacy_ddp,
+    which all-reduces the gradients once the backward pass is over."""
     from fairseq.tasks import TASK_REGISTRY
 
     dt = cfg.distributed_training
     task = TASK_REGISTRY.get(getattr(cfg.task, "_name", None))
     ours = task is not None and task.__module__.startswith(__package__ + ".")
-    if ours and dt.ddp_backend in ("c10d", "pytorch_ddp") and not dt.find_unused_parameters:
+    if not ours or dt.ddp_backend not in ("c10d", "pytorch_ddp"):
+        return
+    checkpointed = any(safe_getattr(cfg.model, k, False) for k in ("checkpoint_activations", "offload_activations"))
+    if checkpointed and dt.distributed_world_size > 1:
+        logger.info("--checkpoint-activations: --ddp-backend legacy_ddp (torch's DDP cannot find M3P's unused "
+                    "parameters through fairseq's reentrant checkpoints)")
+        dt.ddp_backend = "legacy_ddp"
+    elif not dt.find_unused_parameters:
         if dt.distributed_world_size > 1:  # unused (and not worth a line) in a single-process run
             logger.info("M3P's objectives use different heads: --find-unused-parameters on for pytorch_ddp "
                         "(--ddp-backend legacy_ddp needs no detection)")

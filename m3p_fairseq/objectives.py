@@ -306,7 +306,7 @@ def _masked_lm_step(criterion, model, sample):
     # nothing masked (a dummy batch): score every position instead, the pad targets weigh nothing, and every
     # parameter stays in the graph (DDP needs it); torch.where decides on the device, without a host sync
     selected = torch.where(masked.any(), masked, masked.new_ones(()))
-    out = model(**sample["net_input"], masked_tokens=selected)
+    out = model(**sample["net_input"], masked_tokens=selected, read_only=True)
     target = sample["target"][selected]
     loss = masked_lm_loss(out["lm_logits"], target, criterion.pad_idx)
     with torch.no_grad():
@@ -317,7 +317,7 @@ def _masked_lm_step(criterion, model, sample):
 def _mrm_step(criterion, model, sample):
     masked = sample["masked_regions"]
     n = masked.sum()
-    out = model(**sample["net_input"], masked_regions=masked)
+    out = model(**sample["net_input"], masked_regions=masked, read_only=True)
     mse, ce = mrm_losses(out["mrm_feat"], out["mrm_cls"], sample["mrm_feat_target"], sample["mrm_cls_target"])
     loss = criterion.mrm_feat_weight * mse + criterion.mrm_cls_weight * ce + out["features"].sum() * 0.0
     with torch.no_grad():
@@ -327,7 +327,7 @@ def _mrm_step(criterion, model, sample):
 
 
 def _vlm_step(criterion, model, sample):
-    out = model(**sample["net_input"], vlm=True)
+    out = model(**sample["net_input"], vlm=True, read_only=True)
     labels = sample["vlm_target"]
     loss = vlm_loss(out["vlm_logits"], labels)
     with torch.no_grad():
@@ -337,7 +337,8 @@ def _vlm_step(criterion, model, sample):
 
 def _sentence_embeddings(model, src_tokens, src_lang):
     """Unit vectors of the TCL head over the text encoder's first position, one per sentence."""
-    x, _ = model.encoder.extract_features(src_tokens, src_lang=src_lang)
+    first = model.encoder.read_positions(src_tokens, first=True)  # the head pools position 0 alone
+    x, _ = model.encoder.extract_features(src_tokens, src_lang=src_lang, positions=first)
     return F.normalize(model.classification_heads[TCL_HEAD](x).float(), dim=-1)
 
 
@@ -404,7 +405,7 @@ class RetrievalLoss:
             if mine:
                 net_input, labels = self.add_hard_negatives(net_input, labels, idx, text.detach(), image.detach(),
                                                             dual["image_rows"])
-        out = model(**net_input, vlm=True)
+        out = model(**net_input, vlm=True, read_only=True)
         loss = vlm_loss(out["vlm_logits"], labels)
         n = labels.numel()
         with torch.no_grad():
@@ -448,7 +449,7 @@ class RetrievalLoss:
 
 def xnli_logits(model, net_input):
     """The XNLI head's logits over the first position of ``<s> premise </s></s> hypothesis </s>``."""
-    return model(**net_input, classification_head_name=XNLI_HEAD)["classification"]
+    return model(**net_input, classification_head_name=XNLI_HEAD, read_only=True)["classification"]
 
 
 def _xnli_step(criterion, model, sample):

@@ -3,7 +3,12 @@
 Every source model is tiny and random, built here in its real on-disk format: HF's
 ``save_pretrained`` (pytorch_model.bin or model.safetensors) and a fairseq checkpoint with argparse
 args and ``decoder.*`` keys, as xlmr.base is released. transformers is a test-only dependency.
+
+XLM-R large's shape is imported and trained too (``test_large_import_parity_and_training``), at
+M3P_LARGE_LAYERS layers (default 2, for the suite's time; 24 is the release's depth).
 """
+import json
+import math
 import os
 import shutil
 
@@ -37,12 +42,14 @@ def _vocab(spm_dir):
         return 4 + sum(1 for _ in f) + 1  # specials, pieces, <mask>
 
 
-def _randomize(model, seed):
-    """Random values everywhere (LayerNorms too), so a swapped or missed weight shows in the outputs."""
+def _randomize(model, seed, scale=0.3):
+    """Random values everywhere (LayerNorms too), so a swapped or missed weight shows in the outputs.
+    ``scale``: of the matrices (0.02, XLM-R's initialization, keeps a deep and wide model's activations
+    in range, where larger weights saturate its softmaxes)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.1))
+            p.copy_(torch.randn(p.shape, generator=g) * (scale if p.dim() > 1 else 0.1))
             if "LayerNorm.weight" in name or "layer_norm.weight" in name or "layernorm" in name.lower() and name.endswith("weight"):
                 p.add_(1.0)
 
@@ -235,6 +242,65 @@ def test_restore_file_trains_one_update(tmp_path, spm_dir):
               timeout=300)
     log = res.stdout + res.stderr
     assert "Loaded checkpoint" in log and "done training" in log, log[-2000:]
+
+
+LARGE_LAYERS = int(os.environ.get("M3P_LARGE_LAYERS", "2"))
+
+
+def test_large_import_parity_and_training(tmp_path, tiny_world):
+    """XLM-R large's shape (1024 wide, 16 heads of 64, FFN 4096, 514 positions; LARGE_LAYERS deep, the
+    world's vocabulary) from HF's safetensors: the import reproduces HF's states and masked-LM logits,
+    and ``fairseq-train --arch m3p_large --restore-file`` trains the four objectives from it with
+    activation checkpointing."""
+    transformers = pytest.importorskip("transformers")
+    from m3p_fairseq.data.region_store import RegionStore
+
+    data = tiny_world["data"]
+    cfg = transformers.XLMRobertaConfig(
+        vocab_size=_vocab(data), hidden_size=1024, num_hidden_layers=LARGE_LAYERS, num_attention_heads=16,
+        intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, layer_norm_eps=1e-5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    hf = transformers.XLMRobertaForMaskedLM(cfg)
+    _randomize(hf, 5, scale=0.02)
+    hf.tie_weights()
+    hf.eval()
+    src = tmp_path / "hf"
+    _save_hf(hf, src, safetensors=True)
+    shutil.copy(os.path.join(data, "sentencepiece.bpe.model"), src)
+    store = RegionStore(os.path.join(data, "regions", "train.json"))
+    out = tmp_path / "large"
+    dims = import_xlmr(str(src), str(out), region_feat_dim=store.feat_dim, num_region_classes=store.num_classes)
+    assert (dims.layers, dims.embed_dim, dims.heads, dims.max_positions) == (LARGE_LAYERS, 1024, 16, 512)
+
+    hub = M3PHub.from_pretrained(str(out))
+    tokens = _batch(hub)
+    mask = tokens.ne(1)
+    with torch.no_grad():
+        ours = hub.extract_features(tokens)
+        ref = hf.roberta(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        logits = hub.model(tokens, masked_tokens=mask)["lm_logits"]
+        ref_logits = hf(input_ids=tokens, attention_mask=mask.long()).logits[mask]
+    err = (ours - ref)[mask].abs().max().item()
+    print(f"HF parity, XLM-R large's shape at {LARGE_LAYERS} layers: max abs error {err:.2e}")
+    assert err < 1e-4 and (logits - ref_logits).abs().max().item() < 1e-4
+    del hub, hf
+
+    updates = 4
+    res = run(["fairseq-train", data, "--user-dir", "m3p_fairseq", "--task", "multitask_multimodal",
+               "--arch", "m3p_large", "--encoder-layers", str(LARGE_LAYERS), "--criterion", "m3p_pretrain",
+               "--objective-ratios", "1,1,1,1", "--checkpoint-activations",
+               "--restore-file", str(out / "model.pt"), "--reset-optimizer", "--reset-dataloader", "--reset-meters",
+               "--optimizer", "adam", "--lr", "1e-5", "--batch-size", "2", "--max-update", str(updates), "--cpu",
+               "--num-workers", "0", "--seed", "1", "--save-dir", str(tmp_path / "ckpt"), "--no-save",
+               "--disable-validation", "--log-format", "json", "--log-interval", "1"], timeout=600)
+    log = res.stdout + res.stderr
+    assert "Loaded checkpoint" in log and "done training" in log, log[-2000:]
+    recs = [json.loads(line[line.index("{"):]) for line in log.splitlines() if "| train_inner |" in line]
+    assert [int(r["num_updates"]) for r in recs] == list(range(1, updates + 1)), log[-2000:]
+    trained = {o for r in recs for o in ("xmlm", "mmlm", "mrm", "vlm") if float(r.get(f"{o}_batches") or 0) > 0}
+    assert len(trained) >= 3 and all(math.isfinite(float(r["loss"])) for r in recs), recs
+    assert "(fc1): Linear(in_features=1024, out_features=4096" in log  # the model fairseq-train printed: large's
 
 
 def test_wrong_inputs_give_one_line(tmp_path, capsys, spm_dir):

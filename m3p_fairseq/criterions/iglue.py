@@ -56,7 +56,7 @@ def iglue_logits(model, task, net_input):
     heads = getattr(model, "classification_heads", {})
     if task.head_name not in heads:
         raise M3PInputError(f"the model has no {task.head_name} head: fine-tune it with --task m3p_{task.name}")
-    return model(**net_input, classification_head_name=task.head_name)["classification"]
+    return model(**net_input, classification_head_name=task.head_name, read_only=True)["classification"]
 
 
 @dataclass

@@ -56,7 +56,8 @@ class M3PClassificationCriterion(ClassifierMetrics, FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         if self.head not in getattr(model, "classification_heads", {}):
             raise ValueError(f"the model has no classification head {self.head!r} (--classification-head-name)")
-        logits = model(**sample["net_input"], classification_head_name=self.head)["classification"]
+        out = model(**sample["net_input"], classification_head_name=self.head, read_only=True)
+        logits = out["classification"]
         target = sample["target"].view(-1)
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         n = target.numel()

@@ -16,46 +16,82 @@ A float ``attn_mask`` (the decoder's causal mask) is added as fairseq adds it. E
 quantization noise, key/value biases, ONNX or TorchScript) goes to fairseq's own forward
 unchanged. The class only replaces ``forward``: parameters, their names and the module objects
 stay those fairseq built, so checkpoints, weight ties and ``upgrade_state_dict`` are
-untouched. ``use_fused_attention(module)`` switches every self-attention module below ``module``
+untouched.
+
+Queries at some positions only: within ``with attn.keys_from(source):`` the module's self-attention
+takes its queries from what it is given (S x B x C, any S) and its keys and values from ``source``
+(L x B x C), the padding mask being over the L keys. The encoder runs its last layer this way at
+the positions a loss reads (``ReadPositions`` in m3p.py): each query's output is the full
+attention's at that position, the keys' and values' projections are computed once at every
+position, the queries' at S only.
+
+``use_fused_attention(module)`` switches every self-attention module below ``module``
 (the decoder of the generation model shares the encoder's: its training steps take the fused path
 with the causal mask, its incremental decoding fairseq's); ``use_fused_attention(module, False)``
 switches back.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 
 class SDPAMultiheadAttention(MultiheadAttention):
+    _keys = None  # set by keys_from (a class default: modules are switched to this class, not built as it)
+
+    def fusable(self):
+        """What the fused path needs of the module itself (the call's arguments are checked per call)."""
+        return (
+            self.self_attention and self.bias_k is None and not self.add_zero_attn and self.qkv_same_dim
+            and not (self.onnx_trace or self.use_xformers or self.skip_embed_dim_check)
+            and not torch.jit.is_scripting()
+            # quantization noise acts through forward pre-hooks of the projections
+            and not any(p._forward_pre_hooks or p._forward_hooks for p in (self.q_proj, self.k_proj, self.v_proj))
+        )
+
+    @contextlib.contextmanager
+    def keys_from(self, source):
+        """Within: queries are what forward is given (S x B x C), keys and values ``source`` (L x B x C)."""
+        self._keys = source
+        try:
+            yield
+        finally:
+            self._keys = None
+
     def _fused_applies(self, query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
                        attn_mask, before_softmax, need_head_weights):
         return (
-            self.self_attention and key is query and value is query and incremental_state is None
+            key is query and value is query and incremental_state is None
             # an additive float mask over (query, key), as fairseq's decoder passes its causal one
             and (attn_mask is None or (attn_mask.dim() == 2 and attn_mask.is_floating_point()))
             and not (need_weights or need_head_weights or static_kv or before_softmax)
-            and self.bias_k is None and not self.add_zero_attn and self.qkv_same_dim
-            and not (self.onnx_trace or self.use_xformers or self.skip_embed_dim_check)
-            and not torch.jit.is_scripting() and query.device.type != "xla"
-            # quantization noise acts through forward pre-hooks of the projections
-            and not any(p._forward_pre_hooks or p._forward_hooks for p in (self.q_proj, self.k_proj, self.v_proj))
+            and self.fusable() and query.device.type != "xla"
             and (key_padding_mask is None or key_padding_mask.dim() == 2)
         )
 
     def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
                 static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
-        if not self._fused_applies(query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
-                                   attn_mask, before_softmax, need_head_weights):
+        fused = self._fused_applies(query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
+                                    attn_mask, before_softmax, need_head_weights)
+        if self._keys is not None and not fused:
+            raise RuntimeError("queries at some positions only need the fused self-attention path")
+        if not fused:
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,
                                    incremental_state=incremental_state, need_weights=need_weights,
                                    static_kv=static_kv, attn_mask=attn_mask, before_softmax=before_softmax,
                                    need_head_weights=need_head_weights)
         tgt_len, bsz, dim = query.shape
         heads, head_dim = self.num_heads, self.head_dim
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        # T x B x 3C -> 3 x B x H x T x D: views, no copy
-        q, k, v = F.linear(query, weight, bias).view(tgt_len, bsz, 3, heads, head_dim).permute(2, 1, 3, 0, 4)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if self._keys is None:
+            # T x B x 3C -> 3 x B x H x T x D: views, no copy
+            q, k, v = _stacked_linear(query, projections).view(tgt_len, bsz, 3, heads, head_dim).permute(2, 1, 3, 0, 4)
+        else:
+            src_len = self._keys.size(0)
+            q = self.q_proj(query).view(tgt_len, bsz, heads, head_dim).permute(1, 2, 0, 3)
+            k, v = _stacked_linear(self._keys, projections[1:]).view(src_len, bsz, 2, heads, head_dim).permute(
+                2, 1, 3, 0, 4)
         mask = _additive_mask(key_padding_mask, attn_mask, q.dtype)
         p = self.dropout_module.p if (self.training or self.dropout_module.apply_during_inference) else 0.0
         if p > 0 and query.device.type == "cpu":
@@ -65,6 +101,13 @@ class SDPAMultiheadAttention(MultiheadAttention):
         # B x H x T x D -> T x B x C, the layout fairseq's layers work in
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, dim)
         return self.out_proj(out), None
+
+
+def _stacked_linear(x, projections):
+    """The projections of ``x`` by several nn.Linear at once (one matrix product), concatenated."""
+    weight = torch.cat([p.weight for p in projections])
+    bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+    return F.linear(x, weight, bias)
 
 
 def _additive_mask(key_padding_mask, attn_mask, dtype):
@@ -80,10 +123,11 @@ def _additive_mask(key_padding_mask, attn_mask, dtype):
 
 
 def _attention_with_dropout(q, k, v, mask, p, scale):
-    """softmax(scale * q k^T + mask) with dropout, times v (B x H x T x D each): what torch's CPU SDPA
-    does when dropout is on, with the scaling and the mask folded into one ``baddbmm``."""
+    """softmax(scale * q k^T + mask) with dropout, times v (B x H x T x D queries, B x H x S x D keys and
+    values): what torch's CPU SDPA does when dropout is on, with the scaling and the mask folded into one
+    ``baddbmm``."""
     bsz, heads, tgt_len, head_dim = q.shape
-    q3, k3, v3 = (t.reshape(bsz * heads, tgt_len, head_dim) for t in (q, k, v))
+    q3, k3, v3 = (t.reshape(bsz * heads, t.size(2), head_dim) for t in (q, k, v))
     if mask is None:
         bias, beta = q3.new_zeros(1, 1, 1), 0.0
     else:  # B*H x (T or 1) x S: baddbmm broadcasts it over the query positions itself

@@ -29,14 +29,16 @@ def has_dual_heads(model):
 
 def embed_text(model, src_tokens):
     """B x T text (``<s> ... </s>``) -> B x dim unit vectors, the text through the encoder alone."""
-    x, _ = model.encoder.extract_features(src_tokens)
+    first = model.encoder.read_positions(src_tokens, first=True)  # the head pools position 0 alone
+    x, _ = model.encoder.extract_features(src_tokens, positions=first)
     return F.normalize(model.classification_heads[DUAL_TEXT_HEAD](x).float(), dim=-1)
 
 
 def embed_images(model, regions, region_boxes, region_padding_mask, bos):
     """B images -> B x dim unit vectors: ``<s>`` and the regions, no words."""
     cls = torch.full((regions.size(0), 1), bos, dtype=torch.long, device=regions.device)
-    x, _ = model.encoder.extract_features(cls, regions, region_boxes, region_padding_mask)
+    first = model.encoder.read_positions(cls, regions.size(1), first=True)
+    x, _ = model.encoder.extract_features(cls, regions, region_boxes, region_padding_mask, positions=first)
     return F.normalize(model.classification_heads[DUAL_IMAGE_HEAD](x).float(), dim=-1)
 
 

@@ -26,6 +26,23 @@ masked-LM head (``--lm-head transform``: RoBERTa's dense + LayerNorm before the 
 (``--langs``: one learned vector per language, added to every token of a text-only pass when the
 batch says its language, as the reference's text stream adds ``cross_lang_embeddings``; joint
 passes add none, as the reference's ``jointfwd``). ``m3p_reference_base`` sets the reference's.
+
+Compute and memory (options of the model, not kept as a function of the checkpoint):
+
+* the last encoder layer runs only at the positions the caller reads (``ReadPositions``;
+  ``forward(read_only=True)``, as every training loss calls it): the masked tokens for the
+  masked-LM objectives, the masked regions for MRM, the first position for VLM, retrieval and
+  classification heads; other callers, feature extraction among them, get every position, and so
+  does every caller with ``--full-last-layer``. Each position read gets the full layer's output
+  (its query attends over every position's keys); with dropout on, the last layer's random draws
+  are made over the positions computed, so they differ from a full layer's (the same distribution);
+* ``--checkpoint-activations`` (fairseq's flag; ``--offload-activations`` moves the kept layer
+  inputs to the CPU): fairseq's checkpoint wrapper around every layer of the joint encoder, text
+  and regions alike, and torch's non-reentrant checkpoint around the region embedding (its inputs
+  are data without gradient, which fairseq's reentrant wrapper would cut off from its weights'
+  gradients); the same losses and gradients, the dropout draws replayed;
+* ``--compile-layers``: each layer of the joint encoder under ``torch.compile`` (fused elementwise
+  kernels); new shapes pay a compile first.
 """
 import contextlib
 import logging
@@ -38,16 +55,31 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import RobertaEncoder, RobertaModel, base_architecture
 from fairseq.models.transformer import TransformerEncoder
 from fairseq.modules import LayerNorm, LearnedPositionalEmbedding
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper, unwrap_checkpoint
+from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import M3PInputError
-from .attention import use_fused_attention
+from .attention import SDPAMultiheadAttention, use_fused_attention
 from .iglue_heads import start_poolers_from_vlm
 
 logger = logging.getLogger(__name__)
 
 VLM_HEAD = "vlm"
+# compute and memory options (off by default); the first two are fairseq's names, as its transformer models
+# have them (RoBERTa's argument list lacks them)
+COMPUTE_SWITCHES = {
+    "checkpoint-activations": "checkpoint activations at each layer of the joint encoder (and the region embedding): "
+                              "recomputed in the backward pass, the same losses, less memory",
+    "offload-activations": "checkpoint activations and keep the layers' inputs on the CPU (implies "
+                           "--checkpoint-activations)",
+    "full-last-layer": "compute the last encoder layer at every position; by default the training losses run it "
+                       "only at the positions they read (the same outputs there, less compute)",
+    "compile-layers": "run each layer of the joint encoder under torch.compile (fused elementwise kernels; every "
+                      "new batch shape is compiled first)",
+}
 JOINT_LAYOUTS = ("text-first", "regions-first")
 HEAD_KINDS = {"lm_head": ("transform", "linear"), "mrm_feat_head": ("mlp", "linear")}
 
@@ -185,6 +217,55 @@ class TiedProjectionHead(nn.Module):
         return F.linear(features, self.weight) + self.bias
 
 
+class ReadPositions:
+    """The positions of each row at which the last encoder layer runs: ``index`` (B x S) holds each
+    row's positions in order, padded with positions it does not read (S = the most any row reads);
+    ``valid`` (B x S) marks the real ones. Built from a B x L mask (True = read)."""
+
+    def __init__(self, mask):
+        counts = mask.sum(1)
+        width = max(int(counts.max()), 1) if mask.numel() else 1  # (one host sync per forward)
+        self.length = mask.size(1)
+        self.index = torch.argsort(~mask, dim=1, stable=True)[:, :width]
+        self.valid = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
+
+    def gather(self, x):
+        """L x B x C (the encoder's layout) -> S x B x C."""
+        return x.gather(0, self.index.t().unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+    def scatter(self, h):
+        """B x S x C -> B x L x C, zero at the positions not computed (each row's index is a permutation's
+        head, so padding slots land on positions not read, zeroed)."""
+        h = h.masked_fill(~self.valid.unsqueeze(-1), 0.0)
+        return h.new_zeros(h.size(0), self.length, h.size(2)).scatter(1, self.index.unsqueeze(-1).expand_as(h), h)
+
+
+class ReadPositionsLayer(TransformerEncoderLayerBase):
+    """fairseq's encoder layer that can run at some positions only: with ``keys`` (the layer's input at
+    every position, L x B x C), ``x`` holds just the positions whose output is wanted (S x B x C); their
+    self-attention runs over all L positions, and everything after it is per position, so each output
+    is the full layer's at that position. Without ``keys``, fairseq's layer as it is."""
+
+    def forward(self, x, encoder_padding_mask, attn_mask=None, keys=None):
+        if keys is None:
+            return super().forward(x, encoder_padding_mask, attn_mask)
+        with self.self_attn.keys_from(self.self_attn_layer_norm(keys) if self.normalize_before else keys):
+            return super().forward(x, encoder_padding_mask, attn_mask)
+
+
+def _reads_positions(entry, offload):
+    """The encoder layer in ``entry`` (itself, or inside fairseq's FSDP / checkpoint wrappers) becomes a
+    ReadPositionsLayer: same object and parameters; a checkpoint wrapper is put back around the new forward."""
+    layer = next(m for m in entry.modules() if isinstance(m, TransformerEncoderLayerBase))
+    wrapped = hasattr(layer, "precheckpoint_forward")
+    if wrapped:
+        unwrap_checkpoint(layer)
+        del layer.forward  # unwrapping left the old class's bound forward on the instance
+    layer.__class__ = ReadPositionsLayer
+    if wrapped:
+        checkpoint_wrapper(layer, offload_to_cpu=offload)
+
+
 class JointTransformerEncoder(TransformerEncoder):
     """fairseq's TransformerEncoder over the joint text + region sequence.
 
@@ -201,6 +282,36 @@ class JointTransformerEncoder(TransformerEncoder):
         super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
         self.regions_first = safe_getattr(args, "joint_layout", "text-first") == "regions-first"
         use_fused_attention(self)  # the same function, one fused self-attention call (models/attention.py)
+        # the last layer can run at the positions a caller reads (reading()); fairseq's loop over the layers
+        # calls it as every layer, a pre-hook hands it those positions and every position as keys
+        self._read = None
+        _reads_positions(self.layers[-1], self.cfg.offload_activations)
+        self.layers[-1].register_forward_pre_hook(self._last_layer_at_read_positions, with_kwargs=True)
+        if safe_getattr(args, "compile_layers", False):
+            for layer in self.layers:
+                # in place: the module and its parameter names stay
+                layer.compile(backend=safe_getattr(args, "compile_backend", "inductor"))
+
+    def reads_subsets(self):
+        """Whether the last layer can run at some positions only (fused attention; no LayerDrop, which may skip it)."""
+        attn = next(m for m in self.layers[-1].modules() if isinstance(m, TransformerEncoderLayerBase)).self_attn
+        return self.encoder_layerdrop == 0 and isinstance(attn, SDPAMultiheadAttention) and attn.fusable()
+
+    @contextlib.contextmanager
+    def reading(self, read):
+        """Within: the last layer runs at ``read``'s positions only (a ReadPositions, or None: all), and the
+        encoder's output holds those (S x B x C)."""
+        self._read = read
+        try:
+            yield
+        finally:
+            self._read = None
+
+    def _last_layer_at_read_positions(self, layer, args, kwargs):
+        if self._read is None:
+            return None
+        (x,) = args
+        return (self._read.gather(x),), dict(kwargs, keys=x)
 
     def forward_embedding(self, src_tokens, token_embedding=None):
         if token_embedding is None:
@@ -237,6 +348,8 @@ class M3PEncoder(RobertaEncoder):
         self.regions_first = self.sentence_encoder.regions_first
         # a non-pad id marks real region slots in the joint token sequence; its embedding is never read
         self.region_slot = dictionary.unk()
+        self.full_last_layer = safe_getattr(args, "full_last_layer", False)
+        self.checkpoint_regions = safe_getattr(args, "checkpoint_activations", False)
 
     def build_encoder(self, args, dictionary, embed_tokens):
         encoder = JointTransformerEncoder(args, dictionary, embed_tokens)
@@ -251,11 +364,38 @@ class M3PEncoder(RobertaEncoder):
         return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
 
     def extract_features(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None,
-                         src_lang=None, src_positions=None, return_all_hiddens=False, **unused):
+                         src_lang=None, src_positions=None, return_all_hiddens=False, positions=None, **unused):
         """Returns (B x (T + R) x C features in the joint layout's order, extra); text only when
         ``regions`` is None. Text-only passes may say each token's language (``src_lang``: B or
         B x T ids, added by a model with --langs) and position (``src_positions``: B x T, fairseq's
-        numbering; default: counted from the first token)."""
+        numbering; default: counted from the first token). ``positions`` (B x (T + R) bool, see
+        read_positions): the positions the caller reads; the last layer runs there only and the
+        features of the other positions are zero (None, the default: every position)."""
+        read = None
+        if positions is not None and not (self.full_last_layer or return_all_hiddens) \
+                and self.sentence_encoder.reads_subsets():
+            read = ReadPositions(positions)
+        with self.sentence_encoder.reading(read):
+            x, extra = self._extract_features(src_tokens, regions, region_boxes, region_padding_mask, src_lang,
+                                              src_positions, return_all_hiddens)
+        return (x if read is None else read.scatter(x)), extra
+
+    def read_positions(self, src_tokens, num_regions=0, tokens=None, regions=None, first=False):
+        """B x (T + R) bool in the joint layout's order: the text positions ``tokens`` (B x T), the regions
+        ``regions`` (B x R) and, with ``first``, position 0 (what the VLM and classification heads pool)."""
+        bsz, num_text = src_tokens.shape
+        text = src_tokens.new_zeros(bsz, num_text, dtype=torch.bool) if tokens is None else tokens.expand(bsz, num_text)
+        parts = [text]
+        if num_regions:
+            image = text.new_zeros(bsz, num_regions) if regions is None else regions
+            parts = [image, text] if self.regions_first else [text, image]
+        mask = torch.cat(parts, dim=1)  # (a new tensor: the caller's masks stay as they are)
+        if first:
+            mask[:, 0] = True
+        return mask
+
+    def _extract_features(self, src_tokens, regions, region_boxes, region_padding_mask, src_lang, src_positions,
+                          return_all_hiddens):
         if regions is None:
             with self.sentence_encoder.embed_positions.given(langs=src_lang, positions=src_positions):
                 return super().extract_features(src_tokens, return_all_hiddens=return_all_hiddens)
@@ -267,7 +407,10 @@ class M3PEncoder(RobertaEncoder):
         if self.regions_first and joint.size(1) > self.max_positions():
             raise M3PInputError(f"{num_regions} regions + {src_tokens.size(1)} tokens: more than the model's "
                                 f"{self.max_positions()} positions (regions-first layout numbers regions too)")
-        region_emb = self.region_embed(regions, region_boxes)
+        if self.checkpoint_regions and torch.is_grad_enabled():
+            region_emb = checkpoint(self.region_embed, regions, region_boxes, use_reentrant=False)
+        else:
+            region_emb = self.region_embed(regions, region_boxes)
         return super().extract_features(joint, return_all_hiddens=return_all_hiddens, token_embeddings=region_emb)
 
     def split_joint(self, features, num_text):
@@ -314,6 +457,10 @@ class M3PModel(HubFromPretrained, RobertaModel):
                                  "(tied projection + bias, the reference code's)")
         parser.add_argument("--mrm-feat-head", choices=HEAD_KINDS["mrm_feat_head"],
                             help="MRM regression head: mlp (default) or linear (the reference code's)")
+        for flag, text in COMPUTE_SWITCHES.items():
+            parser.add_argument("--" + flag, action="store_true", help=text)
+        parser.add_argument("--compile-backend", metavar="NAME",
+                            help="torch.compile's backend for --compile-layers (default: inductor)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -333,7 +480,8 @@ class M3PModel(HubFromPretrained, RobertaModel):
 
     def forward(self, src_tokens, regions=None, region_boxes=None, region_padding_mask=None, src_lang=None,
                 src_positions=None, masked_tokens=None, masked_regions=None, vlm=False, features_only=False,
-                return_all_hiddens=False, classification_head_name=None, **unused):
+                return_all_hiddens=False, classification_head_name=None, read_only=False, read_positions=None,
+                **unused):
         """
         Args:
             src_tokens: B x T text (``<s> ... </s>``, right-padded)
@@ -345,14 +493,27 @@ class M3PModel(HubFromPretrained, RobertaModel):
             masked_tokens: B x T bool, positions whose token the LM head predicts
             masked_regions: B x R bool, regions the MRM heads reconstruct
             vlm: also return the match logit of each pair (B,)
+            read_only: run the last layer only at the positions the asked heads read (``masked_tokens``,
+                ``masked_regions``, position 0 for ``vlm`` and ``classification_head_name``) and at
+                ``read_positions`` (B x (T+R) bool, joint order: features the caller reads itself);
+                ``features`` is then zero elsewhere (what the training losses pass; --full-last-layer
+                computes every position all the same)
         Returns:
             dict with ``features`` (B x (T+R) x C, in the --joint-layout's order) and, as asked,
             ``lm_logits`` (n x V), ``mrm_feat`` (n x D), ``mrm_cls`` (n x K), ``vlm_logits`` (B,),
             ``classification``.
         """
+        positions = None
+        first = vlm or classification_head_name is not None
+        if read_only and not features_only and (first or masked_tokens is not None or masked_regions is not None
+                                                or read_positions is not None):
+            positions = self.encoder.read_positions(src_tokens, 0 if regions is None else regions.size(1),
+                                                    masked_tokens, masked_regions, first=first)
+            if read_positions is not None:
+                positions = positions | read_positions
         x, extra = self.encoder.extract_features(src_tokens, regions, region_boxes, region_padding_mask,
                                                  src_lang=src_lang, src_positions=src_positions,
-                                                 return_all_hiddens=return_all_hiddens)
+                                                 return_all_hiddens=return_all_hiddens, positions=positions)
         out = {"features": x, "inner_states": extra.get("inner_states")}
         if features_only:
             return out
@@ -418,7 +579,10 @@ def m3p_base_architecture(args):
     set_defaults(args, max_positions=512,  # XLM-R's table; inputs stay <= 128
                  vlm_inner_dim=None, pooler_dropout=0.1, joint_layout="text-first",
                  layernorm_eps=None,  # None: each LayerNorm's own (fairseq: 1e-5)
-                 lm_head="transform", mrm_feat_head="mlp", langs=None)
+                 lm_head="transform", mrm_feat_head="mlp", langs=None, compile_backend="inductor",
+                 **{flag.replace("-", "_"): False for flag in COMPUTE_SWITCHES})
+    if args.offload_activations:
+        args.checkpoint_activations = True  # offloading implies checkpointing, as in fairseq's transformers
     base_architecture(args)
 
 

@@ -15,6 +15,7 @@ from m3p_fairseq.data.retrieval_dataset import IMAGE_REPLACED, POSITIVE, TEXT_RE
 from m3p_fairseq.errors import M3PInputError
 from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
 from m3p_fairseq.evaluation.two_stage import combine, merge_two_stage, shortlist, two_stage_scores
+from preprocess.make_world import OBJECTS
 
 
 def setup(data, *argv, arch="m3p_tiny"):
@@ -140,6 +141,55 @@ def test_ntg_code_switching_switches_body_and_title_together(tiny_world):
     assert all(torch.equal(plain.dataset("valid")[i]["target"], cs.dataset("valid")[i]["target"]) for i in range(10))
 
 
+def test_ntg_code_switching_into_one_language(tiny_world):
+    """--code-switch-one-language: a switched item is in one language, its title's own "and" too, and is trained
+    under that language's id."""
+    from m3p_fairseq.data.code_switch import find_dictionaries, read_dictionary
+
+    task, _ = setup(tiny_world["data"], "--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny", "--code-switch",
+                    "--code-switch-one-language", "--code-switch-sentence-ratio", "1", "--code-switch-word-ratio", "1",
+                    arch="m3p_seq2seq_tiny")
+    task.load_dataset("train")
+    words_of = {lang: {t for _, t in read_dictionary(p)} for lang, p in find_dictionaries(tiny_world["data"]).items()}
+    d, langs = task.dictionary, set()
+    for i in range(30):
+        item = task.dataset("train")[i]
+        lang = task.data_languages()[item["tgt_lang"]]
+        assert item["src_lang"] == item["tgt_lang"] and lang != "en"
+        title = d.string(item["target"], "sentencepiece").split()
+        assert title and all(w in words_of[lang] for w in title), (lang, title)  # "and" included
+        langs.add(lang)
+    assert len(langs) > 3
+
+
+def test_xnli_code_switching_keeps_what_the_sentences_share(tiny_world):
+    """m3p_xnli --code-switch: a word of the premise that the hypothesis repeats is switched the same way in both,
+    so an entailed restatement stays identical and the label stays true."""
+    plain, _ = setup(tiny_world["data"], "--task", "m3p_xnli")
+    cs, _ = setup(tiny_world["data"], "--task", "m3p_xnli", "--code-switch")
+    for t in (plain, cs):
+        t.load_dataset("train")
+    d, switched, same = plain.dictionary, 0, 0
+    for i in range(60):
+        a, b = plain.dataset("train")[i], cs.dataset("train")[i]
+        assert a["target"] == b["target"]
+        def sentences(tokens):  # <s> premise </s></s> hypothesis </s> -> [premise, hypothesis]
+            out, current = [], []
+            for t in tokens.tolist()[1:]:
+                if t == d.eos():
+                    out += [tuple(current)] if current else []
+                    current = []
+                else:
+                    current.append(t)
+            return out
+        (p0, h0), (p1, h1) = (sentences(x["net_input.src_tokens"]) for x in (a, b))
+        same += p0 == h0
+        if p0 == h0:
+            assert p1 == h1  # the restatement is switched as its premise is
+        switched += p1 != p0
+    assert switched > 30 and same > 10
+
+
 def _tiny_model(task, cfg):
     torch.manual_seed(0)
     model = task.build_model(cfg.model)
@@ -206,11 +256,14 @@ def test_world_downstream_sets(tiny_world):
     labels = [r.split("\t")[1] for r in rows[1:]]
     assert set(labels) == {"entailment", "neutral", "contradiction"}
     en = [r.split("\t") for r in rows[1:] if r.startswith("en\t")]
-    for _, label, premise, hypo in en:
-        if label == "neutral":  # a neutral hypothesis names an object the premise does not
-            assert set(hypo.split()) - set(premise.split())
-        if label == "entailment" and premise.split()[2] == hypo.split()[2]:
+    for _, label, premise, hypo in en:  # the hypothesis in the premise's order: what differs tells the label
+        differ = [(a, b) for a, b in zip(premise.split(), hypo.split()) if a != b]
+        if label == "entailment":
             assert premise == hypo
+        elif label == "neutral":  # an object the premise does not mention
+            assert set(hypo.split()) - set(premise.split())
+        else:  # a colour or the relation changed, the objects kept
+            assert differ and all(b not in OBJECTS for _, b in differ)
     titles = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.tgt.test"), encoding="utf-8").read().splitlines()
     bodies = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.src.test"), encoding="utf-8").read().splitlines()
     assert all(set(t.split()) - {"and"} <= set(b.split()) for t, b in zip(titles, bodies))

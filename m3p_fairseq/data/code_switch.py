@@ -42,6 +42,9 @@ class CodeSwitchConfig(FairseqDataclass):
     code_switch_dicts: Optional[str] = field(default=None, metadata={
         "help": "folder of en-xx.tsv / en-xx.txt bilingual dictionaries (default: DATA/dictionaries, else DATA/dict)"})
     code_switch_sentence_ratio: float = field(default=0.8, metadata={"help": "share of captions switched"})
+    code_switch_one_language: bool = field(default=False, metadata={
+        "help": "NTG: switch each English body (with its title, the title's own words too) into one language drawn "
+                "per item, trained under that language's id (default: words into any language, the English id)"})
     code_switch_word_ratio: float = field(default=0.8, metadata={
         "help": "share of translatable words replaced in a switched caption"})
 
@@ -78,20 +81,35 @@ def read_dictionary(path):
     return pairs
 
 
-def build_table(dictionaries, vocab, spm_model):
-    """english word -> [token ids of one translation] over every dictionary, encoded once."""
+def build_tables(dictionaries, vocab, spm_model):
+    """{lang: {english word -> [token ids of one translation]}}, every dictionary encoded once."""
     import sentencepiece as spm
 
     if not os.path.isfile(spm_model):
         raise M3PInputError(f"{spm_model}: sentencepiece model not found (code-switching encodes the translations)")
     sp = spm.SentencePieceProcessor(model_file=spm_model)
-    table = {}
+    tables = {}
     for lang, path in sorted(dictionaries.items()):
+        table = tables.setdefault(lang, {})
         for word, translation in read_dictionary(path):
             ids = [vocab.index(p) for p in sp.encode(translation, out_type=str)]
             if ids:
                 table.setdefault(word, []).append(torch.LongTensor(ids))
-    return table
+    return tables
+
+
+def merge_tables(tables):
+    """english word -> [translations in every language], the languages in name order."""
+    merged = {}
+    for lang in sorted(tables):
+        for word, options in tables[lang].items():
+            merged.setdefault(word, []).extend(options)
+    return merged
+
+
+def build_table(dictionaries, vocab, spm_model):
+    """english word -> [token ids of one translation] over every dictionary, encoded once."""
+    return merge_tables(build_tables(dictionaries, vocab, spm_model))
 
 
 def _words(tokens, symbols, starts, special):
@@ -137,21 +155,27 @@ def code_switch_tokens(tokens, table, symbols, starts, special, sentence_ratio, 
     return out, len(candidates), switched, True
 
 
-def code_switch_pair(source, target, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None):
+def code_switch_pair(source, target, table, symbols, starts, special, sentence_ratio, word_ratio, max_tokens=None,
+                     target_own_words=False):
     """Switch a source and its target together (an NTG news body and its title): each word of the source that a
     dictionary translates is replaced (with probability ``word_ratio``) by one translation, the same one wherever
-    the word occurs, in the source and in the target; a target word the source lacks stays as it is. A title
-    that copies the body's words copies them in whatever language the body has them, so the skill fine-tuned on
-    English carries to bodies written in other languages. Call under a seeded numpy RNG. Returns (source,
-    target, drawn)."""
+    the word occurs, in the source and in the target. A title that copies the body's words copies them in
+    whatever language the body has them, so the skill fine-tuned on English carries to bodies written in other
+    languages. A target word the source lacks (the title's own "and") stays as it is, or with
+    ``target_own_words`` (``table`` then one language's) is put in that language too. Call under a seeded
+    numpy RNG. Returns (source, target, drawn)."""
     words, keys = _words(source, symbols, starts, special)
     types = sorted({key for key in keys if key in table})
     if not types or np.random.rand() >= sentence_ratio:
         return source, target, False
     choice = {key: table[key][np.random.randint(len(table[key]))] for key in types if np.random.rand() < word_ratio}
     source, _ = _replace(source, words, {k: choice.get(key) for k, key in enumerate(keys)}, max_tokens)
+    if target is None:
+        return source, None, True
     t_words, t_keys = _words(target, symbols, starts, special)
-    target, _ = _replace(target, t_words, {k: choice.get(key) for k, key in enumerate(t_keys)}, None)
+    own = {key: table[key][np.random.randint(len(table[key]))] for key in sorted(set(t_keys) - set(keys))
+           if key in table} if target_own_words else {}
+    target, _ = _replace(target, t_words, {k: choice.get(key, own.get(key)) for k, key in enumerate(t_keys)}, None)
     return source, target, True
 
 
@@ -180,20 +204,33 @@ class _Switching(BaseWrapperDataset):
 
 class CodeSwitchPairDataset(_Switching):
     """Source-target items (TextGenerationDataset's: NTG) whose source language is ``lang_id`` switched together
-    (``code_switch_pair``); items of other languages pass unchanged."""
+    (``code_switch_pair``); items of other languages pass unchanged.
 
-    def __init__(self, dataset, vocab, table, lang_id, **kwargs):
+    ``into``: {language id: that language's table}: each switched item goes into one language, drawn per item,
+    its own target words included, and is trained under that language's id (the paper feeds the target
+    language's id to encoder and decoder); without it, words go into any language and the item keeps its id."""
+
+    def __init__(self, dataset, vocab, table, lang_id, into=None, **kwargs):
         super().__init__(dataset, vocab, table, **kwargs)
-        self.lang_id = lang_id
+        self.lang_id, self.into = lang_id, sorted((into or {}).items())
 
     def __getitem__(self, index):
         item = self.dataset[index]
         if item["src_lang"] != self.lang_id:
             return item
         with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
-            source, target, _ = code_switch_pair(item["source"], item["target"], self.table, self.symbols, self.starts,
-                                                 self.special, self.sentence_ratio, self.word_ratio, self.max_tokens)
-        return dict(item, source=source, target=target)
+            if not self.into:
+                source, target, _ = code_switch_pair(item["source"], item["target"], self.table, self.symbols,
+                                                     self.starts, self.special, self.sentence_ratio, self.word_ratio,
+                                                     self.max_tokens)
+                return dict(item, source=source, target=target)
+            lang, table = self.into[np.random.randint(len(self.into))]
+            source, target, drawn = code_switch_pair(item["source"], item["target"], table, self.symbols, self.starts,
+                                                     self.special, self.sentence_ratio, self.word_ratio,
+                                                     self.max_tokens, target_own_words=True)
+        if not drawn:
+            return item
+        return dict(item, source=source, target=target, src_lang=lang, tgt_lang=lang)
 
 
 class CodeSwitchDataset(_Switching):
@@ -201,11 +238,23 @@ class CodeSwitchDataset(_Switching):
 
     ``sizes`` stay those of the original captions (batching only needs them roughly); a switched
     caption never grows beyond ``max_tokens``: a translation that would not fit is not used.
+    ``same_word_same_way``: a word is switched the same way wherever it occurs in the item (a sentence pair
+    such as XNLI's, whose label depends on which words the two sentences share), else each occurrence alone.
     """
 
+    def __init__(self, dataset, vocab, table, sentence_ratio=0.8, word_ratio=0.8, seed=1, max_tokens=None,
+                 same_word_same_way=False):
+        super().__init__(dataset, vocab, table, sentence_ratio, word_ratio, seed, max_tokens)
+        self.same_word_same_way = same_word_same_way
+
     def switch(self, index):
-        """(tokens, candidates, switched, drawn) of item ``index`` (the statistics are for tests)."""
+        """(tokens, candidates, switched, drawn) of item ``index`` (the statistics are for tests; with
+        ``same_word_same_way`` only the tokens are meaningful)."""
         with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+            if self.same_word_same_way:
+                tokens, _, drawn = code_switch_pair(self.dataset[index], None, self.table, self.symbols, self.starts,
+                                                    self.special, self.sentence_ratio, self.word_ratio, self.max_tokens)
+                return tokens, None, None, drawn
             return code_switch_tokens(self.dataset[index], self.table, self.symbols, self.starts, self.special,
                                       self.sentence_ratio, self.word_ratio, self.max_tokens)
 

@@ -41,8 +41,10 @@ def read_labels(task, lang, split):
     return out
 
 
-def xnli_pairs(task, lang, split):
-    """(``<s> premise </s></s> hypothesis </s>``, class indices) of one language."""
+def xnli_pairs(task, lang, split, seed=1):
+    """(``<s> premise </s></s> hypothesis </s>``, class indices) of one language; English training pairs
+    code-switched with --code-switch, a word switched the same way in premise and hypothesis (what the two
+    share decides the label)."""
     folder = os.path.join(task.data_path(), "xnli", lang)
     if not os.path.isdir(folder):
         raise M3PDataError(f"{folder}: no XNLI data for language {lang!r}")
@@ -54,13 +56,14 @@ def xnli_pairs(task, lang, split):
                            f"in {split}")
     pair = ConcatSentencesDataset(PrependTokenDataset(premise, task.dictionary.bos()),
                                   PrependTokenDataset(hypo, task.dictionary.eos()))
-    return TruncateDataset(pair, task.cfg.tokens_per_sample), labels
+    pair = TruncateDataset(pair, task.cfg.tokens_per_sample)
+    return task.code_switched(pair, lang, split, seed, same_word_same_way=True), labels
 
 
 def xnli_dataset(task, split, langs, seed, epoch=1):
     """The pairs of ``langs`` in one fixed shuffle, as fairseq's sentence_prediction (batches mix labels and
     lengths): ``{id, net_input: {src_tokens, src_lengths}, target, nsentences, ntokens}``."""
-    parts = [xnli_pairs(task, lang, split) for lang in langs]
+    parts = [xnli_pairs(task, lang, split, seed) for lang in langs]
     src = ConcatDataset([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts])
     dataset = text_items(src, RawLabelDataset(labels.tolist()), task.dictionary.pad())

@@ -44,7 +44,7 @@ from omegaconf import II
 from .. import checkpoints
 from ..criterions.summed import summer
 from ..data.caption_generation_dataset import CaptionGenerationDataset
-from ..data.code_switch import CodeSwitchDataset, CodeSwitchPairDataset, build_table, find_dictionaries
+from ..data.code_switch import CodeSwitchDataset, CodeSwitchPairDataset, build_tables, find_dictionaries, merge_tables
 from ..data.dictionary import load_dictionary
 from ..data.image_caption_dataset import require_two_images
 from ..data.multitask import MultitaskDataset, ObjectiveGroupedIterator
@@ -108,7 +108,7 @@ class M3PTaskBase(FairseqTask):
         self.dictionary = dictionary
         self.mask_idx = dictionary.index("<mask>")
         self._stores = {}
-        self._code_switch_table = None
+        self._code_switch_tables = self._code_switch_merged = None
         self.model_langs = None  # the languages of the model's language embedding, once it is built
         self._dev_metric = False  # built on first use (build_dev_metric)
         self.region_feat_dim = self.num_region_classes = None
@@ -395,24 +395,34 @@ class M3PTaskBase(FairseqTask):
                                         dic_mask_ratio=getattr(self.cfg, "dic_mask_ratio", 0.3),
                                         dic_poisson_lambda=getattr(self.cfg, "dic_poisson_lambda", 3.0))
 
-    def code_switch_table(self):
-        """english word -> its encoded translations, from the dictionaries --code-switch reads (built once)."""
+    def code_switch_tables(self):
+        """{lang: english word -> its encoded translations}, from the dictionaries --code-switch reads (built once)."""
         cfg = self.cfg
-        if self._code_switch_table is None:
+        if self._code_switch_tables is None:
             dicts = find_dictionaries(self.data_path(), cfg.code_switch_dicts, split_list(cfg.code_switch_langs) or None)
-            self._code_switch_table = build_table(dicts, self.dictionary,
-                                                  os.path.join(self.data_path(), "sentencepiece.bpe.model"))
-            if not self._code_switch_table:
+            self._code_switch_tables = build_tables(dicts, self.dictionary,
+                                                    os.path.join(self.data_path(), "sentencepiece.bpe.model"))
+            if not any(self._code_switch_tables.values()):
                 raise M3PInputError(f"{', '.join(dicts.values())}: no dictionary entry could be encoded")
-        return self._code_switch_table
+        return self._code_switch_tables
 
-    def code_switched(self, captions, lang, split, seed):
-        """English training captions code-switched when --code-switch is on (CodeSwitchConfig); else unchanged."""
+    def code_switch_table(self):
+        """english word -> its encoded translations in every language of --code-switch."""
+        if self._code_switch_merged is None:
+            self._code_switch_merged = merge_tables(self.code_switch_tables())
+        return self._code_switch_merged
+
+    def code_switched(self, captions, lang, split, seed, same_word_same_way=False):
+        """English training texts (captions; XNLI's sentence pairs with ``same_word_same_way``) code-switched when
+        --code-switch is on (CodeSwitchConfig); else unchanged."""
         cfg = self.cfg
         if not getattr(cfg, "code_switch", False) or lang != "en" or split != "train":
             return captions
+        if getattr(cfg, "code_switch_one_language", False):
+            raise M3PInputError("--code-switch-one-language switches source-target pairs (NTG), not single texts")
         return CodeSwitchDataset(captions, self.dictionary, self.code_switch_table(), cfg.code_switch_sentence_ratio,
-                                 cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample)
+                                 cfg.code_switch_word_ratio, seed=seed, max_tokens=cfg.tokens_per_sample,
+                                 same_word_same_way=same_word_same_way)
 
     def code_switched_pairs(self, items, split, seed):
         """Source-target training items whose source is English (NTG) switched together when --code-switch is on:
@@ -420,7 +430,9 @@ class M3PTaskBase(FairseqTask):
         cfg = self.cfg
         if not getattr(cfg, "code_switch", False) or split != "train":
             return items
-        return CodeSwitchPairDataset(items, self.dictionary, self.code_switch_table(), self.lang_id("en"),
+        into = {self.lang_id(lang): table for lang, table in self.code_switch_tables().items()
+                if table} if cfg.code_switch_one_language else None
+        return CodeSwitchPairDataset(items, self.dictionary, self.code_switch_table(), self.lang_id("en"), into=into,
                                      sentence_ratio=cfg.code_switch_sentence_ratio, word_ratio=cfg.code_switch_word_ratio,
                                      seed=seed, max_tokens=cfg.tokens_per_sample)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 
 from ..checkpoints import UNDERSTANDING
+from ..data.code_switch import CodeSwitchConfig
 from ..data.xnli_dataset import XNLI_HEAD, XNLI_LABELS, xnli_dataset
 from ..utils import split_list
 from .base import FinetuneLangsConfig, M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class M3PXNLIConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig):
+class M3PXNLIConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, CodeSwitchConfig):
     pass
 
 

@@ -17,7 +17,7 @@ export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 
 echo "== 1. the embedded world (regions in HDF5, captions in 6 languages, text in 10, translation pairs en-xx," \
      "IGLUE-style sets)" >&2
-m3p-make-world "$OUT/world" --seed 1 --feat-dim 2048 --train-images 3000 --test-images 100
+m3p-make-world "$OUT/world" --seed 1 --feat-dim 2048 --train-images 3000 --test-images 100 --xnli-train 10000
 
 echo "== 2. sentencepiece + fairseq-preprocess, the downstream sets through the importers of the real ones" >&2
 m3p-prepare-world "$OUT/world" "$OUT/data"

@@ -39,15 +39,18 @@ EN_LR=${EN_LR:-1e-3}                        # finetune_en's peak rate (the short
 EACH_UPDATES=${EACH_UPDATES:-150}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with code-switching (MMLM, VLM)
-XNLI_UPDATES=${XNLI_UPDATES:-400}
 # XNLI on English keeps TCL on the translation pairs on (every other update) where the data has them, as
-# finetune_en does (README.downstream.md, "XNLI and NTG"); empty: off
+# finetune_en does, and code-switches its English pairs (XNLI_FLAGS; README.downstream.md, "XNLI and NTG");
+# XNLI_UPDATES counts the updates of both objectives
 XNLI_KEEP=${XNLI_KEEP-$([ -d "$DATA/parallel" ] && echo tcl || true)}
 XNLI_KEEP_RATIOS=${XNLI_KEEP_RATIOS:-1,1}
+XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 2000 || echo 1000)}
+XNLI_FLAGS=${XNLI_FLAGS---code-switch}
 MMT_UPDATES=${MMT_UPDATES:-300}
-NTG_UPDATES=${NTG_UPDATES:-200}
-# NTG on English: the news bodies code-switched with their titles (NTG_FLAGS; README.downstream.md, "XNLI and NTG")
-NTG_FLAGS=${NTG_FLAGS---code-switch}
+NTG_UPDATES=${NTG_UPDATES:-400}
+# NTG on English: each news body code-switched with its title into one language (NTG_FLAGS; README.downstream.md,
+# "XNLI and NTG")
+NTG_FLAGS=${NTG_FLAGS---code-switch --code-switch-one-language}
 CAP_UPDATES=${CAP_UPDATES:-200}
 export ARCH=m3p_tiny GEN_ARCH=m3p_seq2seq_tiny LOG_INTERVAL=${LOG_INTERVAL:-50} MAX_IMAGES=${MAX_IMAGES:-}
 export REGION_CACHE_MB=${REGION_CACHE_MB:-1024}  # the world's 3,100 images are ~100 MB as stored
@@ -94,7 +97,7 @@ part_english() {
 part_understanding() {
     step "xnli ($XNLI_UPDATES updates${XNLI_KEEP:+, $XNLI_KEEP kept on at $XNLI_KEEP_RATIOS})"
     env LR=${XNLI_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$XNLI_UPDATES" KEEP_OBJECTIVES="$XNLI_KEEP" \
-        KEEP_RATIOS="$XNLI_KEEP_RATIOS" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN"
+        KEEP_RATIOS="$XNLI_KEEP_RATIOS" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN" $XNLI_FLAGS
     retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh VALID_EVERY=75 VALID_IMAGES=50
     # code-switching in pre-training instead: continue it with switched English captions, then zero-shot
     retrieval zero_shot_code_switched "$CS_PRETRAIN_UPDATES" LANGS=en,de,fr,cs,ja,zh BATCH=64 LR=1e-3 \

@@ -24,6 +24,17 @@ def run(cmd, cwd=None, env=None, check=True, timeout=900):
     return res
 
 
+def padded_text_batch(dictionary, seed=0):
+    """3 x 9 random token ids, ``<s> ... </s>``, the second row ending in 3 pads: (tokens, non-pad mask)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(dictionary.nspecial, len(dictionary) - 1, (3, 9), generator=g)
+    tokens[:, 0], tokens[:, -1] = dictionary.bos(), dictionary.eos()
+    tokens[1, -3:] = dictionary.pad()
+    return tokens, tokens.ne(dictionary.pad())
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """World + data folder: 32-d features, 240 training images, 24 test images, small text corpus."""

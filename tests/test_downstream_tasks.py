@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from .conftest import BIN, run
+from .conftest import BIN, padded_text_batch, run
 
 CLI = os.path.join(BIN, "fairseq-train")
 
@@ -101,12 +101,7 @@ def test_generation_model_from_an_understanding_checkpoint(tiny_world, pretraine
     (gen,), _, _ = checkpoint_utils.load_model_ensemble_and_task([pretrained["converted"]], arg_overrides={"data": data})
     assert isinstance(gen, M3PSeq2SeqModel)
     assert_ties(gen.encoder.sentence_encoder, gen.decoder)
-    d = task.source_dictionary
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(d.nspecial, len(d) - 1, (3, 9), generator=g)
-    tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
-    tokens[1, -3:] = d.pad()
-    mask = tokens.ne(d.pad())
+    tokens, mask = padded_text_batch(task.source_dictionary)
     und.eval(), gen.eval()
     with torch.no_grad():
         ref, _ = und.encoder.extract_features(tokens)

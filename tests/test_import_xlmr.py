@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from .conftest import run
+from .conftest import padded_text_batch, run
 from m3p_fairseq import M3PHub
 from preprocess import build_spm
 from preprocess.import_xlmr import import_xlmr, main
@@ -137,12 +137,7 @@ def test_generation_mode_encoder_parity_and_ties(tmp_path, spm_dir):
     model = models[0].eval()
     assert isinstance(model, seq2seq.M3PSeq2SeqModel) and model.langs == ["en", "de"]
     seq2seq.assert_ties(model.encoder.sentence_encoder, model.decoder)
-    d = task.source_dictionary
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(d.nspecial, len(d) - 1, (3, 9), generator=g)
-    tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
-    tokens[1, -3:] = d.pad()
-    mask = tokens.ne(d.pad())
+    tokens, mask = padded_text_batch(task.source_dictionary)
     with torch.no_grad():
         out_enc = model.encoder(tokens, src_lang=torch.zeros(3, dtype=torch.long))["encoder_out"][0].transpose(0, 1)
         ref = hf.roberta(input_ids=tokens, attention_mask=mask.long()).last_hidden_state

@@ -27,8 +27,9 @@
 # Settings (environment): finetune_common.sh's (ARCH, LR, BATCH, UPDATE_FREQ, UPDATES, WARMUP, THREADS, ...), with
 # IGLUE's M3P values as the defaults of each task (lr; batch = BATCH x UPDATE_FREQ; EPOCHS, from which UPDATES is
 # computed over the English training set; AdamW betas (0.9, 0.999), eps 1e-6, weight decay 1e-4, 10% warm-up, clip
-# 1.0); VALIDATE_EVERY (updates between validations; default each epoch); FEWSHOT_BATCH (IGLUE: 16, MaRVL and
-# xFlickr&CO 2); RESULTS (default OUT/results.json); EVAL_BATCH (pairs per scoring batch).
+# 1.0); VALIDATE_EVERY (updates between validations; default each epoch); TEST_LANGS (the languages finetune tests
+# its checkpoint on; default en; more: the zeroshot mode's numbers without a second process); FEWSHOT_BATCH (IGLUE:
+# 16, MaRVL and xFlickr&CO 2); RESULTS (default OUT/results.json); EVAL_BATCH (pairs per scoring batch).
 set -euo pipefail
 TASK=$1 MODE=$2 DATA=$3 CHECKPOINT=$4 OUT=$5
 shift 5
@@ -99,7 +100,7 @@ case "$MODE" in
             --pretrained-checkpoint "$CHECKPOINT" --train-subset train.en ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} \
             ${EXTRA[@]+"${EXTRA[@]}"}
     fi
-    "${EVAL[@]}" --path "$OUT/$TASK/checkpoint_best.pt" --langs en ;;
+    "${EVAL[@]}" --path "$OUT/$TASK/checkpoint_best.pt" --langs "${TEST_LANGS:-en}" ;;
   zeroshot)
     "${EVAL[@]}" --path "$CHECKPOINT" --langs "${LANGS:-$(langs_with test)}" ;;
   translatetest)

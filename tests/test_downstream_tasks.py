@@ -226,15 +226,27 @@ def test_world_iglue_import_loads_through_the_tasks_and_trains_beside_tcl(tiny_w
         "marvl": {"train.en": f"{nlvr2}/train.jsonl", "valid.en": f"{nlvr2}/dev.jsonl", "test.de": f"{marvl}/marvl-de.jsonl",
                   "train_10x2.zh": f"{raw}/marvl/few_shot/annotations/marvl-zh_train10x2.jsonl"},
     }
-    for job, splits in expected.items():
+    def iglue_task(job, *flags):
         args = options.parse_args_and_arch(options.get_training_parser(), [
-            os.path.join(iglue, job), "--task", f"m3p_{job}", "--arch", "m3p_tiny", "--criterion", "m3p_iglue", "--cpu"])
-        task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+            os.path.join(iglue, job), "--task", f"m3p_{job}", "--arch", "m3p_tiny", "--criterion", "m3p_iglue", "--cpu",
+            *flags])
+        return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+
+    for job, splits in expected.items():
+        task = iglue_task(job)
         for split, path in splits.items():
             task.load_dataset(split)
             assert len(task.dataset(split)) == _raw_count(path), (job, split)
         batch = task.dataset(split).collater([task.dataset(split)[i] for i in range(2)])
         assert batch["net_input"]["src_tokens"].size(0) == 2 * task.images_per_example
+    # --code-switch: the English training texts switched (the world's dictionaries, linked into the task folder)
+    plain, switched = iglue_task("xvnli"), iglue_task("xvnli", "--code-switch", "--code-switch-langs", "de")
+    for t in (plain, switched):
+        t.load_dataset("train.en")
+        t.load_dataset("valid.en")
+    differ = [not plain.dataset("train.en")[i]["text"].equal(switched.dataset("train.en")[i]["text"]) for i in range(60)]
+    assert 10 < sum(differ) < 60
+    assert all(plain.dataset("valid.en")[i]["text"].equal(switched.dataset("valid.en")[i]["text"]) for i in range(60))
     args = options.parse_args_and_arch(options.get_training_parser(), [
         os.path.join(iglue, "xflickrco"), "--task", "m3p_retrieval", "--arch", "m3p_tiny", "--criterion",
         "m3p_retrieval", "--cpu"])

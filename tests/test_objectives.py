@@ -39,8 +39,8 @@ def _same(a, b):
 
 
 def test_the_registry_is_the_one_list():
-    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl", "ret"]
-    assert of_kind(GENERATION) == ["xdae", "ic", "dic"]
+    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl", "ret", "xnli", "xvnli", "xgqa", "marvl"]
+    assert of_kind(GENERATION) == ["xdae", "ic", "dic", "ntg"]
     assert set(plot_keys()) >= {"xmlm_loss", "vlm_acc", "mrm_mse", "xdae_loss", "dic_loss"}
     for name, spec in OBJECTIVES.items():
         assert spec.name == name and spec.plot_keys and all(k.startswith(name) for k in spec.plot_keys)

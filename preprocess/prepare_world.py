@@ -9,7 +9,8 @@ they land where real ones do: ``xnli/{lang}/{input0,input1,label}``, ``ntg/{lang
 MILD as a corpus folder of its own, ``DATA/mild_corpus`` (its queries are its ``captions/``, its
 contexts ``mild/{lang}/context``; one DATA folder per corpus, as the importers want). The
 parallel corpus goes through the Moses-style reader of real corpora into ``parallel/en-{xx}``,
-the layout of fairseq's translation task.
+the layout of fairseq's translation task. The IGLUE-style sets (raw/iglue, e-bug/iglue's layout) go through
+m3p-import-regions' LMDB reader and m3p-import-iglue into one task folder per job, ``iglue/{job}``.
 """
 import argparse
 import glob

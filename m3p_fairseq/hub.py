@@ -331,9 +331,9 @@ class M3PHub(nn.Module):
         >>> xvnli.predict("2487069642", "a woman pours drinks on a plane", store=store)[0]
         ('neutral', 0.71)
         """
-        from .criterions.iglue import iglue_logits
         from .data.iglue_dataset import SOFT
         from .data.region_dataset import text_image_input
+        from .objectives import iglue_logits
 
         task = self.task
         if getattr(task, "head_name", None) not in getattr(self.model, "classification_heads", {}):
@@ -351,7 +351,7 @@ class M3PHub(nn.Module):
         tokens = self.encode(text)
         net_input = {k: v.to(self.device) for k, v in  # the text with each image
                      text_image_input([tokens] * len(regions), regions, self.dictionary.pad()).items()}
-        logits = iglue_logits(self.model, task, net_input)[0].float()
+        logits = iglue_logits(self.model, task.head_name, net_input)[0].float()
         probs = torch.sigmoid(logits) if task.target == SOFT else torch.softmax(logits, -1)
         return sorted(zip(task.labels, probs.tolist()), key=lambda x: -x[1])
 

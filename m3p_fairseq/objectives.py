@@ -15,6 +15,7 @@ Units: every cross-entropy is logged in bits (fairseq's convention for ``loss``)
 term ``mrm_mse`` is a mean squared error. Losses are sums over the batch, so fairseq divides by
 the sample size the objective reports.
 """
+import functools
 import math
 import os
 import zlib
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics, modules, utils
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.data import (
     AppendTokenDataset,
     ConcatDataset,
@@ -45,6 +46,7 @@ from fairseq.data import (
 )
 
 from .checkpoints import GENERATION, UNDERSTANDING
+from .data.iglue_dataset import IGLUE_JOBS, iglue_dataset
 from .data.image_caption_dataset import ImageCaptionDataset
 from .data.multitask import alpha_sampling_probs, resample_to_probs
 from .data.ntg_dataset import ntg_dataset
@@ -55,6 +57,7 @@ from .data.xdae_dataset import XDAEDataset
 from .data.xnli_dataset import XNLI_HEAD, XNLI_LABELS, xnli_dataset
 from .errors import M3PInputError
 from .models.dual_encoder import add_dual_heads, contrastive_loss, embed_images, embed_text, has_dual_heads
+from .models.iglue_heads import add_iglue_head
 from .utils import split_list
 
 LN2 = math.log(2)
@@ -267,6 +270,18 @@ def _ntg_items(task, split, epoch, seed):
     return ntg_dataset(task, split, split_list(task.cfg.train_langs), seed)
 
 
+def _iglue_examples(task, split, epoch, seed, name):
+    """An IGLUE job as an objective (xvnli, xgqa, marvl): the m3p_{name} task's examples of --train-langs, so that
+    English fine-tuning mixes with pre-training objectives per update (IGLUE with TCL kept on)."""
+    job = IGLUE_JOBS[name]
+    return iglue_dataset(task, job, job.labels(task.data_path()), split, split_list(task.cfg.train_langs), seed)
+
+
+def _add_iglue_head(task, model, name):
+    job = IGLUE_JOBS[name]
+    add_iglue_head(model, name, job.head_kind, len(job.labels(task.data_path())))
+
+
 def _resampled(task, dataset, split, epoch, seed, scale):
     """A dataset resampled to its share of the updates (--objective-ratios), else as it is."""
     if scale == 1.0:
@@ -462,6 +477,66 @@ def _xnli_step(criterion, model, sample):
     return loss, target.numel(), {"xnli_loss": loss.data, "xnli_n": target.numel(), "xnli_ncorrect": ncorrect}
 
 
+CLASSIFICATION_LOSSES = ChoiceEnum(["ce", "bce"])
+
+
+@dataclass
+class IGLUELossConfig(FairseqDataclass):
+    """The loss option of IGLUE's jobs: of the m3p_iglue criterion and of the xvnli / marvl objectives'."""
+
+    classification_loss: CLASSIFICATION_LOSSES = field(default="ce", metadata={
+        "help": "XVNLI / MaRVL loss: ce (softmax cross-entropy) or bce (volta's: BCE against the one-hot target, "
+                "mean over classes); xGQA always uses BCE on its soft answer scores"})
+
+
+def iglue_logits(model, head, net_input):
+    """B x C logits of IGLUE head ``head`` (the job's name; its rows pooled and, for two images, paired)."""
+    if head not in getattr(model, "classification_heads", {}):
+        raise M3PInputError(f"the model has no {head} head: fine-tune it with --task m3p_{head} (or the {head} "
+                            f"objective)")
+    return model(**net_input, classification_head_name=head, read_only=True)["classification"]
+
+
+def soft_score_loss(logits, scores):
+    """Summed BCE-with-logits of B x A logits against B x A answer scores (nats)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), scores.float(), reduction="sum")
+
+
+def class_loss(logits, target, kind="ce"):
+    """Summed loss of B x C logits against B class indices: softmax cross-entropy (``ce``) or, as volta,
+    BCE-with-logits against the one-hot target averaged over the C classes (``bce``), in nats."""
+    if kind == "ce":
+        return F.cross_entropy(logits.float(), target, reduction="sum")
+    one_hot = F.one_hot(target, logits.size(-1)).float()
+    return F.binary_cross_entropy_with_logits(logits.float(), one_hot, reduction="none").mean(-1).sum()
+
+
+def num_correct(logits, target):
+    """Correct examples of a batch: the arg-max class equals the gold one; for soft answer scores, the
+    score of the arg-max answer (exact match when each question has one answer)."""
+    pred = logits.argmax(-1)
+    if target.dim() == 2:
+        return target.gather(1, pred.unsqueeze(1)).sum()
+    return (pred == target).sum()
+
+
+def iglue_loss(model, head, sample, classification_loss="ce"):
+    """(summed loss, examples, correct examples) of an IGLUE batch: soft answer scores (2-d targets, xGQA) by
+    ``soft_score_loss``, classes by ``class_loss``."""
+    logits = iglue_logits(model, head, sample["net_input"])
+    target = sample["target"]
+    loss = soft_score_loss(logits, target) if target.dim() == 2 else class_loss(logits, target, classification_loss)
+    with torch.no_grad():
+        ncorrect = num_correct(logits, target)
+    return loss, target.size(0), ncorrect
+
+
+def _iglue_step(criterion, model, sample):
+    name = sample["objective"]
+    loss, n, ncorrect = iglue_loss(model, name, sample, criterion.classification_loss)
+    return loss, n, {f"{name}_loss": loss.data, f"{name}_n": n, f"{name}_ncorrect": ncorrect}
+
+
 def _ret_step(criterion, model, sample):
     return criterion.retrieval_step(model, sample, "ret_")
 
@@ -552,6 +627,9 @@ OBJECTIVES = {o.name: o for o in (
               prepare=add_retrieval_heads),
     Objective("xnli", UNDERSTANDING, PAIRS, _xnli_pairs, _resampled, _xnli_step, reduce_loss_and_accuracy,
               ("xnli_loss", "xnli_acc"), prepare=_add_xnli_head),
+    *(Objective(name, UNDERSTANDING, PAIRS, functools.partial(_iglue_examples, name=name), _resampled, _iglue_step,
+                reduce_loss_and_accuracy, (f"{name}_loss", f"{name}_acc"),
+                prepare=functools.partial(_add_iglue_head, name=name)) for name in IGLUE_JOBS),
     Objective("xdae", GENERATION, TEXT, _text_sentences, _noised_text, generation_step,
               _reduce_generation, ("xdae_loss",)),
     Objective("ic", GENERATION, PAIRS, _captions_to_generate(False), _resampled, generation_step,

@@ -40,11 +40,10 @@ import pickle
 import re
 import sys
 
-from m3p_fairseq.data.iglue_dataset import side_record
+from m3p_fairseq.data.iglue_dataset import ANSWERS_FILE, MARVL, XGQA, XVNLI, side_record
 from m3p_fairseq.data.region_store import RegionStore, manifest_shards, merge_manifests, read_manifest
 from m3p_fairseq.errors import command
 from m3p_fairseq.outputs import Staging, check_writable
-from m3p_fairseq.tasks.iglue import ANSWERS_FILE, M3PMaRVLTask, M3PXGQATask, M3PXVNLITask
 from preprocess.binarize import binarize
 from preprocess.datasets import DatasetError, _clean, _open, install_vocabulary
 
@@ -99,7 +98,7 @@ def _bool(value, where):
 # ---- readers: one per task, yielding Examples ---------------------------------------------------------
 
 def xvnli_examples(path, stats, **unused):
-    labels = M3PXVNLITask.labels
+    labels = XVNLI.classes
     for where, rec in _records(path):
         _need(rec, where, "gold_label", "sentence2", "Flikr30kID")
         if rec["gold_label"] == "-":  # SNLI's pairs without a majority label: nothing to learn or score
@@ -184,9 +183,9 @@ def wit_examples(path, stats, **unused):
 
 # task -> (reader, DATA folder or None for retrieval captions, default --max-tokens, what a line is)
 TASKS = {
-    "xvnli": (xvnli_examples, M3PXVNLITask.name, 80, "pairs"),
-    "xgqa": (gqa_examples, M3PXGQATask.name, 40, "questions"),
-    "marvl": (reasoning_examples, M3PMaRVLTask.name, 80, "statements"),
+    "xvnli": (xvnli_examples, XVNLI.name, 80, "pairs"),
+    "xgqa": (gqa_examples, XGQA.name, 40, "questions"),
+    "marvl": (reasoning_examples, MARVL.name, 80, "statements"),
     "xflickrco": (flickr_examples, None, 80, "captions"),
     "wit": (wit_examples, None, 80, "captions"),
 }

@@ -484,7 +484,7 @@ def main(argv=None):
     p.add_argument("--ntg-train", type=int, default=None, help="NTG training items, English (default: --train-images)")
     p.add_argument("--ntg-eval", type=int, default=None, help="NTG dev and test items per language (default: --test-images)")
     p.add_argument("--iglue-train", type=int, default=None,
-                   help="English training examples of each IGLUE-style task (default: --train-images)")
+                   help="English training examples of each IGLUE-style task (default: 3 x --train-images)")
     p.add_argument("--iglue-test", type=int, default=None,
                    help="IGLUE-style test examples per task and language (default: 3 x --test-images)")
     p.add_argument("--quiet", action="store_true")
@@ -510,7 +510,7 @@ def main(argv=None):
     write_parallel(world, a.out, a.parallel_pairs, a.seed)  # its own random stream too
     from .iglue_world import write_iglue  # it builds on this module
 
-    write_iglue(world, a.out, scenes, a.seed, a.iglue_train or a.train_images, a.iglue_test or 3 * a.test_images)
+    write_iglue(world, a.out, scenes, a.seed, a.iglue_train or 3 * a.train_images, a.iglue_test or 3 * a.test_images)
     with open(os.path.join(a.out, "world.json"), "w") as f:
         json.dump({**vars(a), "num_classes": world.num_classes, "caption_langs": CAPTION_LANGS,
                    "text_langs": TEXT_LANGS}, f, indent=1)

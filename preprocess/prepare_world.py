@@ -9,7 +9,8 @@ they land where real ones do: ``xnli/{lang}/{input0,input1,label}``, ``ntg/{lang
 MILD as a corpus folder of its own, ``DATA/mild_corpus`` (its queries are its ``captions/``, its
 contexts ``mild/{lang}/context``; one DATA folder per corpus, as the importers want). The
 parallel corpus goes through the Moses-style reader of real corpora into ``parallel/en-{xx}``,
-the layout of fairseq's translation task.
+the layout of fairseq's translation task. The IGLUE-style sets (raw/iglue, e-bug/iglue's layout) go through
+m3p-import-regions' LMDB reader and m3p-import-iglue into one task folder per job, ``iglue/{job}``.
 """
 import argparse
 import glob
@@ -19,6 +20,7 @@ import sys
 
 from tqdm import tqdm
 
+from m3p_fairseq.data.region_store import RegionStore
 from m3p_fairseq.errors import M3PInputError, command
 from m3p_fairseq.outputs import check_writable
 
@@ -57,6 +59,7 @@ def prepare(world, data, vocab_size=2000, progress=True):
         os.symlink(os.path.abspath(os.path.join(raw, "dict")), dicts)
     prepare_downstream(world, data)
     prepare_parallel(world, data)
+    prepare_iglue(world, data)
 
 
 MILD_CORPUS = "mild_corpus"
@@ -92,6 +95,116 @@ def prepare_downstream(world, data, xnli_train_langs=("en",)):
         w.close()
         if not os.path.exists(os.path.join(out, "regions")):
             os.symlink(os.path.abspath(os.path.join(world, "regions")), os.path.join(out, "regions"))
+
+
+IGLUE = "iglue"  # DATA/iglue/{xvnli,xgqa,marvl,xflickrco}: one task folder per IGLUE job
+
+
+def _langs(folder):
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) if os.path.isdir(folder) else []
+
+
+def _shots(folder, pattern):
+    """(split, path) of the few-shot files ``pattern`` (``train_*.jsonl``, ``marvl-de_train*.jsonl``) in
+    ``folder``: the split is ``train_{shots}``."""
+    head, tail = pattern.split("*")
+    return [(f"train_{os.path.basename(p)[len(head):-len(tail)].lstrip('_')}", p)
+            for p in sorted(glob.glob(os.path.join(folder, pattern)))]
+
+
+def prepare_iglue(world, data):
+    """raw/iglue (e-bug/iglue's ``datasets/`` layout, volta's LMDB features) -> DATA/iglue/{job}, each a task
+    folder, imported as a user imports IGLUE's own files (README.downstream.md, IGLUE): the pair images
+    through m3p-import-regions' LMDB reader, every annotation file through m3p-import-iglue (called in this
+    process: one interpreter for ~200 splits). The other images are the world's region stores, DATA/regions.
+    Each task folder links DATA/parallel and DATA/dict, so fine-tuning can keep TCL on (iglue.sh
+    KEEP_OBJECTIVES=tcl) and code-switch its English texts (--code-switch)."""
+    from .detectors import convert
+    from .iglue import import_split
+
+    root = os.path.join(world, "raw", IGLUE)
+    if not os.path.isdir(root):
+        return
+    out = os.path.join(data, IGLUE)
+    spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
+    world_store = {s: os.path.join(data, "regions", f"{s}.json") for s in ("train", "valid", "test")}
+
+    def imp(task, path, lang, split, store, **kw):
+        import_split(task, [path], lang, split, os.path.join(out, task), spm_model, dict_path, store, **kw)
+
+    def imp_langs(task, folder, name, split, store, skip=()):
+        for lang in _langs(folder):
+            if lang not in skip and os.path.exists(os.path.join(folder, lang, name)):
+                imp(task, os.path.join(folder, lang, name), lang, split, store)
+
+    # XVNLI: SNLI-VE's English train and dev, each language's test, few-shot and translate-test files
+    ann, mt = os.path.join(root, "XVNLI", "annotations"), os.path.join(root, "XVNLI", "annotations_machine-translate")
+    imp("xvnli", os.path.join(ann, "en", "train.jsonl"), "en", "train", world_store["train"])
+    imp("xvnli", os.path.join(ann, "en", "dev.jsonl"), "en", "valid", world_store["valid"])
+    imp_langs("xvnli", ann, "test.jsonl", "test", world_store["test"])
+    imp_langs("xvnli", mt, "test.jsonl", "test_mt", world_store["test"])
+    for lang in _langs(ann):
+        for split, path in _shots(os.path.join(ann, lang), "train_*.jsonl"):
+            imp("xvnli", path, lang, split, world_store["valid"])
+    # xGQA: GQA's LXMERT-style English train and dev, xGQA's question dicts (its English dev is GQA's dev)
+    gqa, few = os.path.join(root, "gqa", "annotations"), os.path.join(root, "xGQA", "annotations", "few_shot")
+    answers = os.path.join(gqa, "trainval_ans2label.json")
+
+    def gqa_imp(path, lang, split, store):
+        import_split("xgqa", [path], lang, split, os.path.join(out, "xgqa"), spm_model, dict_path, store, answers)
+
+    gqa_imp(os.path.join(gqa, "train.json"), "en", "train", world_store["train"])
+    gqa_imp(os.path.join(gqa, "valid.json"), "en", "valid", world_store["valid"])
+    for lang in _langs(few):
+        gqa_imp(os.path.join(few, lang, "test.json"), lang, "test", world_store["test"])
+        if lang != "en":
+            gqa_imp(os.path.join(few, lang, "dev.json"), lang, "valid", world_store["valid"])
+        for split, path in _shots(os.path.join(few, lang), "train_*.json"):
+            gqa_imp(path, lang, split, world_store["valid"])
+    few_mt = os.path.join(root, "xGQA", "annotations_machine-translate", "few_shot")
+    for lang in _langs(few_mt):
+        gqa_imp(os.path.join(few_mt, lang, "test_gmt.json"), lang, "test_mt", world_store["test"])
+    # NLVR2 -> MaRVL: the pair images' LMDBs into region stores (a MaRVL language's test and few-shot images in
+    # one), then the statements
+    stores = os.path.join(out, "marvl", "features")
+    num_classes = RegionStore(world_store["train"]).num_classes
+
+    def lmdb_store(name, *lmdbs):
+        manifest = os.path.join(stores, f"{name}.json")
+        convert("lmdb", [p for p in lmdbs if os.path.exists(p)], manifest, num_classes=num_classes, progress=False)
+        return manifest
+
+    nlvr2 = lmdb_store("nlvr2", os.path.join(root, "nlvr2", "features", "nlvr2_X101.lmdb"))
+    for name, split in (("train", "train"), ("dev", "valid"), ("test", "test")):
+        imp("marvl", os.path.join(root, "nlvr2", "annotations", f"{name}.jsonl"), "en", split, nlvr2)
+    marvl = os.path.join(root, "marvl")
+    zero = os.path.join(marvl, "zero_shot")
+    for path in sorted(glob.glob(os.path.join(zero, "annotations", "marvl-*.jsonl"))):
+        lang = os.path.basename(path)[len("marvl-"):-len(".jsonl")]
+        store = lmdb_store(f"marvl-{lang}", os.path.join(marvl, "features", f"marvl-{lang}_X101.lmdb"),
+                           os.path.join(marvl, "few_shot", "features", f"marvl-{lang}_X101.lmdb"))
+        imp("marvl", path, lang, "test", store)
+        translated = os.path.join(zero, "annotations_machine-translate", f"marvl-{lang}_gmt.jsonl")
+        if os.path.exists(translated):
+            imp("marvl", translated, lang, "test_mt", store)
+        for split, shot in _shots(os.path.join(marvl, "few_shot", "annotations"), f"marvl-{lang}_train*.jsonl"):
+            imp("marvl", shot, lang, split, store)
+    # Flickr30K -> xFlickr&CO: English train and dev, one caption per test image and language
+    flickr, x = os.path.join(root, "flickr30k", "annotations"), os.path.join(root, "xFlickrCO")
+    imp("xflickrco", os.path.join(flickr, "train_ann.jsonl"), "en", "train", world_store["train"])
+    imp("xflickrco", os.path.join(flickr, "valid_ann.jsonl"), "en", "valid", world_store["valid"])
+    imp_langs("xflickrco", os.path.join(x, "annotations"), "test.jsonl", "test", world_store["test"])
+    imp_langs("xflickrco", os.path.join(x, "annotations_machine-translate"), "test_gmt.jsonl", "test_mt",
+              world_store["test"])
+    for lang in _langs(os.path.join(x, "annotations")):
+        for split, path in _shots(os.path.join(x, "annotations", lang), "train_*.jsonl"):
+            imp("xflickrco", path, lang, split, world_store["valid"])
+    for shared in ("parallel", "dict"):  # (the translation pairs of TCL, the dictionaries of --code-switch)
+        if os.path.isdir(os.path.join(data, shared)):
+            for job in _langs(out):
+                link = os.path.join(out, job, shared)
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join("..", "..", shared), link)
 
 
 def prepare_parallel(world, data):

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 
 import pytest
 
@@ -186,6 +187,85 @@ def test_xnli_and_ntg_with_pre_training_objectives_kept_on(tiny_world, pretraine
     assert set(doc["xnli"]) == {"en", "de"} and all(v["n"] == 72 for v in doc["xnli"].values())
     assert set(doc["ntg"]) == {"en", "de"}
     assert all(0 <= v["right_language"] <= 100 and "bleu4" in v for v in doc["ntg"].values())
+
+
+def _raw_count(path):
+    """Examples of one IGLUE-format file: JSON lines, a question dict or a list."""
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            return sum(1 for line in f if line.strip())
+        return len(json.load(f))
+
+
+def test_world_iglue_import_loads_through_the_tasks_and_trains_beside_tcl(tiny_world, pretrained, tmp_path):
+    """m3p-prepare-world imports the world's IGLUE-style sets (raw/iglue, in e-bug/iglue's layout) into one task
+    folder per job: each split of each language loads through its task (m3p_xvnli, m3p_xgqa, m3p_marvl; xFlickr&CO's
+    captions through m3p_retrieval) with as many examples as its file holds. Then iglue.sh fine-tunes MaRVL beside
+    TCL (KEEP_OBJECTIVES=tcl: the marvl objective's two-image batches and TCL's text batches, one objective per
+    update), keeps the checkpoint best on English dev by marvl_acc, and the IGLUE evaluation reads it zero-shot."""
+    from fairseq import checkpoint_utils, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from .conftest import ROOT
+
+    raw, iglue = os.path.join(tiny_world["world"], "raw", "iglue"), os.path.join(tiny_world["data"], "iglue")
+    assert sorted(os.listdir(iglue)) == ["marvl", "xflickrco", "xgqa", "xvnli"]
+    xv, few = os.path.join(raw, "XVNLI", "annotations"), os.path.join(raw, "xGQA", "annotations", "few_shot")
+    nlvr2, marvl = os.path.join(raw, "nlvr2", "annotations"), os.path.join(raw, "marvl", "zero_shot", "annotations")
+    expected = {
+        "xvnli": {"train.en": f"{xv}/en/train.jsonl", "valid.en": f"{xv}/en/dev.jsonl", "test.zh": f"{xv}/zh/test.jsonl",
+                  "train_5.de": f"{xv}/de/train_5.jsonl",
+                  "test_mt.fr": f"{raw}/XVNLI/annotations_machine-translate/fr/test.jsonl"},
+        "xgqa": {"train.en": f"{raw}/gqa/annotations/train.json", "test.cs": f"{few}/cs/test.json",
+                 "valid.de": f"{few}/de/dev.json", "train_1.ja": f"{few}/ja/train_1.json"},
+        "marvl": {"train.en": f"{nlvr2}/train.jsonl", "valid.en": f"{nlvr2}/dev.jsonl", "test.de": f"{marvl}/marvl-de.jsonl",
+                  "train_10x2.zh": f"{raw}/marvl/few_shot/annotations/marvl-zh_train10x2.jsonl"},
+    }
+    def iglue_task(job, *flags):
+        args = options.parse_args_and_arch(options.get_training_parser(), [
+            os.path.join(iglue, job), "--task", f"m3p_{job}", "--arch", "m3p_tiny", "--criterion", "m3p_iglue", "--cpu",
+            *flags])
+        return tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+
+    for job, splits in expected.items():
+        task = iglue_task(job)
+        for split, path in splits.items():
+            task.load_dataset(split)
+            assert len(task.dataset(split)) == _raw_count(path), (job, split)
+        batch = task.dataset(split).collater([task.dataset(split)[i] for i in range(2)])
+        assert batch["net_input"]["src_tokens"].size(0) == 2 * task.images_per_example
+    # --code-switch: the English training texts switched (the world's dictionaries, linked into the task folder)
+    plain, switched = iglue_task("xvnli"), iglue_task("xvnli", "--code-switch", "--code-switch-langs", "de")
+    for t in (plain, switched):
+        t.load_dataset("train.en")
+        t.load_dataset("valid.en")
+    differ = [not plain.dataset("train.en")[i]["text"].equal(switched.dataset("train.en")[i]["text"]) for i in range(60)]
+    assert 10 < sum(differ) < 60
+    assert all(plain.dataset("valid.en")[i]["text"].equal(switched.dataset("valid.en")[i]["text"]) for i in range(60))
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        os.path.join(iglue, "xflickrco"), "--task", "m3p_retrieval", "--arch", "m3p_tiny", "--criterion",
+        "m3p_retrieval", "--cpu"])
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task.load_dataset("test.de")
+    assert len(task.dataset("test.de")) == _raw_count(f"{raw}/xFlickrCO/annotations/de/test.jsonl")
+
+    out = tmp_path / "out"
+    run(["bash", os.path.join(ROOT, "examples", "m3p", "iglue.sh"), "marvl", "finetune", os.path.join(iglue, "marvl"),
+         pretrained["und"], str(out)],
+        env={"ARCH": "m3p_tiny", "KEEP_OBJECTIVES": "tcl", "KEEP_RATIOS": "1,1", "UPDATES": "4", "VALIDATE_EVERY": "2",
+             "BATCH": "4", "UPDATE_FREQ": "1", "DEVICE": "--cpu", "LOG_INTERVAL": "1"})
+    log = (out / "marvl.log").read_text()
+    per_update = [dict(re.findall(r"(marvl|tcl)_batches=(\d)", line)) for line in re.findall(r"train_inner \|.*", log)]
+    assert len(per_update) == 4 and all(sorted(u.values())[-1:] == ["1"] and list(u.values()).count("1") == 1
+                                        for u in per_update)
+    assert {k for u in per_update for k, v in u.items() if v == "1"} == {"marvl", "tcl"}  # one objective per update
+    # every validation (each 2 updates) counts for checkpoint_best, by the marvl objective's accuracy on English dev
+    accs = [float(a) for a in re.findall(r"\| valid \|.*\| marvl_acc ([\d.]+) \|", log)]
+    assert len(accs) == 2
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(out / "marvl" / "checkpoint_best.pt"))["extra_state"][
+        "val_loss"] == max(accs)
+    doc = json.load(open(out / "results.json"))["iglue"]["marvl"]
+    assert doc["en"]["n"] == _raw_count(f"{nlvr2}/test.jsonl") and doc["chance"] == 50.0
 
 
 def test_mild_with_and_without_context(tiny_world, pretrained, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m3p_fairseq.criterions.iglue import class_loss, num_correct, soft_score_loss
+from m3p_fairseq.objectives import class_loss, num_correct, soft_score_loss
 from m3p_fairseq.evaluation.iglue import retrieval_recall
 from m3p_fairseq.models.iglue_heads import PooledHead
 from preprocess import build_spm

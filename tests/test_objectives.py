@@ -39,7 +39,7 @@ def _same(a, b):
 
 
 def test_the_registry_is_the_one_list():
-    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl", "ret", "xnli"]
+    assert of_kind(UNDERSTANDING) == ["xmlm", "mmlm", "mrm", "vlm", "tlm", "tcl", "ret", "xnli", "xvnli", "xgqa", "marvl"]
     assert of_kind(GENERATION) == ["xdae", "ic", "dic", "ntg"]
     assert set(plot_keys()) >= {"xmlm_loss", "vlm_acc", "mrm_mse", "xdae_loss", "dic_loss"}
     for name, spec in OBJECTIVES.items():

@@ -18,11 +18,17 @@
 #                      -> iglue_few_shot.TASK.{shots}.{lang} (with its lr)
 #       translatetest  CHECKPOINT: the English fine-tuned model. test_mt.{lang}, the test set machine-translated into
 #                      English -> iglue_translate_test.TASK.{lang}
+# KEEP_OBJECTIVES (e.g. tcl, with translation pairs in DATA/parallel): finetune keeps these pre-training objectives on
+# beside the task, one objective per update at KEEP_RATIOS (the task first; multitask_multimodal with the task as an
+# objective: xvnli, xgqa, marvl, or ret for retrieval), the training data still English only; UPDATES then counts the
+# updates of every objective, and the checkpoint is chosen by the task objective's accuracy on English dev
+# (TASK_acc; retrieval: ret_vlm_acc). Few-shot runs train the task alone.
 # Settings (environment): finetune_common.sh's (ARCH, LR, BATCH, UPDATE_FREQ, UPDATES, WARMUP, THREADS, ...), with
 # IGLUE's M3P values as the defaults of each task (lr; batch = BATCH x UPDATE_FREQ; EPOCHS, from which UPDATES is
 # computed over the English training set; AdamW betas (0.9, 0.999), eps 1e-6, weight decay 1e-4, 10% warm-up, clip
-# 1.0); VALID_EVERY (updates between validations, finetune_common.sh's); FEWSHOT_BATCH (IGLUE: 16, MaRVL and
-# xFlickr&CO 2); RESULTS (default OUT/results.json); EVAL_BATCH (pairs per scoring batch).
+# 1.0); VALID_EVERY (updates between validations, finetune_common.sh's); TEST_LANGS (the languages finetune tests
+# its checkpoint on; default en; more: the zeroshot mode's numbers without a second process); FEWSHOT_BATCH (IGLUE:
+# 16, MaRVL and xFlickr&CO 2); RESULTS (default OUT/results.json); EVAL_BATCH (pairs per scoring batch).
 set -euo pipefail
 TASK=$1 MODE=$2 DATA=$3 CHECKPOINT=$4 OUT=$5
 shift 5
@@ -35,14 +41,17 @@ case "$TASK" in  # IGLUE's M3P settings (e-bug/iglue: volta/config_tasks, experi
   wit)       : "${LR:=2e-5}" "${BATCH:=8}" "${UPDATE_FREQ:=8}" "${EPOCHS:=2}" "${FEWSHOT_BATCH:=2}" ;;
   *) echo "iglue.sh: unknown task $TASK (xvnli, xgqa, marvl, xflickrco, wit)" >&2; exit 2 ;;
 esac
+KEEP_OBJECTIVES=${KEEP_OBJECTIVES:-}
 case "$TASK" in
   xflickrco|wit)
-    RETRIEVAL=1 METRIC=${BEST_METRIC:-mR}
+    RETRIEVAL=1 METRIC=${BEST_METRIC:-mR} OBJECTIVE=ret
     TASK_FLAGS=(--task m3p_retrieval --criterion m3p_retrieval --num-negatives 3)
+    KEPT_FLAGS=(--caption-langs en --num-negatives 3 --valid-retrieval-langs en --valid-retrieval-images "${VALID_IMAGES:-100}")
     FOLDER=captions EXT=ids ;;
   *)
-    RETRIEVAL=0 METRIC=${BEST_METRIC:-accuracy}
+    RETRIEVAL=0 METRIC=${BEST_METRIC:-accuracy} OBJECTIVE=$TASK
     TASK_FLAGS=(--task "m3p_$TASK" --criterion m3p_iglue)
+    KEPT_FLAGS=(--train-langs en)
     FOLDER=$TASK EXT=jsonl ;;
 esac
 lines() { cat "$DATA/$FOLDER/$1/$2.$EXT" 2>/dev/null | wc -l; }  # lines LANG SPLIT: its examples (retrieval: captions)
@@ -59,6 +68,9 @@ N_TRAIN=$(lines en train)
 if [ -z "${UPDATES:-}" ] && [ "$MODE" = finetune ]; then
     [ "$N_TRAIN" -gt 0 ] || { echo "iglue.sh: no English training split in $DATA" >&2; exit 1; }
     UPDATES=$(updates_for "$N_TRAIN" "$EPOCHS" $(( BATCH * UPDATE_FREQ )))
+    if [ -n "$KEEP_OBJECTIVES" ] && [ -n "${KEEP_RATIOS:-}" ]; then  # the task's epochs, the kept objectives' share on top
+        UPDATES=$(echo "$KEEP_RATIOS" | awk -F, -v u="$UPDATES" '{ s = 0; for (i = 1; i <= NF; i++) s += $i; print int(u * s / $1 + 0.5) }')
+    fi
 fi
 . "$(dirname "$0")/finetune_common.sh"
 IGLUE_OPTIM=(--adam-betas '(0.9,0.999)' --adam-eps 1e-6 --weight-decay 1e-4)  # after m3p_train's own: these win
@@ -72,9 +84,18 @@ validation() {  # validation SUBSET [MAX_STEPS]: the dev set m3p_train validates
 
 case "$MODE" in
   finetune)
-    m3p_train "$OUT/$TASK" "$METRIC" "${TASK_FLAGS[@]}" --arch "$ARCH" --pretrained-checkpoint "$CHECKPOINT" \
-        --train-subset train.en $(validation valid.en) ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
-    "${EVAL[@]}" --path "$(trained "$OUT/$TASK")" --langs en ;;
+    if [ -n "$KEEP_OBJECTIVES" ]; then
+        # the task as the objective $OBJECTIVE of multitask_multimodal, beside the kept ones; validation on the
+        # objectives' English dev (valid: --train-langs / --caption-langs en), chosen by the task objective's
+        # accuracy (retrieval: recall on the English dev images)
+        METRIC=${BEST_METRIC:-$([ $RETRIEVAL = 1 ] && echo mR || echo "${OBJECTIVE}_acc")}
+        PRETRAINED=$CHECKPOINT m3p_train_kept "$OUT/$TASK" "$METRIC" "$OBJECTIVE" m3p_pretrain "$ARCH" \
+            "${KEPT_FLAGS[@]}" $(validation valid) ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+    else
+        m3p_train "$OUT/$TASK" "$METRIC" "${TASK_FLAGS[@]}" --arch "$ARCH" --pretrained-checkpoint "$CHECKPOINT" \
+            --train-subset train.en $(validation valid.en) ${IGLUE_OPTIM[@]+"${IGLUE_OPTIM[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+    fi
+    "${EVAL[@]}" --path "$(trained "$OUT/$TASK")" --langs "${TEST_LANGS:-en}" ;;
   zeroshot)
     "${EVAL[@]}" --path "$CHECKPOINT" --langs "${LANGS:-$(langs_with test)}" ;;
   translatetest)

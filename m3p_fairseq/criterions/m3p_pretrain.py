@@ -1,6 +1,7 @@
 """The understanding objectives' criterion: each batch carries one objective (``sample["objective"]``),
 whose loss and metrics come from its spec in objectives.py (xMLM / MMLM / TLM masked LM, MRM MSE + CE,
-VLM BCE, TCL contrastive; RET, retrieval fine-tuning as an objective, m3p_retrieval's loss).
+VLM BCE, TCL contrastive; RET, retrieval fine-tuning as an objective, m3p_retrieval's loss; the IGLUE jobs
+xvnli, xgqa, marvl as objectives, m3p_iglue's loss).
 
 Logged metrics are flat sums with the objective as prefix (xmlm_loss, mmlm_loss, mrm_mse, mrm_ce,
 vlm_loss, vlm_acc, with their counts), so ``logging_outputs_can_be_summed`` stays True across
@@ -15,13 +16,13 @@ from omegaconf import II
 
 from ..checkpoints import UNDERSTANDING
 from ..errors import M3PInputError
-from ..objectives import (OBJECTIVES, RetrievalLoss, RetrievalLossConfig, masked_lm_loss, mrm_losses,  # noqa: F401
-                          of_kind, vlm_loss)  # (losses live with their objectives)
+from ..objectives import (OBJECTIVES, IGLUELossConfig, RetrievalLoss, RetrievalLossConfig, masked_lm_loss,  # noqa: F401
+                          mrm_losses, of_kind, vlm_loss)  # (losses live with their objectives)
 from .summed import log_loss_bits, summer
 
 
 @dataclass
-class M3PPretrainCriterionConfig(RetrievalLossConfig):
+class M3PPretrainCriterionConfig(RetrievalLossConfig, IGLUELossConfig):
     mrm_feat_weight: float = field(default=1.0, metadata={"help": "weight of MRM's regression term"})
     mrm_cls_weight: float = field(default=1.0, metadata={"help": "weight of MRM's classification term"})
     tcl_temperature: float = field(default=0.05, metadata={
@@ -32,9 +33,10 @@ class M3PPretrainCriterionConfig(RetrievalLossConfig):
 @register_criterion("m3p_pretrain", dataclass=M3PPretrainCriterionConfig)
 class M3PPretrainCriterion(RetrievalLoss, FairseqCriterion):
     def __init__(self, task, mrm_feat_weight=1.0, mrm_cls_weight=1.0, tcl_temperature=0.05, contrastive_weight=1.0,
-                 temperature=0.05, hard_negatives=0, sentence_avg=False):
+                 temperature=0.05, hard_negatives=0, classification_loss="ce", sentence_avg=False):
         super().__init__(task)
         self.init_retrieval_loss(contrastive_weight, temperature, hard_negatives)  # (ret batches)
+        self.classification_loss = classification_loss  # (xvnli, marvl batches)
         self.mrm_feat_weight, self.mrm_cls_weight, self.tcl_temperature = mrm_feat_weight, mrm_cls_weight, tcl_temperature
         self.pad_idx = task.source_dictionary.pad()
 

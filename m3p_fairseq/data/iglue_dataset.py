@@ -11,17 +11,112 @@ which images a line goes with and what its target is:
 A batch of B examples with K images each is B x K rows, example i in rows K*i .. K*i+K-1: the text
 repeated with each of its images, every image read once (volta's NLVR2 batches: the statement
 encoded with each image separately). Soft targets are a B x A matrix of answer scores.
+
+The jobs (``IGLUE_JOBS``) and ``iglue_dataset`` are the one reader of this data, for the IGLUE tasks
+(tasks/iglue.py) and for the objectives of the same names (objectives.py: fine-tuning with pre-training
+objectives kept on beside, multitask_multimodal ``--objectives xvnli,tcl``).
 """
 import json
+import os
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 import torch
+from fairseq.data import ConcatDataset, PrependTokenDataset
 
 from ..errors import M3PDataError
 from .region_dataset import RegionDataset, text_image_input
+from .region_store import RegionDataError
 from .sized import SizeOrderedDataset
 
 CLASS, SOFT = "class", "soft"  # target kinds
+ANSWERS_FILE = "answers.txt"  # DATA/xgqa/answers.txt: an answer vocabulary, one answer a line, in label order
+
+
+@dataclass(frozen=True)
+class IGLUEJob:
+    """One of IGLUE's understanding jobs: its name (the folder under DATA, the head's, the objective's and the
+    results' name), its head (models/iglue_heads.py), its target, images per example and class names (none:
+    the answer vocabulary in DATA/{name}/answers.txt)."""
+
+    name: str
+    head_kind: str
+    target: str = CLASS
+    images_per_example: int = 1
+    classes: Tuple[str, ...] = ()
+
+    def folder(self, data_path, lang=None):
+        base = os.path.join(data_path, self.name)
+        return base if lang is None else os.path.join(base, lang)
+
+    def labels(self, data_path):
+        """The class names, or the answer vocabulary ``DATA/{name}/answers.txt`` (one line naming it if missing)."""
+        if self.classes:
+            return self.classes
+        path = os.path.join(self.folder(data_path), ANSWERS_FILE)
+        if not os.path.exists(path):
+            raise M3PDataError(f"{path}: the {self.name} answer vocabulary is missing (m3p-import-iglue {self.name} "
+                               f"--answers writes it)")
+        with open(path, encoding="utf-8") as f:
+            labels = tuple(line.rstrip("\n") for line in f)
+        if not labels:
+            raise M3PDataError(f"{path}: no answers")
+        return labels
+
+
+XVNLI = IGLUEJob("xvnli", "classes", classes=("contradiction", "neutral", "entailment"))  # volta's LABEL_MAP order
+XGQA = IGLUEJob("xgqa", "answers", target=SOFT)
+MARVL = IGLUEJob("marvl", "pair", images_per_example=2, classes=("false", "true"))
+IGLUE_JOBS = {job.name: job for job in (XVNLI, XGQA, MARVL)}
+
+
+def langs_with(task, job, split):
+    """The languages that have ``split`` of ``job`` in the task's data (sorted), else one line naming the folder."""
+    base = job.folder(task.data_path())
+    langs = sorted(d for d in os.listdir(base) if os.path.exists(os.path.join(base, d, f"{split}.jsonl"))) \
+        if os.path.isdir(base) else []
+    if not langs:
+        raise M3PDataError(f"{base}: no language has a {split!r} split (m3p-import-iglue {job.name} writes them)")
+    return langs
+
+
+def iglue_examples(task, job, labels, lang, split, seed=1):
+    """The IGLUEDataset of one language's split of ``job``, every line checked (text, image ids, target);
+    ``task`` is any M3P task over the data folder (its dictionary, region stores, text checks, and the
+    code-switching of English training texts with --code-switch, under ``seed``)."""
+    folder = job.folder(task.data_path(), lang)
+    prefix = os.path.join(folder, split)
+    side_path = prefix + ".jsonl"
+    if not os.path.exists(side_path):
+        have = ", ".join(sorted(f[:-6] for f in os.listdir(folder) if f.endswith(".jsonl"))) \
+            if os.path.isdir(folder) else "none"
+        raise M3PDataError(f"{side_path}: no {job.name} {split} split for language {lang!r} (have: {have})")
+    texts = task.load_tokens(prefix, f"{lang} {split} {job.name} texts")
+    task.check_text(prefix, texts, "text")
+    num_answers = len(labels) if job.target == SOFT else None
+    side = SideFile(side_path, job.images_per_example, job.target, num_answers)
+    if len(side) != len(texts):
+        raise M3PDataError(f"{side_path}: {len(side)} lines for {len(texts)} texts in {prefix}.bin")
+    if job.target == CLASS and len(side) and not (0 <= side.labels.min() and side.labels.max() < len(labels)):
+        bad = int(np.nonzero((side.labels < 0) | (side.labels >= len(labels)))[0][0])
+        raise M3PDataError(f"{side_path}: line {bad + 1}: label {side.labels[bad]} is not one of 0..{len(labels) - 1}")
+    try:
+        store = task.region_store(split, lang)
+        rows = store.indices_of(side.image_ids.reshape(-1), source=side_path).reshape(side.image_ids.shape)
+    except RegionDataError as e:
+        raise M3PDataError(str(e))
+    # <s> text </s>, as XLM-R reads a sentence
+    texts = task.code_switched(PrependTokenDataset(texts, task.dictionary.bos()), lang, split, seed)
+    return IGLUEDataset(texts, rows, task.region_dataset(split, lang), side, task.dictionary.pad(), job.target,
+                        num_answers)
+
+
+def iglue_dataset(task, job, labels, split, langs, seed=1):
+    """``split`` of ``job`` in each of ``langs``, concatenated (languages may have region stores of their own:
+    each part reads its regions, and a batch's items carry them)."""
+    parts = [iglue_examples(task, job, labels, lang, split, seed) for lang in langs]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def side_record(example_id, images, label=None, answers=None):

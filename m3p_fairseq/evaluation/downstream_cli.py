@@ -151,7 +151,7 @@ def iglue(a, model, task, device, staging):
     """Accuracy (XVNLI, xGQA, MaRVL) or R@1 both ways (xFlickr&CO, WIT) per language, with the task's levels."""
     from .iglue import evaluate, fine_tuned_for, langs_with, line
 
-    fine_tuned_for(a.job, task, a.path)
+    task = fine_tuned_for(a.job, task, a.path)
     langs = a.langs or langs_with(a.job, task, a.split)
     metrics = evaluate(a.job, model, task, langs, a.split, a.batch_size, device, progress=bar)
     for lang in langs:

@@ -25,14 +25,15 @@ import os
 import numpy as np
 import torch
 
-from ..criterions.iglue import iglue_logits, num_correct
-from ..data.iglue_dataset import SOFT, SideFile
+from ..data.iglue_dataset import IGLUE_JOBS, SOFT, SideFile
 from ..errors import M3PInputError
+from ..objectives import iglue_logits, num_correct
+from ..tasks.iglue import iglue_task_of
 from .results import load_results, set_result, write_results
 from .retrieval import chance_recall, language_split, merge_shards, recall_at_k, score_pairs
 
 RETRIEVAL_JOBS = ("xflickrco", "wit")
-CLASSIFICATION_JOBS = ("xvnli", "xgqa", "marvl")  # tasks/iglue.py: m3p_{job}
+CLASSIFICATION_JOBS = tuple(IGLUE_JOBS)  # tasks/iglue.py: m3p_{job}
 JOBS = CLASSIFICATION_JOBS + RETRIEVAL_JOBS
 CHANCE = {"xvnli": 100.0 / 3, "marvl": 50.0}  # xGQA's level is its majority answer's
 ENGLISH = "en"
@@ -47,7 +48,7 @@ def accuracy(model, task, dataset, batch_size=64, device="cpu", progress=None):
     correct, total = 0.0, 0
     for sample in (progress(itr) if progress else itr):
         net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
-        logits = iglue_logits(model, task, net_input).float().cpu()
+        logits = iglue_logits(model, task.head_name, net_input).float().cpu()
         correct += float(num_correct(logits, sample["target"]))
         total += len(sample["target"])
     return {"acc": round(100.0 * correct / max(total, 1), 2), "n": total}
@@ -86,10 +87,11 @@ def majority(task, langs, split, train_split="train"):
 
 
 def fine_tuned_for(job, task, checkpoint="the checkpoint"):
-    """``task`` (the checkpoint's), checked to be the classification job's: its head is the one to evaluate."""
-    if job in CLASSIFICATION_JOBS and getattr(task, "name", None) != job:
-        raise M3PInputError(f"{checkpoint}: fine-tuned for {getattr(task, 'name', None) or task.cfg._name}, not {job} "
-                            f"(fine-tune it with --task m3p_{job})")
+    """The task that evaluates ``job`` with the checkpoint's model: for a classification job, its IGLUE task over
+    the checkpoint's data (tasks/iglue.py ``iglue_task_of``: the checkpoint's own task, or the job's task when it
+    was trained as an objective beside others); retrieval reads captions through any task."""
+    if job in CLASSIFICATION_JOBS:
+        return iglue_task_of(job, task, checkpoint)
     return task
 
 
@@ -121,7 +123,7 @@ def evaluate(job, model, task, langs, split="test", batch_size=64, device="cpu",
         if len(chances) == 1:
             out["chance_r1"] = chances.pop()
         return out
-    fine_tuned_for(job, task)
+    task = fine_tuned_for(job, task)
     for lang in langs:
         name = f"{split}.{lang}"
         task.load_dataset(name)

@@ -112,8 +112,13 @@ class M3PTaskBase(FairseqTask):
         self.model_langs = None  # the languages of the model's language embedding, once it is built
         self._dev_metric = False  # built on first use (build_dev_metric)
         self.region_feat_dim = self.num_region_classes = None
-        if os.path.exists(self.region_manifest("train")):
-            store = self.region_store("train")
+        # the region sizes a new model takes: of regions/train.json, else of any store of the data's (an IGLUE
+        # task folder has a store per split and language, regions/train.en.json)
+        base = os.path.dirname(self.region_manifest("train"))
+        found = [self.region_manifest("train")] if os.path.exists(self.region_manifest("train")) else \
+            sorted(os.path.join(base, f) for f in os.listdir(base) if f.endswith(".json")) if os.path.isdir(base) else []
+        if found:
+            store = self.store_at(found[0])
             self.region_feat_dim, self.num_region_classes = store.feat_dim, store.num_classes
 
     @classmethod

@@ -27,17 +27,14 @@ other plain split every language that has it (or --eval-langs). The retrieval jo
 xFlickr&CO, WIT) are the ``m3p_retrieval`` task on ``captions/`` (see ``evaluation/iglue.py``).
 """
 import logging
-import os
 from dataclasses import dataclass, field
 
-import numpy as np
-from fairseq.data import ConcatDataset, PrependTokenDataset
 from fairseq.tasks import register_task
 
 from ..checkpoints import UNDERSTANDING
-from ..data.iglue_dataset import CLASS, SOFT, IGLUEDataset, SideFile
-from ..data.region_store import RegionDataError
-from ..errors import M3PDataError
+from ..data.code_switch import CodeSwitchConfig
+from ..data.iglue_dataset import IGLUE_JOBS, MARVL, XGQA, XVNLI, iglue_dataset, langs_with
+from ..errors import M3PInputError
 from ..models.iglue_heads import add_iglue_head
 from ..utils import split_list
 from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
@@ -46,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class IGLUEConfig(M3PDataConfig, PretrainedConfig):
+class IGLUEConfig(M3PDataConfig, PretrainedConfig, CodeSwitchConfig):
     train_langs: str = field(default="en", metadata={
         "help": "languages of the training splits (IGLUE: English; few-shot: the target language)"})
     eval_langs: str = field(default="", metadata={
@@ -54,111 +51,66 @@ class IGLUEConfig(M3PDataConfig, PretrainedConfig):
 
 
 class IGLUETaskBase(M3PTaskBase):
-    """An IGLUE job: texts with one or two images each, a head on the pooled output, accuracy."""
+    """An IGLUE job (data/iglue_dataset.py's ``IGLUEJob``): texts with one or two images each, a head on the
+    pooled output, accuracy."""
 
     model_kind = UNDERSTANDING
-    name = None  # the job's name: the folder under DATA, the head's name, the results key
-    head_kind = None  # models/iglue_heads.py
-    target = CLASS
-    images_per_example = 1
-    labels = ()  # class names by index (CLASS targets)
+    job = None
 
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
-        if self.region_feat_dim is None:  # no regions/train.json: the sizes come from any of the data's stores
-            base = cfg.regions_dir or os.path.join(self.data_path(), "regions")
-            found = sorted(f for f in os.listdir(base) if f.endswith(".json")) if os.path.isdir(base) else []
-            if found:
-                store = self.store_at(os.path.join(base, found[0]))
-                self.region_feat_dim, self.num_region_classes = store.feat_dim, store.num_classes
+        self.labels = self.job.labels(self.data_path())  # class names by index, or xGQA's answers
+
+    # the job's name is the folder under DATA, the head's name and the results key
+    name = property(lambda self: self.job.name)
+    head_name = name
+    target = property(lambda self: self.job.target)
+    images_per_example = property(lambda self: self.job.images_per_example)
 
     def criterions(self):
         return ("m3p_iglue",)
 
-    @property
-    def head_name(self):
-        return self.name
-
     def num_classes(self):
         return len(self.labels)
 
+    def num_answers(self):
+        return len(self.labels) if self.job is XGQA else None
+
     def build_model(self, cfg, from_checkpoint=False):
         return super().build_model(cfg, from_checkpoint, prepare=lambda model: add_iglue_head(
-            model, self.head_name, self.head_kind, self.num_classes()))
+            model, self.head_name, self.job.head_kind, self.num_classes()))
 
     def folder(self, lang=None):
-        base = os.path.join(self.data_path(), self.name)
-        return base if lang is None else os.path.join(base, lang)
+        return self.job.folder(self.data_path(), lang)
 
     def langs_with(self, split):
         """The languages that have ``split`` (sorted), else one line naming the folder."""
-        base = self.folder()
-        langs = sorted(d for d in os.listdir(base) if os.path.exists(os.path.join(base, d, f"{split}.jsonl"))) \
-            if os.path.isdir(base) else []
-        if not langs:
-            raise M3PDataError(f"{base}: no language has a {split!r} split (m3p-import-iglue {self.name} writes them)")
-        return langs
+        return langs_with(self, self.job, split)
 
     def default_langs(self, split):
         if split.startswith("train"):
             return split_list(self.cfg.train_langs)
         return split_list(self.cfg.eval_langs) or self.langs_with(split)
 
-    def examples(self, lang, split):
-        """The IGLUEDataset of one language's split, every line checked (text, image ids, target)."""
-        prefix = os.path.join(self.folder(lang), split)
-        side_path = prefix + ".jsonl"
-        if not os.path.exists(side_path):
-            have = ", ".join(sorted(f[:-6] for f in os.listdir(self.folder(lang)) if f.endswith(".jsonl"))) \
-                if os.path.isdir(self.folder(lang)) else "none"
-            raise M3PDataError(f"{side_path}: no {self.name} {split} split for language {lang!r} (have: {have})")
-        texts = self.load_tokens(prefix, f"{lang} {split} {self.name} texts")
-        self.check_text(prefix, texts, "text")
-        side = SideFile(side_path, self.images_per_example, self.target, self.num_answers())
-        if len(side) != len(texts):
-            raise M3PDataError(f"{side_path}: {len(side)} lines for {len(texts)} texts in {prefix}.bin")
-        if self.target == CLASS and len(side) and not (0 <= side.labels.min() and side.labels.max() < len(self.labels)):
-            bad = int(np.nonzero((side.labels < 0) | (side.labels >= len(self.labels)))[0][0])
-            raise M3PDataError(f"{side_path}: line {bad + 1}: label {side.labels[bad]} is not one of 0..{len(self.labels) - 1}")
-        try:
-            store = self.region_store(split, lang)
-            rows = store.indices_of(side.image_ids.reshape(-1), source=side_path).reshape(side.image_ids.shape)
-        except RegionDataError as e:
-            raise M3PDataError(str(e))
-        # <s> text </s>, as XLM-R reads a sentence
-        return IGLUEDataset(PrependTokenDataset(texts, self.dictionary.bos()), rows, self.region_dataset(split, lang),
-                            side, self.dictionary.pad(), self.target, self.num_answers())
-
-    def num_answers(self):
-        return None
-
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         base, langs = split_and_langs(split, [])
         langs = langs or self.default_langs(base)
-        parts = [self.examples(lang, base) for lang in langs]
-        # languages may have stores of their own: each part reads its regions, and a batch's items carry them
-        self.datasets[split] = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        logger.info(f"{split}: {sum(len(p) for p in parts)} {self.name} examples ({','.join(langs)})")
+        self.datasets[split] = dataset = iglue_dataset(self, self.job, self.labels, base, langs, self.cfg.seed)
+        logger.info(f"{split}: {len(dataset)} {self.name} examples ({','.join(langs)})")
 
 
 @register_task("m3p_xvnli", dataclass=IGLUEConfig)
 class M3PXVNLITask(IGLUETaskBase):
     """SNLI-VE -> XVNLI: does the image entail, contradict or leave open the hypothesis?"""
 
-    name, head_kind = "xvnli", "classes"
-    labels = ("contradiction", "neutral", "entailment")  # volta's LABEL_MAP order
+    job = XVNLI
 
 
 @register_task("m3p_marvl", dataclass=IGLUEConfig)
 class M3PMaRVLTask(IGLUETaskBase):
     """NLVR2 -> MaRVL: is the statement true of the pair of images (left, right)?"""
 
-    name, head_kind = "marvl", "pair"
-    labels = ("false", "true")
-    images_per_example = 2
-
-
-ANSWERS_FILE = "answers.txt"
+    job = MARVL
 
 
 @register_task("m3p_xgqa", dataclass=IGLUEConfig)
@@ -166,18 +118,21 @@ class M3PXGQATask(IGLUETaskBase):
     """GQA -> xGQA: the answer to a question about the image, out of the answer vocabulary
     (``DATA/xgqa/answers.txt``, IGLUE's ``trainval_ans2label``: 1,842 answers)."""
 
-    name, head_kind = "xgqa", "answers"
-    target = SOFT
+    job = XGQA
 
-    def __init__(self, cfg, dictionary):
-        super().__init__(cfg, dictionary)
-        path = os.path.join(self.folder(), ANSWERS_FILE)
-        if not os.path.exists(path):
-            raise M3PDataError(f"{path}: the xGQA answer vocabulary is missing (m3p-import-iglue xgqa --answers writes it)")
-        with open(path, encoding="utf-8") as f:
-            self.labels = tuple(line.rstrip("\n") for line in f)
-        if not self.labels:
-            raise M3PDataError(f"{path}: no answers")
 
-    def num_answers(self):
-        return len(self.labels)
+IGLUE_TASKS = {cls.job.name: cls for cls in (M3PXVNLITask, M3PXGQATask, M3PMaRVLTask)}
+assert set(IGLUE_TASKS) == set(IGLUE_JOBS)
+
+
+def iglue_task_of(job, task, checkpoint="the checkpoint"):
+    """The IGLUE task of ``job`` that reads ``task``'s data: ``task`` itself when it is that job's; when ``task``
+    trained ``job`` as an objective beside others (multitask_multimodal ``--objectives xvnli,tcl``), the job's
+    task over the same settings (its head is the model's head of that name)."""
+    if isinstance(task, IGLUETaskBase) and task.name == job:
+        return task
+    if job in getattr(task, "objectives", ()):
+        return IGLUE_TASKS[job](task.cfg, task.dictionary)
+    have = getattr(task, "name", None) or task.cfg._name
+    raise M3PInputError(f"{checkpoint}: fine-tuned for {have}, not {job} (fine-tune it with --task m3p_{job}, or "
+                        f"with the {job} objective)")

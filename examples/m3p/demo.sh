@@ -26,7 +26,7 @@ m3p-prepare-world "$OUT/world" "$OUT/data"
 # models 1.3-1.6x; two independent runs use both cores fully): M3P's understanding model, pre-trained from the
 # stand-in, then its English retrieval fine-tuning, in one; the generation model, converted from the stand-in
 # and pre-trained (captions, MMT, captioning, NTG), then zero-shot retrieval, XNLI, the other retrieval
-# strategies and IGLUE once the understanding model is there, in the other. Each lane writes its own results
+# strategies and IGLUE's tasks once the understanding model is there, in the other. Each lane writes its own results
 # file under OUT/downstream; they are merged into OUT/results.json at the end.
 DOWN="$OUT/downstream"
 mkdir -p "$DOWN"
@@ -113,6 +113,10 @@ generation_lane() {
 
     echo "== 7c. the other understanding tasks (XNLI, retrieval strategies, code-switching)" >&2
     PART=understanding RESULTS="$DOWN/results.understanding.json" "${DOWNSTREAM[@]}"
+
+    echo "== 7d. IGLUE on the world's sets: XVNLI, xGQA, MaRVL, xFlickr&CO fine-tuned on English, tested in every" \
+         "caption language" >&2
+    PART=iglue RESULTS="$DOWN/results.iglue.json" "${DOWNSTREAM[@]}"
 }
 # a failed step stops the lanes still running: each lane is a process group of its own (set -m)
 lanes=()
@@ -153,7 +157,7 @@ grep -h "^== " "$OUT/lane_english.log" >&2 || true
 lane_failed() { echo "demo: the $1 lane failed, see $OUT/lane_$1.log" >&2; tail -n 5 "$OUT/lane_$1.log" >&2; exit 1; }
 wait $pid_gen || lane_failed generation
 grep -h "^== " "$OUT/lane_generation.log" >&2 || true
-python -m m3p_fairseq.evaluation.results "$OUT/results.json" "$DOWN"/results.{understanding,english,generation}.json
+python -m m3p_fairseq.evaluation.results "$OUT/results.json" "$DOWN"/results.{understanding,english,generation,iglue}.json
 python -m m3p_fairseq.evaluation.transfer "$OUT/results.json"
 
 echo "== 8. tables and pictures" >&2

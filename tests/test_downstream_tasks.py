@@ -246,13 +246,14 @@ def test_world_iglue_import_loads_through_the_tasks_and_trains_beside_tcl(tiny_w
         os.path.join(iglue, "xflickrco"), "--task", "m3p_retrieval", "--arch", "m3p_tiny", "--criterion",
         "m3p_retrieval", "--cpu"])
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-    task.load_dataset("test.de")
-    assert len(task.dataset("test.de")) == _raw_count(f"{raw}/xFlickrCO/annotations/de/test.jsonl")
+    task.load_dataset("test.de")  # the loss's pairs, beside the recall's query batches (evaluation/validation.py)
+    pairs = task.dataset("test.de").datasets[0]
+    assert len(pairs) == _raw_count(f"{raw}/xFlickrCO/annotations/de/test.jsonl")
 
     out = tmp_path / "out"
     run(["bash", os.path.join(ROOT, "examples", "m3p", "iglue.sh"), "marvl", "finetune", os.path.join(iglue, "marvl"),
          pretrained["und"], str(out)],
-        env={"ARCH": "m3p_tiny", "KEEP_OBJECTIVES": "tcl", "KEEP_RATIOS": "1,1", "UPDATES": "4", "VALIDATE_EVERY": "2",
+        env={"ARCH": "m3p_tiny", "KEEP_OBJECTIVES": "tcl", "KEEP_RATIOS": "1,1", "UPDATES": "4", "VALID_EVERY": "2",
              "BATCH": "4", "UPDATE_FREQ": "1", "DEVICE": "--cpu", "LOG_INTERVAL": "1"})
     log = (out / "marvl.log").read_text()
     per_update = [dict(re.findall(r"(marvl|tcl)_batches=(\d)", line)) for line in re.findall(r"train_inner \|.*", log)]

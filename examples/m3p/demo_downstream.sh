@@ -12,10 +12,10 @@
 # checkpoints and logs stay in OUT/downstream. Without a generation checkpoint the generation tasks are
 # skipped (said on stderr).
 #
-# Four parts: english (retrieval fine-tuned on English + two-stage), understanding (XNLI and the
-# other retrieval strategies), generation (MMT, captioning, NTG), iglue (IGLUE's tasks on the world's
-# DATA/iglue). PART=english|understanding|generation|iglue runs one of them in this process, its numbers
-# merged into RESULTS (default OUT/results.json): demo.sh runs them in its two lanes. PART=all (default)
+# Four parts: english (retrieval fine-tuned on English + two-stage), understanding (xnli, then strategies:
+# the other retrieval strategies), generation (MMT, captioning, NTG), iglue (IGLUE's tasks on the world's
+# DATA/iglue, IGLUE_TASKS of them). PART=english|understanding|xnli|strategies|generation|iglue runs one of them
+# in this process, its numbers merged into RESULTS (default OUT/results.json): demo.sh runs them in its two lanes. PART=all (default)
 # runs them all in two lanes of one thread each (english then generation, and understanding then iglue;
 # LANES=1: one after the other, 2 threads; LANE_THREADS overrides), each part writing its own file, merged
 # into OUT/results.json at the end. Budgets
@@ -49,7 +49,7 @@ XNLI_KEEP_RATIOS=${XNLI_KEEP_RATIOS:-2,1,1}
 XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 3000 || echo 1500)}
 XNLI_FLAGS=${XNLI_FLAGS---code-switch}
 MMT_UPDATES=${MMT_UPDATES:-300}
-NTG_UPDATES=${NTG_UPDATES:-400}
+NTG_UPDATES=${NTG_UPDATES:-600}
 # NTG on English: each news body code-switched with its title into one language (NTG_FLAGS; README.downstream.md,
 # "XNLI and NTG")
 NTG_FLAGS=${NTG_FLAGS---code-switch --code-switch-one-language}
@@ -104,14 +104,19 @@ generation() {  # generation SCRIPT UPDATES [VAR=value ...] [-- fairseq-train fl
 
 # the parts: each can run alone (PART=...), writing into RESULTS; demo.sh runs them in its lanes
 part_english() {
-    # (its evaluation runs last in the demo, when the other lane is done: two threads)
     retrieval finetune_en "$EN_UPDATES" COMPARE_FULL=1 LR="$EN_LR" KEEP_OBJECTIVES="$EN_KEEP" \
-        KEEP_RATIOS="$EN_KEEP_RATIOS" EVAL_THREADS="${EN_EVAL_THREADS:-2}"
+        KEEP_RATIOS="$EN_KEEP_RATIOS" EVAL_THREADS="${EN_EVAL_THREADS:-$THREADS}"
 }
-part_understanding() {
+part_understanding() {  # XNLI, then the other retrieval strategies
+    part_xnli
+    part_strategies
+}
+part_xnli() {
     step "xnli ($XNLI_UPDATES updates${XNLI_KEEP:+, $XNLI_KEEP kept on at $XNLI_KEEP_RATIOS})"
     env LR=${XNLI_LR:-1e-3} BATCH=32 WARMUP=30 UPDATES="$XNLI_UPDATES" KEEP_OBJECTIVES="$XNLI_KEEP" \
         KEEP_RATIOS="$XNLI_KEEP_RATIOS" "$HERE/xnli.sh" "$DATA" "$UND_CKPT" "$DOWN" $XNLI_FLAGS
+}
+part_strategies() {  # the paper's retrieval strategies beside finetune_en, code-switching, MILD (MILD=1)
     retrieval code_switching "$RET_UPDATES" LANGS=de,fr,cs,ja,zh VALID_EVERY=75 VALID_IMAGES=50
     # code-switching in pre-training instead: continue it with switched English captions, then zero-shot
     retrieval zero_shot_code_switched "$CS_PRETRAIN_UPDATES" LANGS=en,de,fr,cs,ja,zh BATCH=64 LR=1e-3 \
@@ -144,13 +149,14 @@ part_generation() {
 }
 
 case "$PART" in
-  english|understanding|generation|iglue)
+  english|understanding|xnli|strategies|generation|iglue)
     LANE=$PART; export RESULTS=${RESULTS:-$OUT/results.json}
     "part_$PART"
     echo "== downstream [$PART] done in $(( SECONDS - START )) s" >&2
     exit 0 ;;
   all) ;;
-  *) echo "demo_downstream: PART=$PART: one of all, english, understanding, generation, iglue" >&2; exit 2 ;;
+  *) echo "demo_downstream: PART=$PART: one of all, english, understanding (= xnli + strategies), generation, iglue" >&2
+     exit 2 ;;
 esac
 
 rm -f "$DOWN"/results.*.json  # a previous run's lanes must not merge into this one

@@ -281,7 +281,7 @@ def test_large_import_parity_and_training(tmp_path, tiny_world):
     assert err < 1e-4 and (logits - ref_logits).abs().max().item() < 1e-4
     del hub, hf
 
-    updates = 4
+    updates = 8
     res = run(["fairseq-train", data, "--user-dir", "m3p_fairseq", "--task", "multitask_multimodal",
                "--arch", "m3p_large", "--encoder-layers", str(LARGE_LAYERS), "--criterion", "m3p_pretrain",
                "--objective-ratios", "1,1,1,1", "--checkpoint-activations",

@@ -69,6 +69,11 @@ def english_meaning(sentence):
         name, verb, digit, colour, obj, today = toks
         assert today == "today" and verb in ("has", "sees") and digit.isdigit()
         return "statement", (name, verb, digit, colour, obj)
+    if "and" in toks:  # two facts: "a red dog left of a blue cat and a green bird above a pink tree"
+        cut = toks.index("and")
+        first, second = (english_meaning(" ".join(part)) for part in (toks[:cut], toks[cut + 1:]))
+        assert first[0] == second[0] == "scene"
+        return "facts", (first[1], second[1])
     # "a red dog left of a blue cat"
     a1, c1, o1, *rel, a2, c2, o2 = toks
     assert a1 == a2 == "a" and {c1, c2} <= set(COLOURS) and {o1, o2} <= set(OBJECTS)
@@ -97,7 +102,8 @@ def test_world_pairs_are_translations(tiny_world):
             for e, x in zip(en, xx):
                 kind, concepts = english_meaning(e)
                 assert say(lex, lang, (kind, concepts)) == x, (lang, e, x)
-                words = [lex[lang][c] if c in lex[lang] else c for c in concepts]  # names, digits: shared
+                flat = [c for fact in concepts for c in fact] if kind == "facts" else concepts
+                words = [lex[lang][c] if c in lex[lang] else c for c in flat]  # names, digits: shared
                 assert all(w in x for w in words), (lang, e, x)
 
 

@@ -56,12 +56,12 @@ def _count_lines(path):
 
 def run_fairseq_preprocess(argv, what):
     """fairseq-preprocess in this process (its command line, without a new interpreter per folder)."""
+    root = logging.getLogger()
+    level = root.level  # before fairseq_cli.preprocess's import, which sets the root logger's level
     from fairseq import options
     from fairseq_cli import preprocess
 
     args = options.get_preprocessing_parser().parse_args(argv)
-    root = logging.getLogger()
-    level = root.level
     try:
         preprocess.main(args)
     except Exception as e:  # fairseq raises bare exceptions; keep one line naming the folder

@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${OUT:-demo-output}
 TEXT_UPDATES=${TEXT_UPDATES:-1700}  # the stand-in for XLM-R
 UPDATES=${UPDATES:-3000}            # M3P's pre-training
-VALID_EVERY_PRETRAIN=${VALID_EVERY_PRETRAIN:-750}  # its zero-shot retrieval validation (0: none)
+VALID_EVERY_PRETRAIN=${VALID_EVERY_PRETRAIN:-1000}  # its zero-shot retrieval validation (0: none)
 LANE_THREADS=${LANE_THREADS:-1}  # threads per training run; two run side by side from step 3b on
 PRETRAIN_CLIP_NORM=${PRETRAIN_CLIP_NORM:-1.0}
 mkdir -p "$OUT"

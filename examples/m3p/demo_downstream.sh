@@ -35,8 +35,8 @@ RET_UPDATES=${RET_UPDATES:-150}             # code_switching, finetune_all
 # fine-tuning otherwise wipes the tiny model's cross-lingual alignment out (README.downstream.md); empty: off
 EN_KEEP=${EN_KEEP-$([ -d "$DATA/parallel" ] && echo tcl || true)}
 EN_KEEP_RATIOS=${EN_KEEP_RATIOS:-1,1}
-# finetune_en (+ two-stage), the updates of every objective together (at 1:1, 1,500 of retrieval either way)
-EN_UPDATES=${EN_UPDATES:-$([ -n "$EN_KEEP" ] && echo 3000 || echo 1500)}
+# finetune_en (+ two-stage), the updates of every objective together (at 1:1, 1,200 of retrieval; 1,500 alone)
+EN_UPDATES=${EN_UPDATES:-$([ -n "$EN_KEEP" ] && echo 2400 || echo 1500)}
 EN_LR=${EN_LR:-1e-3}                        # finetune_en's peak rate (the short runs: RET_LR, 2e-3)
 EACH_UPDATES=${EACH_UPDATES:-150}           # finetune_each, per language
 EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (examples/m3p/retrieval.sh does all)
@@ -46,7 +46,7 @@ CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with c
 # the updates of every objective
 XNLI_KEEP=${XNLI_KEEP-$([ -d "$DATA/parallel" ] && echo tlm,tcl || true)}
 XNLI_KEEP_RATIOS=${XNLI_KEEP_RATIOS:-2,1,1}
-XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 3000 || echo 1500)}
+XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 2500 || echo 1500)}
 XNLI_FLAGS=${XNLI_FLAGS---code-switch}
 MMT_UPDATES=${MMT_UPDATES:-300}
 NTG_UPDATES=${NTG_UPDATES:-600}

@@ -130,8 +130,16 @@ def build_model(data_dir, dims: Dims):
         raise WeightImportError(f"hidden size {dims.embed_dim} is not a multiple of {dims.heads} attention heads")
     args = model_args(data_dir, dims)
     task = tasks.setup_task(args)
-    model = task.build_model(args)
-    return args, task, model
+    return args, task, _seeded_build(task, args)
+
+
+def _seeded_build(task, args):
+    """The model, its new parameters (those no source weight fills) drawn from fairseq's --seed (default 1),
+    as fairseq-train draws them: a conversion writes the same file each time; the caller's RNG is restored."""
+    from fairseq import utils
+
+    with utils.set_torch_seed(args.seed):
+        return task.build_model(args)
 
 
 def build_generation_model(data_dir, dims: Dims, langs):
@@ -153,7 +161,7 @@ def build_generation_model(data_dir, dims: Dims, langs):
     if dims.normalize_before:
         argv.append("--encoder-normalize-before")
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    return args, tasks.setup_task(args).build_model(args)
+    return args, _seeded_build(tasks.setup_task(args), args)
 
 
 def load_strict(model, state, source):

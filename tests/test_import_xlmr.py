@@ -144,6 +144,14 @@ def test_generation_mode_encoder_parity_and_ties(tmp_path, spm_dir):
     err = (out_enc - ref)[mask].abs().max().item()
     print(f"generation-mode encoder parity: max abs error {err:.2e}")
     assert err < 1e-4
+    # the new parameters (cross-attention) come from fairseq's --seed: the same conversion writes the same
+    # model, and the caller's random state is left as it was
+    state = torch.random.get_rng_state()
+    main([str(tmp_path / "hf"), str(tmp_path / "gen2"), "--generation", "--langs", "en,de"])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first, second = (torch.load(str(d / "model.pt"), weights_only=False)["model"] for d in (out, tmp_path / "gen2"))
+    assert first.keys() == second.keys() and any("encoder_attn" in k for k in first)
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_hub_encode_decode_round_trip(tmp_path, spm_dir):

@@ -574,13 +574,19 @@ def generation_step(criterion, model, sample):
 
 # ---- metrics ---------------------------------------------------------------------------------------
 
+def log_token_metrics(total, prefix, count, loss, loss_out="loss"):
+    """``{prefix}{loss_out}`` (``{prefix}{loss}`` in bits per ``{prefix}{count}``), its perplexity ``{prefix}ppl`` and
+    ``{prefix}acc``, the tokens predicted right (``{prefix}ncorrect``): masked LM and generation alike."""
+    n = total(prefix + count)
+    if n > 0:
+        metrics.log_scalar(prefix + loss_out, total(prefix + loss) / n / LN2, n, round=3)
+        metrics.log_derived(prefix + "ppl", lambda m: utils.get_perplexity(m[prefix + loss_out].avg))
+        metrics.log_scalar(prefix + "acc", 100.0 * total(prefix + "ncorrect") / n, n, round=2)
+
+
 def _reduce_masked_lm(name, total):
     """``{name}_loss`` (bits per masked token), its perplexity, and ``{name}_acc``: masked tokens predicted right."""
-    n = total(f"{name}_n")
-    if n > 0:
-        metrics.log_scalar(f"{name}_loss", total(f"{name}_loss") / n / LN2, n, round=3)
-        metrics.log_derived(f"{name}_ppl", lambda m: utils.get_perplexity(m[f"{name}_loss"].avg))
-        metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_ncorrect") / n, n, round=2)
+    log_token_metrics(total, f"{name}_", "n", "loss")
 
 
 def _reduce_mrm(name, total):
@@ -601,11 +607,7 @@ def reduce_loss_and_accuracy(prefix, total):
 
 def _reduce_generation(name, total):
     """``{name}_loss``: NLL in bits per target token, with its perplexity and token accuracy."""
-    n = total(f"{name}_ntokens")
-    if n > 0:
-        metrics.log_scalar(f"{name}_loss", total(f"{name}_nll_loss") / n / LN2, n, round=3)
-        metrics.log_derived(f"{name}_ppl", lambda m: utils.get_perplexity(m[f"{name}_loss"].avg))
-        metrics.log_scalar(f"{name}_acc", 100.0 * total(f"{name}_ncorrect") / n, n, round=2)
+    log_token_metrics(total, f"{name}_", "ntokens", "nll_loss")
 
 
 # ---- the objectives --------------------------------------------------------------------------------

@@ -7,17 +7,15 @@ over the target tokens. Metrics are flat sums, also prefixed by a pre-training b
 (``xdae_loss``, ``ic_acc``, ...), so ``logging_outputs_can_be_summed`` stays True and each
 objective's loss (bits per token), perplexity and accuracy show separately.
 """
-import math
 from dataclasses import dataclass, field
 
-from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from ..checkpoints import GENERATION
 from ..errors import M3PInputError
-from ..objectives import OBJECTIVES, generation_step, of_kind
+from ..objectives import OBJECTIVES, generation_step, log_token_metrics, of_kind
 from .summed import log_loss_bits, summer
 
 
@@ -49,11 +47,7 @@ class M3PGenerationCriterion(FairseqCriterion):
     def reduce_metrics(logging_outputs) -> None:
         total = summer(logging_outputs)
         log_loss_bits(total)
-        ntokens = total("ntokens")
-        if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
-            metrics.log_scalar("acc", 100.0 * total("ncorrect") / ntokens, ntokens, round=2)
+        log_token_metrics(total, "", "ntokens", "nll_loss", loss_out="nll_loss")
         for name in of_kind(GENERATION):
             OBJECTIVES[name].reduce(name, total)
 

@@ -12,6 +12,7 @@ JSON and written back under ``transfer``, beside the paper's ratio for the same 
 """
 import sys
 
+from ..errors import command
 from .results import load_results, update_results
 
 # The paper's own ratios, from its tables: XNLI (fine-tuned on English: en 82.3, the 14 other languages 71.4 on
@@ -70,14 +71,12 @@ def transfer_ratios(doc, retrieval_setting="finetune_en"):
     return {k: v for k, v in out.items() if v is not None}
 
 
+@command("transfer")
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m m3p_fairseq.evaluation.transfer RESULTS_JSON")
-    try:
-        ratios = transfer_ratios(load_results(argv[0]))
-    except ValueError as e:
-        sys.exit(f"transfer: {e}")
+    ratios = transfer_ratios(load_results(argv[0]))
     update_results(argv[0], "transfer", ratios)
     for name, r in ratios.items():
         print(f"{name}: transfer ratio {r['ratio']:.2f} (lowest {r['min']:.2f}; the paper's {r['paper']:.2f})",

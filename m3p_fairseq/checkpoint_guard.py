@@ -34,7 +34,7 @@ import os
 import re
 import zipfile
 
-from .errors import CheckpointError, M3PInputError, RefusedCheckpointError, refused_checkpoint_message
+from .errors import CheckpointError, M3PInputError, RefusedCheckpointError, is_plugin_class, refused_checkpoint_message
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def _explaining_failures(original):
 def _missing_start(cfg, trainer):
     """One line when an explicit --restore-file (or --finetune-from-model on a first launch) names no file,
     for the plugin's tasks (fairseq itself would train from scratch and end with status 0)."""
-    if not type(trainer.task).__module__.startswith(__package__ + "."):
+    if not is_plugin_class(type(trainer.task)):
         return None
     from fairseq.file_io import PathManager
 
@@ -297,7 +297,7 @@ def _missing_start(cfg, trainer):
         return None
     if PathManager.path_requires_pathmanager(path) or PathManager.isfile(path):
         return None
-    what = "a folder, not a checkpoint file (give the .pt file inside it)" if os.path.isdir(path) else "not found"
+    what = not_a_checkpoint(path) if os.path.isdir(path) else "not found"
     return f"{path}: {flag} {what} (without it training would start from scratch)"
 
 

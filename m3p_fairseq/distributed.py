@@ -27,7 +27,7 @@ import os
 import torch
 from fairseq.utils import safe_getattr
 
-from .errors import M3PInputError
+from .errors import M3PInputError, is_plugin_class
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _find_unused_parameters_for_m3p(cfg):
 
     dt = cfg.distributed_training
     task = TASK_REGISTRY.get(getattr(cfg.task, "_name", None))
-    ours = task is not None and task.__module__.startswith(__package__ + ".")
+    ours = task is not None and is_plugin_class(task)
     if not ours or dt.ddp_backend not in ("c10d", "pytorch_ddp"):
         return
     checkpointed = any(safe_getattr(cfg.model, k, False) for k in ("checkpoint_activations", "offload_activations"))

@@ -94,10 +94,15 @@ def _chain(exc):
     return seen
 
 
+def is_plugin_class(cls):
+    """Whether ``cls`` (a task, model, criterion class) is defined by this plugin, not by fairseq or another one."""
+    return getattr(cls, "__module__", "").startswith(__package__ + ".")
+
+
 def _plugin_model_names():
     from fairseq.models import MODEL_REGISTRY
 
-    return {cls.__name__ for cls in MODEL_REGISTRY.values() if cls.__module__.startswith(__package__ + ".")}
+    return {cls.__name__ for cls in MODEL_REGISTRY.values() if is_plugin_class(cls)}
 
 
 def _unloadable_checkpoint(exc):
@@ -260,7 +265,7 @@ def _plugin_task_run():
     argv = sys.argv[1:]
     names = [b for a, b in zip(argv, argv[1:]) if a == "--task"]
     names += [a.split("=", 1)[1] for a in argv if a.startswith(("--task=", "task._name="))]
-    return any(getattr(TASK_REGISTRY.get(n), "__module__", "").startswith(__package__ + ".") for n in names)
+    return any(is_plugin_class(TASK_REGISTRY.get(n)) for n in names)
 
 
 def one_line(exc, ours=None):

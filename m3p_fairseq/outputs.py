@@ -157,7 +157,11 @@ class Staging:
             self.abort()
 
 
-def write_atomically(path, write):
-    """``write(temporary path)``, then the file appears under ``path`` whole (or not at all)."""
+def write_atomically(path, write, staging=None):
+    """``write(temporary path)``, then the file appears under ``path`` whole (or not at all); into ``staging``
+    (a Staging of several outputs, moved into place together) where one is given."""
+    if staging is not None:
+        write(staging.file(path))
+        return
     with Staging() as out:
         write(out.file(path))

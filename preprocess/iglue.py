@@ -47,7 +47,6 @@ from m3p_fairseq.outputs import Staging, check_writable
 from preprocess.binarize import binarize
 from preprocess.datasets import DatasetError, _clean, _open, install_vocabulary
 
-RETRIEVAL = ("xflickrco", "wit")
 NAME = re.compile(r"^[A-Za-z0-9_]+$")  # a split or language name: no dots (test.de names a language)
 
 

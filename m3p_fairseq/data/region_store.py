@@ -275,14 +275,6 @@ def index_path(manifest):
     return stem + ".index"
 
 
-def _write_output(path, write, staging):
-    """``write(temporary path)``, the file then in ``staging`` (an outputs.Staging) or, without one, in place."""
-    if staging is None:
-        write_atomically(path, write)
-    else:
-        write(staging.file(path))
-
-
 def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=None, staging=None, staged=None):
     """Write the manifest listing shards (paths stored relative to the manifest).
 
@@ -318,7 +310,7 @@ def write_manifest(path, shard_paths, feat_dim, num_classes, index=False, extra=
         index.write(index_path(path), shard_paths, staging, staged)
     elif os.path.exists(index_path(path)):
         os.remove(index_path(path))
-    _write_output(path, dump, staging)
+    write_atomically(path, dump, staging)
 
 
 def merge_manifests(out, inputs):
@@ -530,7 +522,7 @@ class RegionIndex:
                     fh.seek(data_start + specs[name]["offset"])
                     fh.write(np.ascontiguousarray(getattr(self, name)).tobytes())
 
-        _write_output(path, dump, staging)
+        write_atomically(path, dump, staging)
 
     @classmethod
     def read(cls, path, shard_paths, manifest_feat_dim=None, manifest=None):

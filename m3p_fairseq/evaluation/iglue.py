@@ -35,7 +35,6 @@ from .retrieval import chance_recall, language_split, merge_shards, recall_at_k,
 RETRIEVAL_JOBS = ("xflickrco", "wit")
 CLASSIFICATION_JOBS = tuple(IGLUE_JOBS)  # tasks/iglue.py: m3p_{job}
 JOBS = CLASSIFICATION_JOBS + RETRIEVAL_JOBS
-CHANCE = {"xvnli": 100.0 / 3, "marvl": 50.0}  # xGQA's level is its majority answer's
 ENGLISH = "en"
 
 
@@ -129,8 +128,8 @@ def evaluate(job, model, task, langs, split="test", batch_size=64, device="cpu",
         task.load_dataset(name)
         out[lang] = accuracy(model, task, task.dataset(name), batch_size, device,
                              progress(f"{job} {lang}") if progress else None)
-    if job in CHANCE:
-        out["chance"] = round(CHANCE[job], 2)
+    if IGLUE_JOBS[job].classes:  # one of fixed classes at random; xGQA's level is its majority answer's
+        out["chance"] = round(100.0 / len(IGLUE_JOBS[job].classes), 2)
     else:
         out.update(majority(task, langs, split))
     return out

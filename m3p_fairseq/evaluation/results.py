@@ -69,10 +69,7 @@ def write_results(path, doc, staging=None):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
 
-    if staging is None:
-        write_atomically(path, dump)
-    else:
-        dump(staging.file(path))
+    write_atomically(path, dump, staging)
 
 
 def merge_results(path, parts):

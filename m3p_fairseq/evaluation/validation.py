@@ -187,20 +187,23 @@ class GenerationBleu:
         except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError; an unknown option a TypeError
             raise M3PInputError(f"--eval-bleu-args {generation_args!r}: {e}")
         self.task, self.generator, self.model = task, None, None
+        self._targets = None
 
     def begin_validation(self):
-        pass
+        self._targets = None  # read again from the datasets loaded by then, once per validation
 
     def owns(self, sample):
         return False
 
     def targets(self):
         """(source, target) language-id pairs of the loaded validation sets, sorted: the same on every worker."""
-        pairs = set()
-        for split, ds in self.task.datasets.items():
-            if split != "train" and hasattr(ds, "tgt_langs"):
-                pairs.update(zip(ds.src_langs.tolist(), ds.tgt_langs.tolist()))
-        return sorted(pairs)
+        if self._targets is None:
+            pairs = set()
+            for split, ds in self.task.datasets.items():
+                if split != "train" and hasattr(ds, "tgt_langs"):
+                    pairs.update(zip(ds.src_langs.tolist(), ds.tgt_langs.tolist()))
+            self._targets = sorted(pairs)
+        return self._targets
 
     def name(self, src, tgt):
         s, t = self.task.lang_name(src), self.task.lang_name(tgt)

@@ -27,7 +27,7 @@ other plain split every language that has it (or --eval-langs). The retrieval jo
 xFlickr&CO, WIT) are the ``m3p_retrieval`` task on ``captions/`` (see ``evaluation/iglue.py``).
 """
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fairseq.tasks import register_task
 
@@ -37,17 +37,14 @@ from ..data.iglue_dataset import IGLUE_JOBS, MARVL, XGQA, XVNLI, iglue_dataset, 
 from ..errors import M3PInputError
 from ..models.iglue_heads import add_iglue_head
 from ..utils import split_list
-from .base import M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
+from .base import FinetuneLangsConfig, M3PDataConfig, M3PTaskBase, PretrainedConfig, split_and_langs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class IGLUEConfig(M3PDataConfig, PretrainedConfig, CodeSwitchConfig):
-    train_langs: str = field(default="en", metadata={
-        "help": "languages of the training splits (IGLUE: English; few-shot: the target language)"})
-    eval_langs: str = field(default="", metadata={
-        "help": "languages of plain valid/test splits (default: every language that has the split)"})
+class IGLUEConfig(M3PDataConfig, PretrainedConfig, FinetuneLangsConfig, CodeSwitchConfig):
+    """IGLUE trains on English (few-shot: on the target language, --train-langs)."""
 
 
 class IGLUETaskBase(M3PTaskBase):

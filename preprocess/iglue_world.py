@@ -106,13 +106,34 @@ PAIR_TURNS = ("s_left_only", "s_left_only", "s_both", "s_both", "s_one", "s_one"
 XGQA_KINDS = (("q_colour", 0.35), ("q_object", 0.3), ("q_relation", 0.125), ("q_exist", 0.125), ("q_count", 0.1))
 
 
+def text_question(rng, scene):
+    """(kind, slots): a question of one of xGQA's kinds (drawn by their shares) about the concepts of ``scene``
+    ((c1, o1, rel, c2, o2), no image: the world's text corpora ask it, make_world.text_meaning)."""
+    kinds, shares = zip(*XGQA_KINDS)
+    kind = kinds[rng.choice(len(kinds), p=shares)]
+    c1, o1, rel, c2, o2 = scene
+    slots = {"q_colour": {"o": o1}, "q_object": {"rel": rel, "np": (c1, o1)},
+             "q_relation": {"np1": (c1, o1), "rel": rel, "np2": (c2, o2)}, "q_exist": {"np": (c1, o1)}, "q_count": {}}
+    return kind, slots[kind]
+
+
+def ask(lex, lang, kind, slots):
+    """A question from ``text_question`` in ``lang``, given the world's lexicon (without the template words)."""
+    return say({lang: with_template_words(lex[lang])}, lang, kind, **slots)
+
+
+def with_template_words(words):
+    """One language's lexicon with the template words (shared by every language) added."""
+    return {**words, **EN_WORDS}
+
+
 def iglue_lexicon(world):
     """The world's lexicon plus the template words, per caption language. The template words are the same in every
     language, as the world's names and digits are: none of the world's corpora has them, so no pre-training could
     align them (measured: xGQA zero-shot fell below the majority answer, 6-8%, with a word of its own per language
     for "what", "colour", "how many"), and a test in another language checks what pre-training can carry over:
     the world's lexicon in that language's words and word order."""
-    return {lang: {**world.lex[lang], **EN_WORDS} for lang in CAPTION_LANGS}
+    return {lang: with_template_words(world.lex[lang]) for lang in CAPTION_LANGS}
 
 
 def say(lex, lang, template, **slots):

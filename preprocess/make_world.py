@@ -74,6 +74,7 @@ SYLLABLES = {
 }
 SCRIPTS = {"ja": (0x30A2, 0x30F3), "zh": (0x4E00, 0x4FFF), "ru": (0x0430, 0x044F), "ar": (0x0627, 0x064A)}
 NO_SPACE = {"ja", "zh"}
+QUESTION_SHARE = 0.1  # of the caption languages' text sentences and translation pairs: questions (text_meaning)
 
 
 def _make_word(rng, lang, used):
@@ -134,16 +135,22 @@ def _scene(rng):
     return c1, o1, RELATIONS[rng.integers(4)], c2, o2
 
 
-def text_meaning(rng):
+def text_meaning(rng, questions=False):
     """What a text-only sentence says, in no language: ("scene", (c1, o1, rel, c2, o2)), ("facts", two scenes)
     joined by "and" (every language's text then has its word for "and", as real text has: without it no
-    language but English could write NTG's titles, "c1 o1 and c2 o2"), or
-    ("statement", (name, verb, digit, colour, object)), a statement with a shared name and digit."""
+    language but English could write NTG's titles, "c1 o1 and c2 o2"), ("statement", (name, verb, digit,
+    colour, object)), a statement with a shared name and digit, or, with ``questions`` (the caption languages,
+    which have the question templates), ("question", (kind, slots)) for QUESTION_SHARE of them: a question of
+    xGQA's kinds in the language's own order, as real text asks questions (without them no corpus shows where a
+    language puts "what colour" or "how many", and no pre-training could carry a question over)."""
     r = rng.random()
     if r < 0.4:
         return "scene", _scene(rng)
     if r < 0.55:
         return "facts", (_scene(rng), _scene(rng))
+    if questions and r >= 1 - QUESTION_SHARE:
+        from .iglue_world import text_question  # (iglue_world builds on this module)
+        return "question", text_question(rng, _scene(rng))
     name, digit = NAMES[rng.integers(len(NAMES))], str(rng.integers(2, 10))
     c, o = COLOURS[rng.integers(len(COLOURS))], OBJECTS[rng.integers(len(OBJECTS))]
     verb = "has" if rng.random() < 0.5 else "sees"
@@ -155,6 +162,9 @@ def say(lex, lang, meaning):
     kind, concepts = meaning
     if kind == "facts":
         return render_facts(lex, lang, concepts)
+    if kind == "question":
+        from .iglue_world import ask
+        return ask(lex, lang, *concepts)
     return (render if kind == "scene" else statement)(lex, lang, *concepts)
 
 
@@ -165,7 +175,7 @@ def render_facts(lex, lang, facts):
 
 
 def text_sentence(rng, lex, lang):
-    return say(lex, lang, text_meaning(rng))
+    return say(lex, lang, text_meaning(rng, questions=lang in CAPTION_LANGS))
 
 
 def statement(lex, lang, name, verb, digit, c, o):
@@ -315,7 +325,7 @@ def write_parallel(world, out, n_pairs, seed):
     line pair is one meaning said in both languages, as a translator would (own words, own order)."""
     for lang, n in parallel_sizes(n_pairs).items():
         rng = np.random.default_rng([seed, 94, TEXT_LANGS.index(lang)])
-        meanings = [text_meaning(rng) for _ in range(n)]
+        meanings = [text_meaning(rng, questions=lang in CAPTION_LANGS) for _ in range(n)]
         n_valid = max(10, n // 20)
         folder = os.path.join(out, "raw", "parallel", f"en-{lang}")
         os.makedirs(folder, exist_ok=True)

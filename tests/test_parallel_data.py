@@ -17,7 +17,7 @@ from fairseq.tasks.translation import load_langpair_dataset
 
 from preprocess import build_spm
 from preprocess.datasets import main
-from preprocess.make_world import (COLOURS, EN_REL, NAMES, OBJECTS, TEXT_LANGS, World, build_lexicon,
+from preprocess.make_world import (CAPTION_LANGS, COLOURS, EN_REL, NAMES, OBJECTS, TEXT_LANGS, World, build_lexicon,
                                    parallel_sizes, say, write_parallel)
 
 EN = ["the cat sleeps on the sofa", "I like green tea", "where is the station", "thank you very much"]
@@ -65,6 +65,8 @@ def _fails(argv, vocab):
 def english_meaning(sentence):
     """What an English sentence of the world says, read from its words alone."""
     toks = sentence.split()
+    if toks[0] in ("what", "is", "how"):  # a question of xGQA's kinds
+        return "question", english_question(toks)
     if toks[0] in NAMES:  # "Anna sees 3 red dog today"
         name, verb, digit, colour, obj, today = toks
         assert today == "today" and verb in ("has", "sees") and digit.isdigit()
@@ -81,6 +83,33 @@ def english_meaning(sentence):
     return "scene", (c1, o1, relation, c2, o2)
 
 
+def english_question(toks):
+    """(kind, slots) of an English question of the world's text, read from its words alone."""
+    relation = {v: k for k, v in EN_REL.items()}
+    if toks == "how many objects are there".split():
+        return "q_count", {}
+    if toks[:3] == ["what", "colour", "is"]:
+        assert toks[3] == "the" and len(toks) == 5
+        return "q_colour", {"o": toks[4]}
+    if toks[:2] == ["is", "there"]:
+        assert toks[2] == "a" and len(toks) == 5
+        return "q_exist", {"np": tuple(toks[3:])}
+    if toks[:2] == ["what", "is"]:  # what is left of the red dog
+        assert toks[-3] == "the"
+        return "q_object", {"rel": relation[" ".join(toks[2:-3])], "np": tuple(toks[-2:])}
+    assert toks[:2] == ["is", "the"] and toks[-3] == "the", toks  # is the red dog left of the blue cup
+    return "q_relation", {"np1": tuple(toks[2:4]), "rel": relation[" ".join(toks[4:-3])], "np2": tuple(toks[-2:])}
+
+
+def _concepts(kind, concepts):
+    """The concepts a meaning names, flat (a question's slots: objects, colours, relations)."""
+    if kind == "facts":
+        return [c for fact in concepts for c in fact]
+    if kind == "question":
+        return [c for value in concepts[1].values() for c in ((value,) if isinstance(value, str) else value)]
+    return list(concepts)
+
+
 def _lines(path):
     with open(path, encoding="utf-8") as f:
         return f.read().splitlines()
@@ -89,7 +118,8 @@ def _lines(path):
 def test_world_pairs_are_translations(tiny_world):
     """Every line pair of every en-xx corpus says one meaning: the English side, read word by word,
     said again in xx through the world's lexicon is the xx side; and the xx side holds the lexicon's
-    xx word for every concept of the English side (and a statement's shared name and digit)."""
+    xx word for every concept of the English side (and a statement's shared name and digit). The caption
+    languages' pairs hold questions too, the others none."""
     with open(os.path.join(tiny_world["world"], "world.json")) as f:
         lex = build_lexicon(json.load(f)["seed"])
     root = os.path.join(tiny_world["world"], "raw", "parallel")
@@ -99,12 +129,15 @@ def test_world_pairs_are_translations(tiny_world):
             en = _lines(os.path.join(root, f"en-{lang}", f"{split}.en"))
             xx = _lines(os.path.join(root, f"en-{lang}", f"{split}.{lang}"))
             assert len(en) == len(xx) > 0
+            kinds = set()
             for e, x in zip(en, xx):
                 kind, concepts = english_meaning(e)
+                kinds.add(kind)
                 assert say(lex, lang, (kind, concepts)) == x, (lang, e, x)
-                flat = [c for fact in concepts for c in fact] if kind == "facts" else concepts
-                words = [lex[lang][c] if c in lex[lang] else c for c in flat]  # names, digits: shared
+                words = [lex[lang][c] if c in lex[lang] else c for c in _concepts(kind, concepts)]  # names, digits: shared
                 assert all(w in x for w in words), (lang, e, x)
+            if split == "train":
+                assert ("question" in kinds) == (lang in CAPTION_LANGS), (lang, kinds)
 
 
 def test_world_sizes_unequal_and_deterministic(tmp_path):

@@ -1,9 +1,9 @@
 """IGLUE-style sets over the embedded world's scenes, written as e-bug/iglue distributes its data.
 
 Every set is English for training and the world's caption languages for test, each language in its
-own words and word order (the world's lexicon; the few question and statement words that no corpus of
-the world has are shared by every language, as its names and digits are), so a model trained on English
-must transfer. What a sentence says is decided on the scene:
+own words and word order (the world's lexicon; the few question and statement words the lexicon lacks
+are shared by every language, as its names and digits are; the questions are in the world's text too,
+make_world.text_meaning), so a model trained on English must transfer. What a sentence says is decided on the scene:
 
 * xGQA: questions about a colour ("what colour is the dog"), the object in a relation ("what is left of
   the red cup"), a relation or an object's presence (yes / no) and the object count (2 / 3). The
@@ -129,10 +129,10 @@ def with_template_words(words):
 
 def iglue_lexicon(world):
     """The world's lexicon plus the template words, per caption language. The template words are the same in every
-    language, as the world's names and digits are: none of the world's corpora has them, so no pre-training could
-    align them (measured: xGQA zero-shot fell below the majority answer, 6-8%, with a word of its own per language
-    for "what", "colour", "how many"), and a test in another language checks what pre-training can carry over:
-    the world's lexicon in that language's words and word order."""
+    language, as the world's names and digits are (measured: with a word of its own per language for "what",
+    "colour", "how many", which no corpus aligned, xGQA zero-shot fell below the majority answer, 6-8%), and a test
+    in another language checks what pre-training can carry over: the world's lexicon in that language's words and
+    word order (the questions' order too: the world's text asks them, make_world.text_meaning)."""
     return {lang: with_template_words(world.lex[lang]) for lang in CAPTION_LANGS}
 
 

@@ -65,6 +65,7 @@ XGQA_UPDATES=${XGQA_UPDATES:-2000}
 MARVL_UPDATES=${MARVL_UPDATES:-1000}
 XFLICKRCO_UPDATES=${XFLICKRCO_UPDATES:-150}
 IGLUE_LR=${IGLUE_LR:-5e-4}  # measured from the demo's checkpoint: 1e-3 left XVNLI and MaRVL under 70% in English (README.downstream.md)
+XFLICKRCO_LR=${XFLICKRCO_LR:-1e-3}  # a task's own rate (TASK_LR): at 5e-4 French and Chinese image retrieval fell under a third of English's
 IGLUE_CODE_SWITCH=${IGLUE_CODE_SWITCH-"--code-switch --code-switch-langs de,fr,cs,ja,zh --code-switch-sentence-ratio 0.5 --code-switch-word-ratio 0.5"}
 # a task's own share of switched texts (TASK_SWITCHED, on top of IGLUE_CODE_SWITCH): MaRVL's Chinese needs more
 # (measured: 0.5 left zh under a third of English's margin in two runs of two, 0.8 above it in both)
@@ -133,13 +134,13 @@ part_strategies() {  # the paper's retrieval strategies beside finetune_en, code
     fi
 }
 part_iglue() {
-    local task var switched
+    local task var switched lr
     for task in ${IGLUE_TASKS//,/ }; do
-        var=${task^^}_UPDATES switched=${task^^}_SWITCHED
-        switched=${IGLUE_CODE_SWITCH:+${!switched:-}}
+        var=${task^^}_UPDATES switched=${task^^}_SWITCHED lr=${task^^}_LR
+        switched=${IGLUE_CODE_SWITCH:+${!switched:-}} lr=${!lr:-$IGLUE_LR}
         step "iglue $task (${!var} updates)"
         # a tenth of the updates warm-up, as IGLUE; no clipping, no dropout in the heads (as the demo's retrieval)
-        env LR="$IGLUE_LR" BATCH=32 UPDATE_FREQ=1 UPDATES="${!var}" WARMUP=$(( ${!var} / 10 )) CLIP_NORM=0 \
+        env LR="$lr" BATCH=32 UPDATE_FREQ=1 UPDATES="${!var}" WARMUP=$(( ${!var} / 10 )) CLIP_NORM=0 \
             TEST_LANGS="$IGLUE_LANGS" "$HERE/iglue.sh" "$task" finetune "$DATA/iglue/$task" "$UND_CKPT" "$DOWN/iglue" \
             --pooler-dropout 0 $IGLUE_CODE_SWITCH ${switched:+--code-switch-sentence-ratio $switched}
     done

@@ -87,9 +87,9 @@ def test_captioning_validation_bleu_equals_generate_and_score(trained, tiny_worl
     data, save = tiny_world["data"], str(tmp_path / "cap")
     run = _train(caplog, data, save, "--task", "m3p_captioning", "--arch", "m3p_seq2seq_tiny", "--criterion",
                  "m3p_generation", "--finetune-from-model", trained[0], "--caption-langs", "en,de", "--lr", "3e-3",
-                 "--batch-size", "16", "--save-interval-updates", "20", "--validate-interval", "1000", "--save-interval",
+                 "--batch-size", "16", "--save-interval-updates", "40", "--validate-interval", "1000", "--save-interval",
                  "1000", "--eval-bleu", "--eval-bleu-args", '{"beam": 2, "max_len_b": 20}', "--best-checkpoint-metric",
-                 "bleu", "--maximize-best-checkpoint-metric", updates=40)
+                 "bleu", "--maximize-best-checkpoint-metric", updates=80)
     last, scored = run["valid"][-1], {}
     for lang in ("en", "de"):
         out = fairseq_stdout(generate, [data, "--user-dir", "m3p_fairseq", "--task", "m3p_captioning", "--path",

@@ -31,6 +31,12 @@ def _train(caplog, data, save_dir, *argv, updates):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train.main(convert_namespace_to_omegaconf(args))
+    # fairseq keeps its tensorboard writers (one per tag) until the process exits: closed here, this run's event
+    # files are whole when a test reads them, and a later run in this process opens writers of its own
+    from fairseq.logging import progress_bar
+
+    progress_bar._close_writers()
+    progress_bar._tensorboard_writers.clear()
     records = {"train_inner": [], "valid": [], "save_dir": save_dir}
     lines = []
     for r in caplog.records:

@@ -44,7 +44,7 @@ import sys
 import numpy as np
 
 from m3p_fairseq.data.region_store import RegionShardWriter, write_manifest
-from m3p_fairseq.errors import command
+from m3p_fairseq.errors import M3PInputError, command
 from m3p_fairseq.outputs import check_writable
 
 CAPTION_LANGS = ["en", "de", "fr", "cs", "ja", "zh"]
@@ -112,6 +112,16 @@ def build_lexicon(seed):
     return lex
 
 
+def world_lexicon(world_dir):
+    """The lexicon of the world written to ``world_dir`` (rebuilt from the seed in its world.json)."""
+    path = os.path.join(world_dir, "world.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return build_lexicon(json.load(f)["seed"])
+    except (OSError, ValueError, KeyError) as e:
+        raise M3PInputError(f"{path}: cannot read the world's seed ({e.__class__.__name__}: {e}); run m3p-make-world")
+
+
 def render(lex, lang, c1, o1, rel, c2, o2):
     """One caption "a c1 o1 rel a c2 o2" in the word order of ``lang``."""
     w = lex[lang]
@@ -172,6 +182,28 @@ def render_facts(lex, lang, facts):
     """Several scenes as one sentence: "scene1 and scene2" in the words of ``lang``."""
     sep = "" if lang in NO_SPACE else " "
     return (sep + lex[lang]["and"] + sep).join(render(lex, lang, *f) for f in facts)
+
+
+def word_splitter(lex, lang):
+    """line -> [words] for a language written without spaces (None for the others): the longest word of the world's
+    vocabulary in ``lang`` at each point (its lexicon, names, digits, the sentence end; a space ends a word and stays).
+    The world's tokenizer trains on text split so (build_spm), its pieces staying inside words."""
+    if lang not in NO_SPACE:
+        return None
+    vocab = sorted(set(lex[lang].values()) | set(NAMES) | set("0123456789") | {SENTENCE_END[lang]}, key=len,
+                   reverse=True)
+
+    def split(line):
+        out = []
+        for chunk in line.split():
+            i = 0
+            while i < len(chunk):
+                w = next((w for w in vocab if chunk.startswith(w, i)), chunk[i])
+                out.append((" " if i == 0 and out else "") + w)  # the space stays: a word after it starts a piece
+                i += len(w)
+        return out
+
+    return split
 
 
 def text_sentence(rng, lex, lang):

@@ -26,7 +26,7 @@ from m3p_fairseq.outputs import check_writable
 
 from .binarize import binarize
 from .build_spm import train as train_spm
-from .make_world import raw_captions
+from .make_world import raw_captions, word_splitter, world_lexicon
 
 
 def prepare(world, data, vocab_size=2000, progress=True):
@@ -37,15 +37,22 @@ def prepare(world, data, vocab_size=2000, progress=True):
         raise M3PInputError(f"{raw}: no world text or captions (run m3p-make-world first)")
     check_writable(data, folder=True)
     os.makedirs(data, exist_ok=True)
-    train_spm(text_files + caption_files, data, vocab_size=vocab_size)
+    lex = world_lexicon(world)
+    langs = {**{f: os.path.basename(f).split(".")[0] for f in text_files},
+             **{f: os.path.basename(f).split(".")[1] for f in caption_files}}
+    splitters = {f: word_splitter(lex, lang) for f, lang in langs.items()}
+    # bpe: on the world's small closed vocabulary unigram keeps ~100 pieces per language and splits even
+    # "pink" and "red" (measured); bpe merges every frequent word into one piece, as XLM-R's tokenizer has them
+    train_spm(text_files + caption_files, data, vocab_size=vocab_size, model_type="bpe",
+              words={f: s for f, s in splitters.items() if s})
     spm_model, dict_path = os.path.join(data, "sentencepiece.bpe.model"), os.path.join(data, "dict.txt")
     jobs = []
     for f in text_files:
-        lang = os.path.basename(f).split(".")[0]
+        lang = langs[f]
         splits = {s: os.path.join(raw, "text", f"{lang}.{s}.txt") for s in ("train", "valid")}
         jobs.append((os.path.join(data, "text", lang), splits, False))
     for f in caption_files:
-        lang = os.path.basename(f).split(".")[1]
+        lang = langs[f]
         splits = {s: raw_captions(world, s, lang) for s in ("train", "valid", "test")}
         jobs.append((os.path.join(data, "captions", lang), {k: v for k, v in splits.items() if os.path.exists(v)}, True))
     logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)

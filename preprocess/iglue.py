@@ -255,10 +255,11 @@ def _cut(sp, text, limit, stats):
     if len(pieces) <= limit:
         return text
     stats[f"texts cut to {limit} pieces"] += 1
-    while len(pieces) > limit:
-        text = sp.decode(pieces[:limit])
+    keep = limit
+    while len(pieces) > limit:  # decoded text can encode into more pieces: keep fewer until it fits
+        text = sp.decode(pieces[:keep])
         pieces = sp.encode(text, out_type=str)
-        limit -= 1
+        keep -= 1
     return text
 
 

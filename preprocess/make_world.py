@@ -196,6 +196,9 @@ def word_splitter(lex, lang):
     def split(line):
         out = []
         for chunk in line.split():
+            if chunk.isascii():  # a shared word set off by spaces (a name, a template word of the questions)
+                out.append((" " if out else "") + chunk)
+                continue
             i = 0
             while i < len(chunk):
                 w = next((w for w in vocab if chunk.startswith(w, i)), chunk[i])

@@ -64,6 +64,13 @@ def test_xvnli_jsonl_and_zipped_train(tmp_path, vocab):
     assert texts(data, "xvnli/ar", "test")[0].startswith("لا")
     assert len(texts(data, "xvnli/ar", "train_1")) == 3 and len(side(data, "xvnli/ar", "train_1")) == 3
     assert os.path.exists(f"{data}/regions/test.ar.json") and os.path.exists(f"{data}/regions/train.en.json")
+    # --max-tokens cuts a longer text to as many pieces (<s> and </s> counted), its start kept
+    main(["xvnli", f"{root}/en/train.jsonl.zip", "--lang", "en", "--split", "test", "--max-tokens", "6"] + common)
+    full, cut = texts(data, "xvnli/en", "train"), texts(data, "xvnli/en", "test")
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=vocab[1])
+    assert len(cut) == len(full) and all(len(sp.encode(t)) == min(4, len(sp.encode(f))) for t, f in zip(cut, full))
+    assert all(f.startswith(t) for t, f in zip(cut, full)) and max(len(sp.encode(f)) for f in full) > 4
     # bad input: an image without features, named with file, line and id; nothing of the split written
     bad = F.jsonl(str(tmp_path / "bad.jsonl"), F.xvnli_records(1) + [dict(F.xvnli_records(1)[0], Flikr30kID="42")])
     fails(["xvnli", bad, "--lang", "en", "--split", "valid"] + common, "bad.jsonl: line 2: image '42' has no features")

@@ -18,7 +18,7 @@ from fairseq.tasks.translation import load_langpair_dataset
 from preprocess import build_spm
 from preprocess.datasets import main
 from preprocess.make_world import (CAPTION_LANGS, COLOURS, EN_REL, NAMES, OBJECTS, TEXT_LANGS, World, build_lexicon,
-                                   parallel_sizes, say, write_parallel)
+                                   parallel_sizes, raw_captions, say, word_splitter, world_lexicon, write_parallel)
 
 EN = ["the cat sleeps on the sofa", "I like green tea", "where is the station", "thank you very much"]
 DE = ["die Katze schläft auf dem Sofa", "ich mag grünen Tee", "wo ist der Bahnhof", "vielen Dank"]
@@ -138,6 +138,36 @@ def test_world_pairs_are_translations(tiny_world):
                 assert all(w in x for w in words), (lang, e, x)
             if split == "train":
                 assert ("question" in kinds) == (lang in CAPTION_LANGS), (lang, kinds)
+
+
+def _boundaries(parts):
+    """Offsets in the text without spaces where the parts (words or pieces) end."""
+    ends, n = set(), 0
+    for p in parts:
+        n += len(p.replace("\u2581", "").replace(" ", ""))
+        ends.add(n)
+    return ends
+
+
+def test_world_tokenizer_pieces_stay_inside_words(tiny_world):
+    """Japanese and Chinese are written without spaces; the world's tokenizer trains on their text split at the
+    world's words, so no piece of a caption or a text sentence spans two words (a tokenizer trained on the raw text
+    learned the templates' collocations as pieces: in the demo's, 1,530 of 2,000 pieces katakana or CJK runs across
+    words, no Japanese colour or object word whole). Frequent Latin words are single pieces (unigram split "pink")."""
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tiny_world["data"], "sentencepiece.bpe.model"))
+    lex = world_lexicon(tiny_world["world"])
+    for lang in ("ja", "zh"):
+        split = word_splitter(lex, lang)
+        lines = _lines(raw_captions(tiny_world["world"], "test", lang))
+        lines += _lines(os.path.join(tiny_world["world"], "raw", "text", f"{lang}.valid.txt"))
+        assert len(lines) > 30
+        for line in lines:
+            words = split(line)
+            assert "".join(words) == line and any(w in lex[lang].values() for w in words)
+            assert _boundaries(words) <= _boundaries(sp.encode(line, out_type=str)), (lang, line)
+    assert word_splitter(lex, "de") is None
+    for word in ("red", "pink", "radio"):  # (this world's 400 pieces hold its 234 characters and 166 merges)
+        assert sp.encode(word, out_type=str) == ["\u2581" + word]
 
 
 def test_world_sizes_unequal_and_deterministic(tmp_path):

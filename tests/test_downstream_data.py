@@ -10,13 +10,12 @@ from fairseq import options, tasks
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from m3p_fairseq.data.code_switch import (CodeSwitchDataset, build_table, build_tables, find_dictionaries,
-                                          read_dictionary)
+from m3p_fairseq.data.code_switch import CodeSwitchDataset, build_table, find_dictionaries, read_dictionary
 from m3p_fairseq.data.retrieval_dataset import IMAGE_REPLACED, POSITIVE, TEXT_REPLACED
 from m3p_fairseq.errors import M3PInputError
 from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
 from m3p_fairseq.evaluation.two_stage import combine, merge_two_stage, shortlist, two_stage_scores
-from preprocess.make_world import OBJECTS, raw_captions, word_splitter, world_lexicon
+from preprocess.make_world import OBJECTS
 
 
 def setup(data, *argv, arch="m3p_tiny"):
@@ -97,45 +96,6 @@ def test_code_switching_uses_translations(retrieval_task, tiny_world):
         assert words and all(w in translations or w not in english or w in ("left", "right", "of") for w in words), words
     off = CodeSwitchDataset(captions, task.dictionary, table, 0.0, 0.8, seed=1)
     assert all(torch.equal(off[i], captions[i]) for i in range(20))
-
-
-def test_switched_words_of_unspaced_languages_are_their_pieces_inside_sentences(tiny_world, tmp_path):
-    """A Japanese or Chinese translation switched into an English caption is a word-start piece and then the very
-    pieces the word has inside that language's captions (where it follows another word with no space), not the
-    "\u2581word" piece a vocabulary of the demo's size also has (for the word at a line's start); a translation into
-    a language with spaces is encoded as a word of its own."""
-    import glob
-
-    import sentencepiece as spm
-
-    from preprocess.build_spm import train
-
-    world, lex = tiny_world["world"], world_lexicon(tiny_world["world"])
-    files = {f: os.path.basename(f).split(".")[0] for f in glob.glob(os.path.join(world, "raw", "text", "*.train.txt"))}
-    files.update({raw_captions(world, "train", lang): lang for lang in ("en", "de", "ja", "zh")})
-    train(sorted(files), str(tmp_path), vocab_size=1500, model_type="bpe",
-          words={f: word_splitter(lex, lang) for f, lang in files.items() if lang in ("ja", "zh")})
-    model = str(tmp_path / "sentencepiece.bpe.model")
-    d, sp = Dictionary.load(str(tmp_path / "dict.txt")), spm.SentencePieceProcessor(model_file=model)
-    tables = build_tables(find_dictionaries(tiny_world["data"], langs=["ja", "zh", "de"]), d, model)
-    for lang in ("ja", "zh"):
-        english = {t: w for w, t in read_dictionary(find_dictionaries(tiny_world["data"], langs=[lang])[lang])}
-        split, checked, marked = word_splitter(lex, lang), 0, 0
-        with open(raw_captions(world, "test", lang), encoding="utf-8") as f:
-            for line in f.read().splitlines():
-                pieces, words, k = sp.encode(line, out_type=str), split(line), 0
-                for n, word in enumerate(words):
-                    start, text = k, ""
-                    while text != word:
-                        text += pieces[k].replace("\u2581", "")
-                        k += 1
-                    if n and word in english:  # inside the sentence
-                        ids = tables[lang][english[word]][0].tolist()
-                        assert d[ids[0]] == "\u2581" and [d[i] for i in ids[1:]] == pieces[start:k], (lang, word)
-                        checked += 1
-                        marked += "\u2581" + word in d.indices
-        assert checked > 50 and marked > 10  # (and the vocabulary has the line-start piece of many of them)
-    assert [d[i] for i in tables["de"]["red"][0].tolist()] == sp.encode(lex["de"]["red"], out_type=str)
 
 
 def test_code_switch_option_reaches_the_tasks(tiny_world):

@@ -23,10 +23,9 @@ from fairseq.data import BaseWrapperDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
 
 from ..errors import M3PInputError
-from .xdae_dataset import SPM_SPACE, sentencepiece_word_starts, special_symbols
+from .xdae_dataset import sentencepiece_word_starts, special_symbols
 
 DICT_FOLDERS = ("dictionaries", "dict")  # m3p-import-dataset muse; the embedded world
-WITHOUT_SPACES = frozenset({"ja", "zh", "th", "lo", "km", "my"})  # languages whose words follow each other unspaced
 # an extra seed term: the datasets around this one seed numpy with the same (seed, epoch, index)
 RANDOM_STREAM = 7
 
@@ -82,41 +81,18 @@ def read_dictionary(path):
     return pairs
 
 
-def _continuing(spm_model):
-    """A sentencepiece processor of the same model that encodes text as it continues a sentence: without the
-    word-start mark that sentencepiece puts before the text (its normalizer's dummy prefix)."""
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    with open(spm_model, "rb") as f:
-        proto.ParseFromString(f.read())
-    proto.normalizer_spec.add_dummy_prefix = False
-    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-
-
 def build_tables(dictionaries, vocab, spm_model):
-    """{lang: {english word -> [token ids of one translation]}}, every dictionary encoded once.
-
-    A translation into a language written without spaces (WITHOUT_SPACES) is a bare word-start piece followed by
-    the pieces the word has inside that language's sentences: there it follows the word before it with no
-    space, so "▁"+word (a piece only where the word starts a line) is not how its text has it, and a switched
-    caption would teach the model an id the language's own text rarely uses."""
+    """{lang: {english word -> [token ids of one translation]}}, every dictionary encoded once."""
     import sentencepiece as spm
 
     if not os.path.isfile(spm_model):
         raise M3PInputError(f"{spm_model}: sentencepiece model not found (code-switching encodes the translations)")
     sp = spm.SentencePieceProcessor(model_file=spm_model)
-    inside = _continuing(spm_model) if WITHOUT_SPACES & set(dictionaries) and SPM_SPACE in vocab.indices else None
     tables = {}
     for lang, path in sorted(dictionaries.items()):
         table = tables.setdefault(lang, {})
         for word, translation in read_dictionary(path):
-            if inside is not None and lang in WITHOUT_SPACES:
-                pieces = [SPM_SPACE] + inside.encode(translation, out_type=str)
-            else:
-                pieces = sp.encode(translation, out_type=str)
-            ids = [vocab.index(p) for p in pieces]
+            ids = [vocab.index(p) for p in sp.encode(translation, out_type=str)]
             if ids:
                 table.setdefault(word, []).append(torch.LongTensor(ids))
     return tables

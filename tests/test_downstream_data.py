@@ -15,7 +15,7 @@ from m3p_fairseq.data.retrieval_dataset import IMAGE_REPLACED, POSITIVE, TEXT_RE
 from m3p_fairseq.errors import M3PInputError
 from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
 from m3p_fairseq.evaluation.two_stage import combine, merge_two_stage, shortlist, two_stage_scores
-from preprocess.make_world import OBJECTS
+from preprocess.make_world import COLOURS, OBJECTS
 
 
 def setup(data, *argv, arch="m3p_tiny"):
@@ -256,7 +256,12 @@ def test_world_downstream_sets(tiny_world):
     labels = [r.split("\t")[1] for r in rows[1:]]
     assert set(labels) == {"entailment", "neutral", "contradiction"}
     en = [r.split("\t") for r in rows[1:] if r.startswith("en\t")]
+    leads = {(p.startswith("today "), h.startswith("today ")) for _, _, p, h in en}
+    assert leads == {(False, False), (False, True), (True, False), (True, True)}  # drawn apart: not a clue
+    bare = [p for _, _, p, _ in en if len(p.removeprefix("today ").split()) < 7]  # "a dog left of a red cat"
+    assert 0 < len(bare) < len(en) and all(set(p.split()) & set(COLOURS) for p in bare)
     for _, label, premise, hypo in en:  # the hypothesis in the premise's order: what differs tells the label
+        premise, hypo = (s.removeprefix("today ") for s in (premise, hypo))
         differ = [(a, b) for a, b in zip(premise.split(), hypo.split()) if a != b]
         if label == "entailment":
             assert premise == hypo

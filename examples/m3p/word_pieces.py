@@ -6,9 +6,10 @@ A word that is always one piece (or a fixed run of whole pieces) has a stable to
 parallel-text objectives can align with its translation; a word that sentencepiece merges with its
 neighbours surfaces as different pieces in different captions, so no token stands for it. This measures
 that, per language, over the colour and object words of the world's lexicon, in the test captions. It
-is the measured reason zero-shot retrieval does not reach Japanese in the demo (its captions have no
-spaces, and its katakana words are never whole pieces; Chinese, also without spaces, has one- or
-two-character words that always are).
+was the measured reason zero-shot retrieval did not reach Japanese (0% of its katakana words whole pieces
+when the world's tokenizer trained on its unspaced text as it is); the world's tokenizer now trains on its
+Japanese and Chinese text split at word boundaries (preprocess/prepare_world.py): 99% and 98% in the demo
+of 2026-12-07, every other caption language 94-100%.
 """
 import argparse
 import json

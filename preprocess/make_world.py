@@ -440,12 +440,13 @@ def write_xnli(world, out, n_train, n_eval, seed, langs=TEXT_LANGS):
     """XNLI-1.0's xnli.{dev,test}.tsv (every language, parallel) and XNLI-MT-1.0's
     multinli.train.{lang}.tsv (the English training set machine-"translated": here rendered).
 
-    Half the premises and, drawn apart, half the hypotheses begin with "today" (XNLI_TODAY), so a word's place
-    in the sentence does not tell its kind. With every English sentence "a c1 o1 rel a c2 o2" a classifier
-    fine-tuned on English read kinds off positions: languages of that order carried over best, those without
-    articles (cs, ru) or of another order (ja, zh) stayed near chance, and which of them did swung from run to
-    run (measured from one checkpoint: transfer ratio 0.16-0.53). With the lead word: 0.47-0.58, every
-    language 48-65 (examples/m3p/README.downstream.md)."""
+    Half the premises and, drawn apart, half the hypotheses begin with "today" (XNLI_TODAY), and in half the pairs
+    an object the two say alike goes without its colour (XNLI_BARE), so neither a word's place nor its neighbour
+    tells its kind. With every English sentence "a c1 o1 rel a c2 o2" a classifier fine-tuned on English read
+    kinds off places: languages of that order carried over best, those without articles (cs, ru) or of another
+    order (ja, zh) stayed near chance, and which of them did swung from run to run (measured from one checkpoint:
+    transfer ratio 0.16-0.53); with the lead word 0.55-0.62, with both 0.68, every language 62-79
+    (examples/m3p/README.downstream.md, "XNLI and NTG")."""
     root = os.path.join(out, "raw", "xnli")
     os.makedirs(os.path.join(root, "XNLI-1.0"), exist_ok=True)
     os.makedirs(os.path.join(root, "XNLI-MT-1.0", "multinli"), exist_ok=True)

@@ -43,8 +43,8 @@ EACH_LANGS=${EACH_LANGS:-de}                # compact: one more language (exampl
 CS_PRETRAIN_UPDATES=${CS_PRETRAIN_UPDATES:-200}  # pre-training continued with code-switching (MMLM, VLM)
 # XNLI on English keeps TLM and TCL on the translation pairs on (one update in three) where the data has them,
 # and code-switches its English pairs (XNLI_FLAGS; README.downstream.md, "XNLI and NTG"); XNLI_UPDATES counts
-# the updates of every objective (measured on world E: 3,750 of them left the transfer ratio at 0.47, 6,000 at
-# 0.58 and 0.62 with two seeds)
+# the updates of every objective (measured on world E's first XNLI set, "today" leading: 3,750 of them left the
+# transfer ratio at 0.47, 6,000 at 0.55-0.62 with three seeds; on its set since, 0.68 and 0.57 with two)
 XNLI_KEEP=${XNLI_KEEP-$([ -d "$DATA/parallel" ] && echo tlm,tcl || true)}
 XNLI_KEEP_RATIOS=${XNLI_KEEP_RATIOS:-4,1,1}
 XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 6000 || echo 1500)}

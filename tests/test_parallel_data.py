@@ -7,7 +7,6 @@ out equal went through raw -> pieces -> ids -> .bin/.idx on both sides.
 """
 import filecmp
 import gzip
-import json
 import os
 
 import pytest
@@ -17,8 +16,8 @@ from fairseq.tasks.translation import load_langpair_dataset
 
 from preprocess import build_spm
 from preprocess.datasets import main
-from preprocess.make_world import (CAPTION_LANGS, COLOURS, EN_REL, NAMES, OBJECTS, TEXT_LANGS, World, build_lexicon,
-                                   parallel_sizes, raw_captions, say, word_splitter, world_lexicon, write_parallel)
+from preprocess.make_world import (CAPTION_LANGS, COLOURS, EN_REL, NAMES, OBJECTS, TEXT_LANGS, World, parallel_sizes,
+                                   raw_captions, say, word_splitter, world_lexicon, write_parallel)
 
 EN = ["the cat sleeps on the sofa", "I like green tea", "where is the station", "thank you very much"]
 DE = ["die Katze schläft auf dem Sofa", "ich mag grünen Tee", "wo ist der Bahnhof", "vielen Dank"]
@@ -120,8 +119,7 @@ def test_world_pairs_are_translations(tiny_world):
     said again in xx through the world's lexicon is the xx side; and the xx side holds the lexicon's
     xx word for every concept of the English side (and a statement's shared name and digit). The caption
     languages' pairs hold questions too, the others none."""
-    with open(os.path.join(tiny_world["world"], "world.json")) as f:
-        lex = build_lexicon(json.load(f)["seed"])
+    lex = world_lexicon(tiny_world["world"])
     root = os.path.join(tiny_world["world"], "raw", "parallel")
     assert sorted(os.listdir(root)) == sorted(f"en-{lang}" for lang in TEXT_LANGS[1:])
     for lang in TEXT_LANGS[1:]:

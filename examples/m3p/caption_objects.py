@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from m3p_fairseq.evaluation.caption_metrics import read_generate_output  # noqa: E402
 from m3p_fairseq.evaluation.results import update_results  # noqa: E402
-from preprocess.make_world import NO_SPACE, OBJECTS, build_lexicon  # noqa: E402
+from preprocess.make_world import NO_SPACE, OBJECTS, world_lexicon  # noqa: E402
 
 
 def segment(text, vocab, no_space):
@@ -74,8 +74,7 @@ def main(argv=None):
     p.add_argument("--results", default=None, help="results JSON: adds KEY.LANG.* and the chance levels")
     p.add_argument("--key", default="captioning", help="the results section (default: captioning)")
     a = p.parse_args(argv)
-    with open(os.path.join(a.world, "world.json")) as f:
-        lex = build_lexicon(json.load(f)["seed"])
+    lex = world_lexicon(a.world)
     for lang in a.langs.split(","):
         path = a.gen.format(lang=lang)
         with open(path, encoding="utf-8") as f:

@@ -12,13 +12,12 @@ Japanese and Chinese text split at word boundaries (preprocess/prepare_world.py)
 of 2026-12-07, every other caption language 94-100%.
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from preprocess.make_world import COLOURS, OBJECTS, build_lexicon, raw_captions  # noqa: E402
+from preprocess.make_world import COLOURS, OBJECTS, raw_captions, world_lexicon  # noqa: E402
 
 SPACE = "\u2581"
 
@@ -54,8 +53,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     import sentencepiece as spm
 
-    with open(os.path.join(a.world, "world.json"), encoding="utf-8") as f:
-        lexicon = build_lexicon(json.load(f)["seed"])
+    lexicon = world_lexicon(a.world)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(a.data, "sentencepiece.bpe.model"))
     shares = {}
     for lang in a.langs.split(","):

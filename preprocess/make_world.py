@@ -122,21 +122,27 @@ def world_lexicon(world_dir):
         raise M3PInputError(f"{path}: cannot read the world's seed ({e.__class__.__name__}: {e}); run m3p-make-world")
 
 
+def word_sep(lang):
+    """What goes between two words of ``lang``: nothing in the languages written without spaces."""
+    return "" if lang in NO_SPACE else " "
+
+
 def render(lex, lang, c1, o1, rel, c2, o2):
     """One caption "a c1 o1 rel a c2 o2" in the word order of ``lang`` (a colour None: the object without one)."""
-    w = {**lex[lang], None: None}
-    a = w["a"]
+    words = lex[lang]
+    w = lambda c: None if c is None else words[c]  # noqa: E731
+    a = w("a")
     if lang in ("en", "de"):
-        toks = [a, w[c1], w[o1], w[rel], a, w[c2], w[o2]]
+        toks = [a, w(c1), w(o1), w(rel), a, w(c2), w(o2)]
     elif lang in ("fr", "es", "it", "ar"):
-        toks = [a, w[o1], w[c1], w[rel], a, w[o2], w[c2]]
+        toks = [a, w(o1), w(c1), w(rel), a, w(o2), w(c2)]
     elif lang in ("cs", "ru"):
-        toks = [w[c1], w[o1], w[rel], w[c2], w[o2]]
+        toks = [w(c1), w(o1), w(rel), w(c2), w(o2)]
     elif lang == "ja":  # the reference object comes first, then the relation, then the subject
-        toks = [w[c2], w[o2], w["the"], w[rel], w["with"], w[c1], w[o1]]
+        toks = [w(c2), w(o2), w("the"), w(rel), w("with"), w(c1), w(o1)]
     else:  # zh
-        toks = [w[c1], w[o1], w["near"], w[c2], w[o2], w["the"], w[rel]]
-    return ("" if lang in NO_SPACE else " ").join(t for t in toks if t is not None)
+        toks = [w(c1), w(o1), w("near"), w(c2), w(o2), w("the"), w(rel)]
+    return word_sep(lang).join(t for t in toks if t is not None)
 
 
 def _scene(rng):
@@ -180,7 +186,7 @@ def say(lex, lang, meaning):
 
 def render_facts(lex, lang, facts):
     """Several scenes as one sentence: "scene1 and scene2" in the words of ``lang``."""
-    sep = "" if lang in NO_SPACE else " "
+    sep = word_sep(lang)
     return (sep + lex[lang]["and"] + sep).join(render(lex, lang, *f) for f in facts)
 
 
@@ -190,8 +196,8 @@ def word_splitter(lex, lang):
     The world's tokenizer trains on text split so (build_spm), its pieces staying inside words."""
     if lang not in NO_SPACE:
         return None
-    vocab = sorted(set(lex[lang].values()) | set(NAMES) | set("0123456789") | {SENTENCE_END[lang]}, key=len,
-                   reverse=True)
+    vocab = set(lex[lang].values()) | set(NAMES) | set("0123456789") | {SENTENCE_END[lang]}
+    lengths = sorted({len(w) for w in vocab}, reverse=True)
 
     def split(line):
         out = []
@@ -201,7 +207,7 @@ def word_splitter(lex, lang):
                 continue
             i = 0
             while i < len(chunk):
-                w = next((w for w in vocab if chunk.startswith(w, i)), chunk[i])
+                w = next((chunk[i:i + n] for n in lengths if chunk[i:i + n] in vocab), chunk[i])
                 out.append((" " if i == 0 and out else "") + w)  # the space stays: a word after it starts a piece
                 i += len(w)
         return out
@@ -216,7 +222,7 @@ def text_sentence(rng, lex, lang):
 def statement(lex, lang, name, verb, digit, c, o):
     """"Anna sees 3 red dog today" in the word order of ``lang``."""
     w = lex[lang]
-    sep = "" if lang in NO_SPACE else " "
+    sep = word_sep(lang)
     if lang in ("ja", "cs", "ru"):  # verb last
         return sep.join([name, digit, w[c], w[o], w[verb]])
     return sep.join([name, w[verb], digit, w[c], w[o], w["today"]])
@@ -430,10 +436,15 @@ def nli_example(rng, label):
     return premise, hypo
 
 
-def _nli_sentence(lex, lang, scene, today):
-    """A scene of an XNLI pair, said with "today" first or not (drawn apart for premise and hypothesis)."""
-    text = render(lex, lang, *scene)
-    return lex[lang]["today"] + ("" if lang in NO_SPACE else " ") + text if today else text
+def begun_today(lex, lang, text, today=True):
+    """``text`` with the word for "today" first (XNLI's sentences and NTG's bodies, half of them each)."""
+    return lex[lang]["today"] + word_sep(lang) + text if today else text
+
+
+def _nli_sentence(lex, lang, sentence):
+    """A scene of an XNLI pair as write_xnli draws it: (scene, whether "today" leads)."""
+    scene, today = sentence
+    return begun_today(lex, lang, render(lex, lang, *scene), today)
 
 
 def write_xnli(world, out, n_train, n_eval, seed, langs=TEXT_LANGS):
@@ -461,16 +472,15 @@ def write_xnli(world, out, n_train, n_eval, seed, langs=TEXT_LANGS):
                 k = same[rng.integers(len(same))]
                 p, h = (x[:k] + (None,) + x[k + 1:] for x in (p, h))
             examples.append((label, (p, rng.random() < XNLI_TODAY), (h, rng.random() < XNLI_TODAY)))
-        say_ = lambda lang, fact: _nli_sentence(world.lex, lang, *fact)  # noqa: E731
         if split == "train":
             for lang in langs:
                 rows = ["premise\thypo\tlabel"] + [
-                    f"{say_(lang, p)}\t{say_(lang, h)}\t"
+                    f"{_nli_sentence(world.lex, lang, p)}\t{_nli_sentence(world.lex, lang, h)}\t"
                     f"{'contradictory' if lab == 'contradiction' else lab}" for lab, p, h in examples]
                 _write_lines(os.path.join(root, "XNLI-MT-1.0", "multinli", f"multinli.train.{lang}.tsv"), rows)
         else:
             rows = ["language\tgold_label\tsentence1\tsentence2"] + [
-                f"{lang}\t{lab}\t{say_(lang, p)}\t{say_(lang, h)}"
+                f"{lang}\t{lab}\t{_nli_sentence(world.lex, lang, p)}\t{_nli_sentence(world.lex, lang, h)}"
                 for lang in langs for lab, p, h in examples]
             _write_lines(os.path.join(root, "XNLI-1.0", f"xnli.{split}.tsv"), rows)
 
@@ -489,13 +499,12 @@ def news_text(lex, lang, example):
     sentence begins with "today" in NTG_TODAY of the items, so where the title's words stand in the body varies."""
     o, c, rels, (name, verb, digit), today = example
     w, end = lex[lang], SENTENCE_END.get(lang, " .")
-    lead = w["today"] + ("" if lang in NO_SPACE else " ") if today else ""
-    sentences = [lead + render(lex, lang, c[0], o[0], rels[0], c[1], o[1]),
+    sentences = [begun_today(lex, lang, render(lex, lang, c[0], o[0], rels[0], c[1], o[1]), today),
                  statement(lex, lang, name, verb, digit, c[2], o[2]),
                  render(lex, lang, c[1], o[1], rels[1], c[2], o[2])]
-    body = ("" if lang in NO_SPACE else " ").join(s + end for s in sentences)
+    body = word_sep(lang).join(s + end for s in sentences)
     first, second = ([w[o[k]], w[c[k]]] if lang in ("fr", "es", "it", "ar") else [w[c[k]], w[o[k]]] for k in (0, 1))
-    title = ("" if lang in NO_SPACE else " ").join(first + [w["and"]] + second)
+    title = word_sep(lang).join(first + [w["and"]] + second)
     return body, title
 
 

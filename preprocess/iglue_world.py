@@ -55,7 +55,7 @@ import shutil
 
 import numpy as np
 
-from .make_world import CAPTION_LANGS, COLOURS, NO_SPACE, OBJECTS, RELATIONS, World, render
+from .make_world import CAPTION_LANGS, COLOURS, NO_SPACE, OBJECTS, RELATIONS, World, noun_phrase, render
 
 TEST_LANGS = CAPTION_LANGS[1:]  # zero-shot languages; English is trained on (and tested, as IGLUE does)
 XGQA_SHOTS = (1, 5, 10, 20, 25, 48)  # images
@@ -146,8 +146,7 @@ def say(lex, lang, template, **slots):
             name = token[1:-1]
             value = slots[name]
             if name.startswith("np"):
-                c, o = value
-                out += [(w[o], False), (w[c], False)] if lang == "fr" else [(w[c], False), (w[o], False)]
+                out += [(word, False) for word in noun_phrase(lex, lang, *value)]
             elif name == "scene":
                 out.append((render(lex, lang, *value), False))
             elif name == "n":

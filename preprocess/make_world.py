@@ -229,11 +229,13 @@ def text_sentence(rng, lex, lang):
 
 
 def statement(lex, lang, name, verb, digit, c, o):
-    """"Anna sees 3 red dog today" in the word order of ``lang`` (its noun phrase too: "3 chien rouge")."""
+    """"Anna sees 3 red dog today" in the word order of ``lang``: its noun phrase as the language says one, and
+    "today" in every language (the verb-last ones once left it out, and the XNLI and NTG sentences that begin with
+    it met a word their pre-training text never had: six pieces of one or two letters in Russian)."""
     w = lex[lang]
     np_ = noun_phrase(lex, lang, c, o)
     if lang in ("ja", "cs", "ru"):  # verb last
-        return word_sep(lang).join([name, digit, *np_, w[verb]])
+        return word_sep(lang).join([name, w["today"], digit, *np_, w[verb]])
     return word_sep(lang).join([name, w[verb], digit, *np_, w["today"]])
 
 
@@ -384,16 +386,27 @@ def write_parallel(world, out, n_pairs, seed):
                 _write_lines(os.path.join(folder, f"{split}.{side}"), [say(world.lex, side, m) for m in part])
 
 
+def text_words(world, out, lang):
+    """The words of ``lang``'s training text as write_text wrote it (split by word_splitter where no spaces are)."""
+    split = word_splitter(world.lex, lang) or str.split
+    with open(os.path.join(out, "raw", "text", f"{lang}.train.txt"), encoding="utf-8") as f:
+        return {word.strip() for line in f for word in split(line.rstrip("\n"))}
+
+
 def write_dictionaries(world, out):
+    """MUSE-style en-xx word lists: the pairs whose words both languages' texts use (MUSE builds its lists from
+    the two corpora; the lexicon also has words a language never says, Russian's "a", which code-switching would
+    otherwise put into sentences as words their pre-training never saw). Call after write_text."""
     os.makedirs(os.path.join(out, "raw", "dict"), exist_ok=True)
-    en = world.lex["en"]
+    en, en_words = world.lex["en"], text_words(world, out, "en")
     for lang in TEXT_LANGS[1:]:
-        pairs = []
+        used, pairs = text_words(world, out, lang), []
         for concept, word in world.lex[lang].items():
             src = en[concept]
             if " " in src or " " in word:  # MUSE lists single words
                 continue
-            pairs.append(f"{src} {word}")
+            if src in en_words and word in used:
+                pairs.append(f"{src} {word}")
         _write_lines(os.path.join(out, "raw", "dict", f"en-{lang}.txt"), pairs)
 
 

@@ -15,7 +15,7 @@ from m3p_fairseq.data.retrieval_dataset import IMAGE_REPLACED, POSITIVE, TEXT_RE
 from m3p_fairseq.errors import M3PInputError
 from m3p_fairseq.evaluation.retrieval import recall_at_k, score_pairs
 from m3p_fairseq.evaluation.two_stage import combine, merge_two_stage, shortlist, two_stage_scores
-from preprocess.make_world import COLOURS, OBJECTS
+from preprocess.make_world import COLOUR_AFTER, COLOURS, NTG_LANGS, OBJECTS, world_lexicon
 
 
 def setup(data, *argv, arch="m3p_tiny"):
@@ -162,6 +162,42 @@ def test_ntg_code_switching_into_one_language(tiny_world):
     assert len(langs) > 3
 
 
+def test_ntg_swap_copied_pairs(tiny_world):
+    """--swap-copied-pairs P: in a share P of the pairs of adjacent words that an English title copies from its
+    body, the two words trade places in the title and wherever the body has them (a phrase of the title stays a
+    phrase of the body, the tokens stay the same); dev items are untouched, every epoch draws anew, a value out of
+    [0, 1] is one line."""
+    def ntg(*flags):
+        t, _ = setup(tiny_world["data"], "--task", "m3p_ntg", "--arch", "m3p_seq2seq_tiny", *flags, arch="m3p_seq2seq_tiny")
+        t.load_dataset("train")
+        t.load_dataset("valid")
+        return t
+    plain, half, every = ntg(), ntg("--swap-copied-pairs", "0.5"), ntg("--swap-copied-pairs", "1")
+    d = plain.dictionary
+    words = lambda ids: d.string(ids, "sentencepiece").split()  # noqa: E731
+    and_ = {"and"}
+    for t, low, high in ((plain, 0.0, 0.0), (half, 0.35, 0.65), (every, 1.0, 1.0)):
+        pairs = swapped = 0
+        for i in range(80):
+            a, b = plain.dataset("train")[i], t.dataset("train")[i]
+            assert sorted(a["source"].tolist()) == sorted(b["source"].tolist()) and len(a["target"]) == len(b["target"])
+            body, title, new_body, new_title = words(a["source"]), words(a["target"]), words(b["source"]), words(b["target"])
+            for k in range(len(title) - 1):
+                pair = title[k], title[k + 1]
+                if not set(pair) & and_ and any(body[j:j + 2] == list(pair) for j in range(len(body) - 1)):
+                    pairs += 1
+                    swapped += new_title[k:k + 2] == [pair[1], pair[0]]
+            for phrase in " ".join(new_title).split(" and "):  # still a span of the (new) body
+                assert f" {phrase} " in f" {' '.join(new_body)} ", (new_title, new_body)
+        assert pairs > 60 and low <= swapped / pairs <= high, (swapped, pairs)
+    assert all(torch.equal(plain.dataset("valid")[i]["target"], every.dataset("valid")[i]["target"]) for i in range(10))
+    first = [half.dataset("train")[i]["target"] for i in range(20)]
+    half.dataset("train").set_epoch(2)
+    assert any(not torch.equal(x, half.dataset("train")[i]["target"]) for i, x in enumerate(first))
+    with pytest.raises(M3PInputError, match=r"^--swap-copied-pairs 1.5: a probability, in \[0, 1\]$"):
+        ntg("--swap-copied-pairs", "1.5")
+
+
 def test_xnli_code_switching_keeps_what_the_sentences_share(tiny_world):
     """m3p_xnli --code-switch: a word of the premise that the hypothesis repeats is switched the same way in both,
     so an entailed restatement stays identical and the label stays true."""
@@ -272,6 +308,51 @@ def test_world_downstream_sets(tiny_world):
     titles = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.tgt.test"), encoding="utf-8").read().splitlines()
     bodies = open(os.path.join(world, "raw", "ntg", "xglue.ntg.en.src.test"), encoding="utf-8").read().splitlines()
     assert all(set(t.split()) - {"and"} <= set(b.split()) for t, b in zip(titles, bodies))
+
+
+def test_world_noun_phrases_keep_their_language_order(tiny_world):
+    """Every language says a colour and its object in one order, in its captions and in its text corpus
+    (statements too: they once put the colour first in French and Spanish); every word of a language's XNLI and
+    NTG sentences is a word of its text corpus ("today" once was not, in cs, ja, ru), and its dictionary lists
+    only words its text has; an NTG title says the first sentence's two objects as the body does, some without
+    their colour."""
+    from preprocess.make_world import NO_SPACE, SENTENCE_END, TEXT_LANGS, word_splitter
+    world = tiny_world["world"]
+    lex = world_lexicon(world)
+    read = lambda *path: open(os.path.join(world, "raw", *path), encoding="utf-8").read().splitlines()  # noqa: E731
+    for lang in TEXT_LANGS:
+        split = word_splitter(lex, lang) or str.split
+        words = lambda lines: {w.strip() for line in lines for w in split(line)}  # noqa: E731
+        text = words(read("text", f"{lang}.train.txt"))
+        xnli = [r.split("\t") for r in read("xnli", "XNLI-1.0", "xnli.test.tsv")[1:] if r.startswith(lang + "\t")]
+        said = words([p for _, _, p, _ in xnli] + [h for _, _, _, h in xnli])
+        if lang in NTG_LANGS:
+            said |= words(read("ntg", f"xglue.ntg.{lang}.src.test") + read("ntg", f"xglue.ntg.{lang}.tgt.test"))
+        said -= {".", SENTENCE_END.get(lang)}  # NTG's sentence ends: no text sentence has one (an <unk> there)
+        assert said and said <= text, (lang, said - text)
+        if lang != "en":
+            assert {line.split()[1] for line in read("dict", f"en-{lang}.txt")} <= text, lang
+        if lang in NO_SPACE:
+            continue
+        colours, objects = {lex[lang][c] for c in COLOURS}, {lex[lang][o] for o in OBJECTS}
+        captions = read("captions", f"train.{lang}.txt") if os.path.exists(
+            os.path.join(world, "raw", "captions", f"train.{lang}.txt")) else []
+        lines = [line.split() for line in read("text", f"{lang}.train.txt") + captions]
+        pairs = [(a in colours, b in colours) for line in lines for a, b in zip(line, line[1:])
+                 if {a, b} & colours and {a, b} & objects]
+        assert len(pairs) > 100
+        assert set(pairs) == {(False, True) if lang in COLOUR_AFTER else (True, False)}, lang
+    for lang in NTG_LANGS:
+        root = os.path.join(world, "raw", "ntg", f"xglue.ntg.{lang}")
+        with open(f"{root}.src.test", encoding="utf-8") as f, open(f"{root}.tgt.test", encoding="utf-8") as g:
+            items = [(body.split(" . ")[0].split(), title.split()) for body, title in zip(f, g)]
+        sizes = set()
+        for first, title in items:
+            k = title.index(lex[lang]["and"])
+            for phrase in (title[:k], title[k + 1:]):  # a span of the first sentence, in its order
+                assert any(first[i:i + len(phrase)] == phrase for i in range(len(first))), (lang, title, first)
+                sizes.add(len(phrase))
+        assert sizes == {1, 2}, lang  # objects with and without their colour
 
 
 # ---- bad input: one line each -------------------------------------------------------------------------

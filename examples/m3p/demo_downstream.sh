@@ -51,9 +51,9 @@ XNLI_UPDATES=${XNLI_UPDATES:-$([ -n "$XNLI_KEEP" ] && echo 6000 || echo 1500)}
 XNLI_FLAGS=${XNLI_FLAGS---code-switch}
 MMT_UPDATES=${MMT_UPDATES:-300}
 NTG_UPDATES=${NTG_UPDATES:-600}
-# NTG on English: each news body code-switched with its title into one language (NTG_FLAGS; README.downstream.md,
-# "XNLI and NTG")
-NTG_FLAGS=${NTG_FLAGS---code-switch --code-switch-one-language}
+# NTG on English: each news body code-switched with its title into one language, and half the word pairs a title
+# copies from its body swapped in both (NTG_FLAGS; README.downstream.md, "XNLI and NTG")
+NTG_FLAGS=${NTG_FLAGS---code-switch --code-switch-one-language --swap-copied-pairs 0.5}
 CAP_UPDATES=${CAP_UPDATES:-200}
 # IGLUE (part iglue): each task fine-tuned on English through iglue.sh, the checkpoint best on English dev (validated
 # at each epoch's end) tested in IGLUE_LANGS by the same call; the English texts code-switched into the test languages

@@ -112,7 +112,7 @@ def build_table(dictionaries, vocab, spm_model):
     return merge_tables(build_tables(dictionaries, vocab, spm_model))
 
 
-def _words(tokens, symbols, starts, special):
+def split_words(tokens, symbols, starts, special):
     """The sentencepiece words of a token sequence: [(start, end)] and each word's text (None for a special
     symbol), the key the dictionaries are looked up by."""
     ids = tokens.tolist()
@@ -145,7 +145,7 @@ def code_switch_tokens(tokens, table, symbols, starts, special, sentence_ratio, 
     Returns (tokens, candidates, switched, drawn): the new sequence, how many words a dictionary
     translates, how many of them were replaced, and whether the sentence was drawn for switching.
     """
-    words, keys = _words(tokens, symbols, starts, special)
+    words, keys = split_words(tokens, symbols, starts, special)
     candidates = [k for k, key in enumerate(keys) if key in table]
     if not candidates or np.random.rand() >= sentence_ratio:
         return tokens, len(candidates), 0, False
@@ -164,7 +164,7 @@ def code_switch_pair(source, target, table, symbols, starts, special, sentence_r
     languages. A target word the source lacks (the title's own "and") stays as it is, or with
     ``target_own_words`` (``table`` then one language's) is put in that language too. Call under a seeded
     numpy RNG. Returns (source, target, drawn)."""
-    words, keys = _words(source, symbols, starts, special)
+    words, keys = split_words(source, symbols, starts, special)
     types = sorted({key for key in keys if key in table})
     if not types or np.random.rand() >= sentence_ratio:
         return source, target, False
@@ -172,7 +172,7 @@ def code_switch_pair(source, target, table, symbols, starts, special, sentence_r
     source, _ = _replace(source, words, {k: choice.get(key) for k, key in enumerate(keys)}, max_tokens)
     if target is None:
         return source, None, True
-    t_words, t_keys = _words(target, symbols, starts, special)
+    t_words, t_keys = split_words(target, symbols, starts, special)
     own = {key: table[key][np.random.randint(len(table[key]))] for key in sorted(set(t_keys) - set(keys))
            if key in table} if target_own_words else {}
     target, _ = _replace(target, t_words, {k: choice.get(key, own.get(key)) for k, key in enumerate(t_keys)}, None)

@@ -5,22 +5,35 @@ m3p_ntg task and of the ``ntg`` objective (English fine-tuning with xDAE kept on
     DATA/ntg/{lang}/tgt/{split}.{bin,idx}   their titles
 
 The body is cut to --tokens-per-sample and the title to --max-title-tokens; source and target carry the
-same language id (the paper feeds the target language to encoder and decoder).
+same language id (the paper feeds the target language to encoder and decoder). With --swap-copied-pairs, training
+items have pairs of adjacent words that the title copies from the body swapped, in both (``swap_copied_pairs``).
 """
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from fairseq.data import AppendTokenDataset, ConcatDataset, PrependTokenDataset, StripTokenDataset, TruncateDataset
+import torch
+from fairseq.data import (AppendTokenDataset, BaseWrapperDataset, ConcatDataset, PrependTokenDataset,
+                          StripTokenDataset, TruncateDataset, data_utils)
 from fairseq.dataclass import FairseqDataclass
 
-from ..errors import M3PDataError
+from ..errors import M3PDataError, M3PInputError
+from .code_switch import split_words
 from .text_generation_dataset import TextGenerationDataset
+from .xdae_dataset import sentencepiece_word_starts, special_symbols
+
+# an extra seed term: its draws are not code-switching's, which seeds with the same (seed, epoch, index)
+RANDOM_STREAM = 11
 
 
 @dataclass
 class NTGDataConfig(FairseqDataclass):
     max_title_tokens: int = field(default=64, metadata={"help": "NTG titles are cut to this many tokens"})
+    swap_copied_pairs: float = field(default=0.0, metadata={
+        "help": "NTG training: swap each pair of adjacent words that the title copies from the body with this "
+                "probability, in the title and the body alike, so the title follows the body's word order, "
+                "whatever it is (a language that orders a phrase otherwise than English then gets titles in its own "
+                "order; before --code-switch; default 0: off)"})
 
 
 def ntg_language(task, lang, split):
@@ -41,6 +54,64 @@ def ntg_language(task, lang, split):
     return body, title, np.full(len(body), task.lang_id(lang))
 
 
+def _swapped_order(keys, pairs, ratio):
+    """Word order with disjoint pairs of adjacent words swapped, left to right: a pair of ``pairs`` (an
+    iterable of (key, key)) with probability ``ratio`` (None: every one). Returns (order, pairs swapped)."""
+    order, swapped, k = list(range(len(keys))), set(), 0
+    while k < len(keys) - 1:
+        pair = (keys[k], keys[k + 1])
+        if pair in pairs and (ratio is None or np.random.rand() < ratio):
+            order[k], order[k + 1] = k + 1, k
+            swapped.add(pair)
+            k += 2
+        else:
+            k += 1
+    return order, swapped
+
+
+def swap_copied_pairs(source, target, symbols, starts, special, ratio):
+    """(source, target) with pairs of adjacent words that the target has as the source has them swapped, each
+    pair with probability ``ratio``, in the target and wherever the source has it. A title's phrases so come
+    in the body's order in both orders, and a model fine-tuned on them copies a phrase in the order the body
+    gives it (with every English title "c1 o1 and c2 o2" it learnt the colour first, and wrote French and
+    Spanish titles so). Call under a seeded numpy RNG."""
+    s_words, s_keys = split_words(source, symbols, starts, special)
+    t_words, t_keys = split_words(target, symbols, starts, special)
+    copied = {p for p in zip(s_keys, s_keys[1:]) if None not in p}
+    t_order, swapped = _swapped_order(t_keys, copied, ratio)
+    if not swapped:
+        return source, target
+    s_order, _ = _swapped_order(s_keys, swapped, None)
+    reorder = lambda tokens, words, order: torch.cat([tokens[slice(*words[k])] for k in order])  # noqa: E731
+    return reorder(source, s_words, s_order), reorder(target, t_words, t_order)
+
+
+class CopiedPairSwapDataset(BaseWrapperDataset):
+    """NTG items with ``swap_copied_pairs`` applied, drawn anew every epoch (sizes unchanged: the same tokens)."""
+
+    def __init__(self, dataset, vocab, ratio, seed=1):
+        super().__init__(dataset)
+        if not 0.0 <= ratio <= 1.0:
+            raise M3PInputError(f"--swap-copied-pairs {ratio}: a probability, in [0, 1]")
+        self.symbols, self.ratio, self.seed, self.epoch = vocab.symbols, ratio, seed, 1
+        self.starts, self.special = sentencepiece_word_starts(vocab), special_symbols(vocab)
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        return False  # new swaps every epoch
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+            source, target = swap_copied_pairs(item["source"], item["target"], self.symbols, self.starts,
+                                               self.special, self.ratio)
+        return dict(item, source=source, target=target)
+
+
 def ntg_dataset(task, split, langs, seed=1):
     """The (body -> title) items of ``langs``, concatenated; English training items code-switched with
     --code-switch (body and title together: the multimodal code-switching of the paper's later version, here
@@ -50,4 +121,6 @@ def ntg_dataset(task, split, langs, seed=1):
     ids = np.concatenate([p[2] for p in parts])
     items = TextGenerationDataset(concat([p[0] for p in parts]), concat([p[1] for p in parts]), ids, ids,
                                   task.dictionary)
+    if split == "train" and task.cfg.swap_copied_pairs:
+        items = CopiedPairSwapDataset(items, task.dictionary, task.cfg.swap_copied_pairs, seed)
     return task.code_switched_pairs(items, split, seed)

@@ -386,27 +386,27 @@ def write_parallel(world, out, n_pairs, seed):
                 _write_lines(os.path.join(folder, f"{split}.{side}"), [say(world.lex, side, m) for m in part])
 
 
-def text_words(world, out, lang):
-    """The words of ``lang``'s training text as write_text wrote it (split by word_splitter where no spaces are)."""
-    split = word_splitter(world.lex, lang) or str.split
-    with open(os.path.join(out, "raw", "text", f"{lang}.train.txt"), encoding="utf-8") as f:
-        return {word.strip() for line in f for word in split(line.rstrip("\n"))}
+def words_of(lex, lang, lines):
+    """The set of words in ``lines`` of ``lang`` (split by word_splitter where no spaces are)."""
+    split = word_splitter(lex, lang) or str.split
+    return {word.strip() for line in lines for word in split(line.rstrip("\n"))}
 
 
 def write_dictionaries(world, out):
     """MUSE-style en-xx word lists: the pairs whose words both languages' texts use (MUSE builds its lists from
-    the two corpora; the lexicon also has words a language never says, Russian's "a", which code-switching would
-    otherwise put into sentences as words their pre-training never saw). Call after write_text."""
+    the two corpora, of single words; the lexicon also has words a language never says, Russian's "a", which
+    code-switching would otherwise put into sentences as words their pre-training never saw). Call after
+    write_text."""
+    def text_words(lang):
+        with open(os.path.join(out, "raw", "text", f"{lang}.train.txt"), encoding="utf-8") as f:
+            return words_of(world.lex, lang, f)
+
     os.makedirs(os.path.join(out, "raw", "dict"), exist_ok=True)
-    en, en_words = world.lex["en"], text_words(world, out, "en")
+    en, en_words = world.lex["en"], text_words("en")
     for lang in TEXT_LANGS[1:]:
-        used, pairs = text_words(world, out, lang), []
-        for concept, word in world.lex[lang].items():
-            src = en[concept]
-            if " " in src or " " in word:  # MUSE lists single words
-                continue
-            if src in en_words and word in used:
-                pairs.append(f"{src} {word}")
+        used = text_words(lang)  # words of a text are single words: a concept said in two never is one
+        pairs = [f"{en[concept]} {word}" for concept, word in world.lex[lang].items()
+                 if en[concept] in en_words and word in used]
         _write_lines(os.path.join(out, "raw", "dict", f"en-{lang}.txt"), pairs)
 
 

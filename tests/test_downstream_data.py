@@ -316,13 +316,12 @@ def test_world_noun_phrases_keep_their_language_order(tiny_world):
     NTG sentences is a word of its text corpus ("today" once was not, in cs, ja, ru), and its dictionary lists
     only words its text has; an NTG title says the first sentence's two objects as the body does, some without
     their colour."""
-    from preprocess.make_world import NO_SPACE, SENTENCE_END, TEXT_LANGS, word_splitter
+    from preprocess.make_world import NO_SPACE, SENTENCE_END, TEXT_LANGS, words_of
     world = tiny_world["world"]
     lex = world_lexicon(world)
     read = lambda *path: open(os.path.join(world, "raw", *path), encoding="utf-8").read().splitlines()  # noqa: E731
     for lang in TEXT_LANGS:
-        split = word_splitter(lex, lang) or str.split
-        words = lambda lines: {w.strip() for line in lines for w in split(line)}  # noqa: E731
+        words = lambda lines: words_of(lex, lang, lines)  # noqa: E731
         text = words(read("text", f"{lang}.train.txt"))
         xnli = [r.split("\t") for r in read("xnli", "XNLI-1.0", "xnli.test.tsv")[1:] if r.startswith(lang + "\t")]
         said = words([p for _, _, p, _ in xnli] + [h for _, _, _, h in xnli])

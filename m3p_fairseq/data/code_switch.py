@@ -179,19 +179,18 @@ def code_switch_pair(source, target, table, symbols, starts, special, sentence_r
     return source, target, True
 
 
-class _Switching(BaseWrapperDataset):
-    """What the code-switching datasets share: the table, the word boundaries, a new draw every epoch."""
+class WordDraws(BaseWrapperDataset):
+    """A wrapper that edits its items' sentencepiece words with draws seeded by (seed, epoch, index, ``stream``),
+    new every epoch: the vocabulary's word boundaries, and the seeding (``draws(index)``)."""
 
-    def __init__(self, dataset, vocab, table, sentence_ratio=0.8, word_ratio=0.8, seed=1, max_tokens=None):
+    def __init__(self, dataset, vocab, seed=1, stream=RANDOM_STREAM):
         super().__init__(dataset)
-        if not (0.0 <= sentence_ratio <= 1.0 and 0.0 <= word_ratio <= 1.0):
-            raise ValueError("code-switching ratios must be in [0, 1]")
-        if not table:
-            raise ValueError("code-switching needs a non-empty dictionary table")
-        self.table, self.symbols = table, vocab.symbols
-        self.starts, self.special = sentencepiece_word_starts(vocab), special_symbols(vocab)
-        self.sentence_ratio, self.word_ratio = sentence_ratio, word_ratio
-        self.seed, self.epoch, self.max_tokens = seed, 1, max_tokens
+        self.symbols, self.starts, self.special = vocab.symbols, sentencepiece_word_starts(vocab), special_symbols(vocab)
+        self.seed, self.epoch, self.stream = seed, 1, stream
+
+    def draws(self, index):
+        """The seeded numpy RNG of item ``index`` this epoch (a context manager)."""
+        return data_utils.numpy_seed(self.seed, self.epoch, index, self.stream)
 
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
@@ -199,7 +198,20 @@ class _Switching(BaseWrapperDataset):
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):
-        return False  # new switches every epoch
+        return False  # new draws every epoch
+
+
+class _Switching(WordDraws):
+    """What the code-switching datasets share: the table and the ratios (and WordDraws's word boundaries and
+    draws)."""
+
+    def __init__(self, dataset, vocab, table, sentence_ratio=0.8, word_ratio=0.8, seed=1, max_tokens=None):
+        super().__init__(dataset, vocab, seed)
+        if not (0.0 <= sentence_ratio <= 1.0 and 0.0 <= word_ratio <= 1.0):
+            raise ValueError("code-switching ratios must be in [0, 1]")
+        if not table:
+            raise ValueError("code-switching needs a non-empty dictionary table")
+        self.table, self.sentence_ratio, self.word_ratio, self.max_tokens = table, sentence_ratio, word_ratio, max_tokens
 
 
 class CodeSwitchPairDataset(_Switching):
@@ -218,7 +230,7 @@ class CodeSwitchPairDataset(_Switching):
         item = self.dataset[index]
         if item["src_lang"] != self.lang_id:
             return item
-        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+        with self.draws(index):
             if not self.into:
                 source, target, _ = code_switch_pair(item["source"], item["target"], self.table, self.symbols,
                                                      self.starts, self.special, self.sentence_ratio, self.word_ratio,
@@ -250,7 +262,7 @@ class CodeSwitchDataset(_Switching):
     def switch(self, index):
         """(tokens, candidates, switched, drawn) of item ``index`` (the statistics are for tests; with
         ``same_word_same_way`` only the tokens are meaningful)."""
-        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+        with self.draws(index):
             if self.same_word_same_way:
                 tokens, _, drawn = code_switch_pair(self.dataset[index], None, self.table, self.symbols, self.starts,
                                                     self.special, self.sentence_ratio, self.word_ratio, self.max_tokens)

@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from fairseq.data import (AppendTokenDataset, BaseWrapperDataset, ConcatDataset, PrependTokenDataset,
-                          StripTokenDataset, TruncateDataset, data_utils)
+from fairseq.data import AppendTokenDataset, ConcatDataset, PrependTokenDataset, StripTokenDataset, TruncateDataset
 from fairseq.dataclass import FairseqDataclass
 
 from ..errors import M3PDataError, M3PInputError
-from .code_switch import split_words
+from .code_switch import WordDraws, split_words
 from .text_generation_dataset import TextGenerationDataset
-from .xdae_dataset import sentencepiece_word_starts, special_symbols
 
-# an extra seed term: its draws are not code-switching's, which seeds with the same (seed, epoch, index)
+# the draws' own seed term: not code-switching's (code_switch.RANDOM_STREAM), which seeds the same (seed, epoch, index)
 RANDOM_STREAM = 11
 
 
@@ -86,27 +84,18 @@ def swap_copied_pairs(source, target, symbols, starts, special, ratio):
     return reorder(source, s_words, s_order), reorder(target, t_words, t_order)
 
 
-class CopiedPairSwapDataset(BaseWrapperDataset):
+class CopiedPairSwapDataset(WordDraws):
     """NTG items with ``swap_copied_pairs`` applied, drawn anew every epoch (sizes unchanged: the same tokens)."""
 
     def __init__(self, dataset, vocab, ratio, seed=1):
-        super().__init__(dataset)
+        super().__init__(dataset, vocab, seed, RANDOM_STREAM)
         if not 0.0 <= ratio <= 1.0:
             raise M3PInputError(f"--swap-copied-pairs {ratio}: a probability, in [0, 1]")
-        self.symbols, self.ratio, self.seed, self.epoch = vocab.symbols, ratio, seed, 1
-        self.starts, self.special = sentencepiece_word_starts(vocab), special_symbols(vocab)
-
-    def set_epoch(self, epoch):
-        super().set_epoch(epoch)
-        self.epoch = epoch
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        return False  # new swaps every epoch
+        self.ratio = ratio
 
     def __getitem__(self, index):
         item = self.dataset[index]
-        with data_utils.numpy_seed(self.seed, self.epoch, index, RANDOM_STREAM):
+        with self.draws(index):
             source, target = swap_copied_pairs(item["source"], item["target"], self.symbols, self.starts,
                                                self.special, self.ratio)
         return dict(item, source=source, target=target)
